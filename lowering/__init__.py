@@ -1,0 +1,1 @@
+"""Lowering of converted pt2q graphs to int8 runtimes."""

@@ -1,0 +1,63 @@
+"""The ``Quantizer`` interface a backend implements, and the public spec names."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch.fx import GraphModule
+
+from pt2q.spec import (
+    DerivedQuantizationSpec,
+    EdgeOrNode,
+    FixedQParamsQuantizationSpec,
+    Q_ANNOTATION_KEY,
+    QuantizationAnnotation,
+    QuantizationConfig,
+    QuantizationSpec,
+    QuantizationSpecBase,
+    SharedQuantizationSpec,
+)
+
+__all__ = [
+    "Quantizer",
+    "ComposableQuantizer",
+    "QuantizationSpecBase",
+    "QuantizationSpec",
+    "FixedQParamsQuantizationSpec",
+    "SharedQuantizationSpec",
+    "DerivedQuantizationSpec",
+    "QuantizationAnnotation",
+    "QuantizationConfig",
+    "EdgeOrNode",
+    "Q_ANNOTATION_KEY",
+]
+
+
+class Quantizer(ABC):
+    """A backend's rules for which tensors to quantize and how.
+
+    ``prepare_pt2e`` calls, in order: ``transform_for_annotation`` (graph rewrites
+    the backend needs before annotating), ``annotate`` (write
+    ``QuantizationAnnotation``s on nodes), ``validate`` (reject what the backend
+    cannot run), then ``prepare_obs_or_fq_callback`` once observers exist.
+    """
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        return model
+
+    @abstractmethod
+    def annotate(self, model: GraphModule) -> GraphModule:
+        ...
+
+    @abstractmethod
+    def validate(self, model: GraphModule) -> None:
+        ...
+
+    def prepare_obs_or_fq_callback(
+        self, model: GraphModule, edge_or_node_to_obs_or_fq: dict[EdgeOrNode, torch.nn.Module]
+    ) -> None:
+        """Hook to adjust the created observers/fake quantizers (e.g. to share one across edges)."""
+        return None
+
+
+from pt2q.composable import ComposableQuantizer  # noqa: E402  (depends on Quantizer)

@@ -1,0 +1,1 @@
+"""Backend quantizers built on pt2q\x27s annotators."""

@@ -1,0 +1,1 @@
+"""Loading, running and timing lowered programs."""
