@@ -1,0 +1,112 @@
+"""Reject annotations no observer could honour, naming the node and saying what to fix."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.fx import GraphModule, Node
+
+from pt2q.spec import (
+    Q_ANNOTATION_KEY,
+    DerivedQuantizationSpec,
+    EdgeOrNode,
+    QuantizationAnnotation,
+    QuantizationSpecBase,
+    SharedQuantizationSpec,
+    dtype_range,
+    is_per_channel,
+)
+
+__all__ = ["AnnotationError", "check_annotations"]
+
+
+class AnnotationError(ValueError):
+    """A quantization annotation that cannot be turned into observers."""
+
+
+def _where(member: EdgeOrNode) -> str:
+    if isinstance(member, tuple):
+        return f"input '{member[0].name}' of node '{member[1].name}'"
+    return f"output of node '{member.name}'"
+
+
+def _rank(member: EdgeOrNode) -> Optional[int]:
+    tensor_node = member[0] if isinstance(member, tuple) else member
+    val = tensor_node.meta.get("val")
+    return val.dim() if isinstance(val, torch.Tensor) else None
+
+
+def _check_member_exists(target: EdgeOrNode, used_by: EdgeOrNode, kind: str) -> None:
+    if isinstance(target, tuple):
+        producer, consumer = target
+        ann = consumer.meta.get(Q_ANNOTATION_KEY) if isinstance(consumer, Node) else None
+        if producer not in getattr(consumer, "all_input_nodes", ()):
+            raise AnnotationError(
+                f"{kind} of {_where(used_by)} points at edge ({producer}, {consumer}), but "
+                f"'{producer}' is not an input of '{consumer}'. Point it at an existing (input, node) edge."
+            )
+        if ann is None or ann.input_qspec_map.get(producer) is None:
+            raise AnnotationError(
+                f"{kind} of {_where(used_by)} points at {_where(target)}, which has no quantization spec. "
+                "Annotate that edge too, or point at an annotated edge or node."
+            )
+    else:
+        ann = target.meta.get(Q_ANNOTATION_KEY) if isinstance(target, Node) else None
+        if ann is None or ann.output_qspec is None:
+            raise AnnotationError(
+                f"{kind} of {_where(used_by)} points at {_where(target)}, which has no output spec. "
+                "Annotate that output too, or point at an annotated edge or node."
+            )
+
+
+def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase) -> None:
+    if isinstance(spec, SharedQuantizationSpec):
+        _check_member_exists(spec.edge_or_node, member, "SharedQuantizationSpec")
+        return
+    if isinstance(spec, DerivedQuantizationSpec):
+        for source in spec.derived_from:
+            _check_member_exists(source, member, "DerivedQuantizationSpec")
+    if not isinstance(spec, QuantizationSpecBase):
+        raise AnnotationError(f"{_where(member)} has spec {spec!r}; expected a QuantizationSpecBase.")
+    dtype = spec.dtype
+    limits = dtype_range(dtype)
+    for name in ("quant_min", "quant_max"):
+        value = getattr(spec, name)
+        if value is not None and limits is not None and not limits[0] <= value <= limits[1]:
+            raise AnnotationError(
+                f"{_where(member)}: {name}={value} is outside the range of {dtype} "
+                f"[{limits[0]}, {limits[1]}]. Use a range the dtype can hold."
+            )
+    if is_per_channel(getattr(spec, "qscheme", None)):
+        ch_axis, rank = getattr(spec, "ch_axis", None), _rank(member)
+        if ch_axis is None:
+            raise AnnotationError(f"{_where(member)}: per-channel qscheme {spec.qscheme} needs a ch_axis.")
+        if rank is not None and not 0 <= ch_axis < rank:
+            raise AnnotationError(
+                f"{_where(member)}: ch_axis={ch_axis} is out of range for a tensor of rank {rank}; "
+                f"use an axis in [0, {rank - 1}]."
+            )
+
+
+def check_annotations(gm: GraphModule) -> None:
+    """Raise ``AnnotationError`` for the first impossible or inconsistent annotation."""
+    for node in gm.graph.nodes:
+        ann = node.meta.get(Q_ANNOTATION_KEY)
+        if ann is None:
+            continue
+        if not isinstance(ann, QuantizationAnnotation):
+            raise AnnotationError(
+                f"node '{node.name}' has meta['{Q_ANNOTATION_KEY}'] of type {type(ann).__name__}; "
+                "expected a pt2q QuantizationAnnotation."
+            )
+        inputs = set(node.all_input_nodes)
+        for arg, spec in ann.input_qspec_map.items():
+            if arg not in inputs:
+                raise AnnotationError(
+                    f"the annotation of node '{node.name}' maps '{arg}', which is not an input of "
+                    f"'{node.name}' (its inputs: {sorted(n.name for n in inputs)})."
+                )
+            if spec is not None:
+                _check_spec((arg, node), spec)
+        if ann.output_qspec is not None:
+            _check_spec(node, ann.output_qspec)

@@ -1,0 +1,44 @@
+"""``convert_pt2e``: observers become quantize/dequantize ops, weights become integers."""
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule
+
+from pt2q.attrs import remove_unused_attributes
+from pt2q.duplicate_dq import duplicate_dq
+from pt2q.fold_quantize import fold_quantize as fold_quantized_weights
+from pt2q.prepare import _require_graph_module
+from pt2q.qdq import replace_observers_with_qdq
+from pt2q.train_eval import disallow_eval_train
+
+__all__ = ["convert_pt2e"]
+
+
+def convert_pt2e(
+    model: GraphModule,
+    use_reference_representation: bool = False,
+    fold_quantize: bool = True,
+) -> GraphModule:
+    """Convert a calibrated (or trained) model to a quantized Q/DQ graph.
+
+    Each observer becomes ``quantize -> dequantize`` with its qparams; each
+    dequantize gets one consumer; with ``fold_quantize`` the weights are stored
+    as integer tensors and their float originals are dropped, so a saved program
+    holds no float copy of a quantized weight.
+    """
+    model = _require_graph_module(model, "convert_pt2e")
+    if use_reference_representation:
+        raise NotImplementedError(
+            "convert_pt2e(use_reference_representation=True) is not available yet in pt2q; "
+            "use the default Q/DQ representation."
+        )
+    torch._C._log_api_usage_once("pt2q.convert_pt2e")
+    original_meta = dict(model.meta)
+    replace_observers_with_qdq(model)
+    duplicate_dq(model)
+    if fold_quantize:
+        fold_quantized_weights(model)
+    remove_unused_attributes(model)
+    model.meta.update(original_meta)
+    return disallow_eval_train(model)
+

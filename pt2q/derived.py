@@ -1,0 +1,46 @@
+"""The observer behind a ``DerivedQuantizationSpec``: qparams computed from other observers."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+class DerivedObserverOrFakeQuantize(nn.Module):
+    """Observes nothing; ``calculate_qparams`` applies ``derive_qparams_fn`` to ``obs_or_fqs``.
+
+    The source observers are held in a plain list (not as submodules) since they
+    already live in the graph module under their own names.
+    """
+
+    def __init__(
+        self,
+        dtype: torch.dtype,
+        obs_or_fqs: list[nn.Module],
+        derive_qparams_fn: Callable[[list[nn.Module]], tuple[Tensor, Tensor]],
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        qscheme: Optional[torch.qscheme] = None,
+        ch_axis: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.obs_or_fqs = obs_or_fqs
+        self.derive_qparams_fn = derive_qparams_fn
+        self.quant_min = quant_min
+        self.quant_max = quant_max
+        self.qscheme = qscheme
+        self.ch_axis = ch_axis
+        self.is_dynamic = False
+        self.target_name = ""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    @property
+    def has_statistics(self) -> bool:
+        return all(getattr(o, "has_statistics", True) for o in self.obs_or_fqs)
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        return self.derive_qparams_fn(self.obs_or_fqs)

@@ -1,0 +1,92 @@
+"""Fold eval-mode BatchNorm into the convolution or linear layer that feeds it."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Node
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+from pt2q.attrs import get_attr_value, remove_unused_attributes, set_new_attr
+from pt2q.pattern import CONV, CONV_TRANSPOSE, LINEAR, find_chains, is_op
+
+__all__ = ["fold_bn", "BatchNormInTrainingMode"]
+
+_BN = {torch.ops.aten.batch_norm.default}
+# batch_norm.default(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+_TRAINING, _EPS = 5, 7
+
+
+class BatchNormInTrainingMode(ValueError):
+    """Post-training quantization met a BatchNorm that still updates its statistics."""
+
+
+def _tensor(gm: GraphModule, node: object) -> torch.Tensor | None:
+    if isinstance(node, Node) and node.op == "get_attr":
+        return get_attr_value(gm, node.target)
+    return None
+
+
+def _write_weight(gm: GraphModule, op: Node, index: int, value: torch.Tensor, prefix: str) -> None:
+    """Store ``value`` as ``op.args[index]``: in place if the old attribute is ``op``'s alone."""
+    old = op.args[index] if len(op.args) > index else None
+    if isinstance(old, Node) and old.op == "get_attr" and len(old.users) == 1:
+        # Rebind the name to a new Parameter: the exported module shares storage with
+        # the user's float model, which must not change under them.
+        owner_path, _, attr = old.target.rpartition(".")
+        owner = gm.get_submodule(owner_path)
+        setattr(owner, attr, nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad))
+        return
+    name = set_new_attr(gm, prefix, value.detach(), parameter=True)
+    with gm.graph.inserting_before(op):
+        new = gm.graph.get_attr(name)
+    args = list(op.args) + [None] * (index + 1 - len(op.args))
+    args[index] = new
+    op.args = tuple(args)
+
+
+def _fold_one(gm: GraphModule, op: Node, bn: Node) -> bool:
+    weight = _tensor(gm, op.args[1])
+    bias_arg = op.args[2] if len(op.args) > 2 else None
+    bias = _tensor(gm, bias_arg)
+    if weight is None or (bias_arg is not None and bias is None):
+        return False  # weight or bias computed in the graph: nothing constant to fold into
+    bn_w, bn_b, mean, var = (_tensor(gm, a) for a in bn.args[1:5])
+    if mean is None or var is None:
+        return False
+    eps = bn.args[_EPS]
+    if op.target in LINEAR:
+        if op.meta.get("val") is None or op.meta["val"].dim() != 2:
+            return False  # BatchNorm1d over a 3-D linear output normalizes another axis
+        bn_w = bn_w if bn_w is not None else torch.ones_like(mean)
+        bn_b = bn_b if bn_b is not None else torch.zeros_like(mean)
+        bias_t = bias if bias is not None else torch.zeros_like(mean)
+        new_w, new_b = fuse_linear_bn_weights(weight, bias_t, mean, var, eps, bn_w, bn_b)
+    else:
+        transpose = op.target in CONV_TRANSPOSE
+        if transpose and len(op.args) > 6 and op.args[6] != 1:
+            return False  # grouped transposed conv: per-group channel layout, leave the BN
+        new_w, new_b = fuse_conv_bn_weights(weight, bias, mean, var, eps, bn_w, bn_b, transpose=transpose)
+    _write_weight(gm, op, 1, new_w, "_folded_bn_weight_")
+    _write_weight(gm, op, 2, new_b, "_folded_bn_bias_")
+    bn.replace_all_uses_with(op)
+    gm.graph.erase_node(bn)
+    return True
+
+
+def fold_bn(gm: GraphModule) -> GraphModule:
+    """Fold every ``conv|conv_transpose|linear -> batch_norm(training=False)`` pair (in place).
+
+    A BatchNorm still in training mode raises: post-training quantization of a
+    model whose statistics move would calibrate on a different model than the
+    one deployed.
+    """
+    for node in gm.graph.nodes:
+        if is_op(node, _BN) and node.args[_TRAINING]:
+            raise BatchNormInTrainingMode(
+                f"node '{node.name}' is a BatchNorm in training mode. Export the model after "
+                "model.eval(), or call pt2q.move_exported_model_to_eval(m) before prepare_pt2e; "
+                "for quantization-aware training use prepare_qat_pt2e."
+            )
+    for op, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE | LINEAR, _BN])):
+        _fold_one(gm, op, bn)
+    return remove_unused_attributes(gm)

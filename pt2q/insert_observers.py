@@ -1,0 +1,157 @@
+"""Build one observer (or fake quantizer) per sharing group and insert it into the graph."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+from torch.fx import GraphModule, Node
+
+from pt2q.derived import DerivedObserverOrFakeQuantize
+from pt2q.sharing import collect_qspecs, root_spec, sharing_groups
+from pt2q.spec import (
+    Q_ANNOTATION_KEY,
+    DerivedQuantizationSpec,
+    EdgeOrNode,
+    FixedQParamsQuantizationSpec,
+    QuantizationSpec,
+    QuantizationSpecBase,
+    is_per_channel,
+)
+
+__all__ = ["insert_observers", "OBSERVER_PREFIX", "is_observer_node", "describe"]
+
+OBSERVER_PREFIX = "activation_post_process_"
+_PORTED_META = ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node", "custom")
+
+
+def describe(member: EdgeOrNode) -> str:
+    """A human name for an edge or node output, used in observers' error messages."""
+    if isinstance(member, tuple):
+        return f"input '{member[0].name}' of node '{member[1].name}'"
+    return f"output of node '{member.name}'"
+
+
+def is_observer_node(node: object, gm: GraphModule) -> bool:
+    return (
+        isinstance(node, Node)
+        and node.op == "call_module"
+        and isinstance(node.target, str)
+        and node.target.startswith(OBSERVER_PREFIX)
+        and hasattr(gm, node.target)
+    )
+
+
+def _spec_kwargs(spec: QuantizationSpec | FixedQParamsQuantizationSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"dtype": spec.dtype, "is_dynamic": spec.is_dynamic}
+    for name in ("quant_min", "quant_max", "qscheme"):
+        if getattr(spec, name) is not None:
+            kwargs[name] = getattr(spec, name)
+    if is_per_channel(spec.qscheme) and getattr(spec, "ch_axis", None) is not None:
+        kwargs["ch_axis"] = spec.ch_axis
+    return kwargs
+
+
+def _create(spec: QuantizationSpecBase, made: dict[EdgeOrNode, nn.Module], is_qat: bool) -> nn.Module:
+    if isinstance(spec, DerivedQuantizationSpec):
+        return DerivedObserverOrFakeQuantize(
+            dtype=spec.dtype,
+            obs_or_fqs=[made[m] for m in spec.derived_from],
+            derive_qparams_fn=spec.derive_qparams_fn,
+            quant_min=spec.quant_min,
+            quant_max=spec.quant_max,
+            qscheme=spec.qscheme,
+            ch_axis=spec.ch_axis,
+        )
+    if isinstance(spec, FixedQParamsQuantizationSpec):
+        from pt2q.observer import FixedQParamsObserver
+
+        observer = FixedQParamsObserver.with_args(scale=spec.scale, zero_point=spec.zero_point, **_spec_kwargs(spec))
+        if is_qat:
+            from pt2q.fake_quantize import FixedQParamsFakeQuantize
+
+            return FixedQParamsFakeQuantize(observer=observer)
+        return observer()
+    assert isinstance(spec, QuantizationSpec), f"unexpected spec type {type(spec).__name__}"
+    return spec.observer_or_fake_quant_ctr(**_spec_kwargs(spec))
+
+
+def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
+    """member -> observer, with one observer instance per sharing group."""
+    specs = collect_qspecs(gm)
+    groups, uf = sharing_groups(specs)
+    by_group: dict[int, nn.Module] = {}
+    made: dict[EdgeOrNode, nn.Module] = {}
+    # Derived specs read other groups' observers, so build them last.
+    for derived_pass in (False, True):
+        for member in specs:
+            spec = root_spec(member, specs, uf)
+            if isinstance(spec, DerivedQuantizationSpec) != derived_pass:
+                continue
+            gid = groups[member]
+            if gid not in by_group:
+                by_group[gid] = _create(spec, made, is_qat)
+                by_group[gid].target_name = describe(member)
+            made[member] = by_group[gid]
+    return made
+
+
+def _new_observer_node(gm: GraphModule, obs: nn.Module, source: Node, meta_from: Node, names: dict[int, str]) -> Node:
+    """Call ``obs`` on ``source`` right after it; a shared observer keeps one submodule name."""
+    name = names.get(id(obs))
+    if name is None:
+        name = names[id(obs)] = f"{OBSERVER_PREFIX}{len(names)}"
+        gm.add_submodule(name, obs)
+    with gm.graph.inserting_after(source):
+        obs_node = gm.graph.call_module(name, (source,))
+    if "val" in source.meta:
+        obs_node.meta["val"] = source.meta["val"]
+    for key in _PORTED_META:
+        if key in meta_from.meta:
+            obs_node.meta[key] = meta_from.meta[key]
+    return obs_node
+
+
+def insert_observers(
+    gm: GraphModule,
+    is_qat: bool,
+    obs_or_fq_callback: Optional[Callable[[GraphModule, dict], None]] = None,
+) -> GraphModule:
+    """Insert observers for every annotated edge and output of ``gm`` (in place)."""
+    made = _build(gm, is_qat)
+    if obs_or_fq_callback is not None:
+        obs_or_fq_callback(gm, made)
+    names: dict[int, str] = {}
+    obs_module_to_node: dict[int, list[Node]] = {}
+
+    def observed_arg(arg: Any, consumer: Node) -> Any:
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(observed_arg(a, consumer) for a in arg)
+        if not isinstance(arg, Node):
+            return arg
+        original = arg
+        while is_observer_node(original, gm):
+            original = original.args[0]
+        obs = made.get((original, consumer))
+        if obs is None or obs is made.get(original):
+            return arg  # not quantized, or already observed at the producer's output
+        for existing in obs_module_to_node.get(id(obs), []):
+            if existing.args[0] in (arg, original):
+                return existing
+        obs_node = _new_observer_node(gm, obs, arg, consumer, names)
+        obs_module_to_node.setdefault(id(obs), []).append(obs_node)
+        return obs_node
+
+    for node in list(gm.graph.nodes):
+        if Q_ANNOTATION_KEY not in node.meta:
+            continue
+        node.args = observed_arg(node.args, node)
+        node.kwargs = {k: observed_arg(v, node) for k, v in node.kwargs.items()}
+        obs = made.get(node)
+        if obs is None or not isinstance(node.meta.get("val"), torch.Tensor):
+            continue
+        obs_node = _new_observer_node(gm, obs, node, node, names)
+        obs_module_to_node.setdefault(id(obs), []).append(obs_node)
+        node.replace_all_uses_with(obs_node, delete_user_cb=lambda user: user is not obs_node)
+    gm.recompile()
+    return gm

@@ -1,0 +1,43 @@
+"""``prepare_pt2e``: fold BatchNorm, annotate with a Quantizer, insert observers."""
+from __future__ import annotations
+
+import torch
+from torch.fx import GraphModule
+
+from pt2q.check_annotations import check_annotations
+from pt2q.fold_bn import fold_bn
+from pt2q.insert_observers import insert_observers
+from pt2q.quantizer import Quantizer
+from pt2q.train_eval import disallow_eval_train
+
+__all__ = ["prepare_pt2e"]
+
+
+def _require_graph_module(model: object, fn: str) -> GraphModule:
+    if not isinstance(model, GraphModule):
+        raise TypeError(
+            f"{fn} expects the GraphModule of an exported program, got {type(model).__name__}. "
+            "Use torch.export.export(model, example_inputs).module()."
+        )
+    return model
+
+
+def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
+    """Prepare an exported model for post-training quantization.
+
+    Folds eval-mode BatchNorm into the preceding conv/linear, lets ``quantizer``
+    annotate the graph, checks the annotations and inserts one observer per
+    group of tensors that share quantization parameters. Run the result on
+    calibration data, then call ``convert_pt2e``.
+    """
+    model = _require_graph_module(model, "prepare_pt2e")
+    torch._C._log_api_usage_once("pt2q.prepare_pt2e")
+    original_meta = dict(model.meta)
+    fold_bn(model)
+    model = quantizer.transform_for_annotation(model)
+    quantizer.annotate(model)
+    quantizer.validate(model)
+    check_annotations(model)
+    insert_observers(model, is_qat=False, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
+    model.meta.update(original_meta)
+    return disallow_eval_train(model)

@@ -1,0 +1,132 @@
+"""Replace observer calls with ``quantized_decomposed`` quantize/dequantize ops."""
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.ao.quantization.fx._decomposed  # noqa: F401  registers torch.ops.quantized_decomposed
+from torch import nn
+from torch.fx import GraphModule, Node
+
+from pt2q.attrs import set_new_attr
+from pt2q.insert_observers import is_observer_node
+from pt2q.spec import dtype_range, is_per_channel
+
+__all__ = ["replace_observers_with_qdq", "QDQ_OPS", "Q_OPS", "DQ_OPS", "UncalibratedModelError"]
+
+qd = torch.ops.quantized_decomposed
+Q_OPS = {
+    qd.quantize_per_tensor.default,
+    qd.quantize_per_tensor.tensor,
+    qd.quantize_per_channel.default,
+}
+DQ_OPS = {
+    qd.dequantize_per_tensor.default,
+    qd.dequantize_per_tensor.tensor,
+    qd.dequantize_per_channel.default,
+}
+QDQ_OPS = Q_OPS | DQ_OPS
+_QUANT_DTYPES = {torch.int8, torch.uint8, torch.int16, torch.int32, torch.qint8, torch.quint8, torch.qint32}
+_UNDERLYING = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32}
+_CHOOSE_QPARAMS = {
+    torch.per_tensor_affine: qd.choose_qparams.tensor,
+    torch.per_tensor_symmetric: qd.choose_qparams_symmetric.tensor,
+}
+_PORTED_META = ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node", "custom")
+
+
+class UncalibratedModelError(RuntimeError):
+    """convert_pt2e was called before the observers saw any data."""
+
+
+def _qrange(obs: nn.Module, dtype: torch.dtype) -> tuple[int, int]:
+    lo, hi = dtype_range(dtype)
+    qmin = obs.quant_min if getattr(obs, "quant_min", None) is not None else lo
+    qmax = obs.quant_max if getattr(obs, "quant_max", None) is not None else hi
+    return int(qmin), int(qmax)
+
+
+def _port_meta(new: Node, observer_node: Node, with_val: bool = False) -> None:
+    """Give a new Q/DQ node the observer's provenance (and, for the float DQ output, its value meta)."""
+    keys = _PORTED_META + ("val",) if with_val else _PORTED_META
+    for key in keys:
+        if key in observer_node.meta:
+            new.meta[key] = observer_node.meta[key]
+
+
+def _static_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype) -> tuple[Node, Node]:
+    scale, zero_point = obs.calculate_qparams()
+    qmin, qmax = _qrange(obs, dtype)
+    g = gm.graph
+    if is_per_channel(getattr(obs, "qscheme", None)):
+        scale_node = g.get_attr(set_new_attr(gm, "_scale_", scale.detach().clone()))
+        zp_node = g.get_attr(set_new_attr(gm, "_zero_point_", zero_point.detach().clone()))
+        qparams: tuple[Any, ...] = (scale_node, zp_node, int(obs.ch_axis), qmin, qmax, dtype)
+        q_op, dq_op = qd.quantize_per_channel.default, qd.dequantize_per_channel.default
+    else:
+        qparams = (float(scale), int(zero_point), qmin, qmax, dtype)
+        q_op, dq_op = qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default
+    q = g.call_function(q_op, (node.args[0], *qparams))
+    dq = g.call_function(dq_op, (q, *qparams), _out_dtype_kwargs(node))
+    return q, dq
+
+
+def _dynamic_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype) -> tuple[Node, Node]:
+    qscheme = getattr(obs, "qscheme", torch.per_tensor_affine) or torch.per_tensor_affine
+    if qscheme not in _CHOOSE_QPARAMS:
+        raise ValueError(
+            f"dynamic quantization of {obs.target_name or node.name} asks for qscheme {qscheme}; "
+            "only per-tensor affine or symmetric qparams can be chosen at run time."
+        )
+    qmin, qmax = _qrange(obs, dtype)
+    eps = float(getattr(obs, "eps", torch.finfo(torch.float32).eps))
+    g = gm.graph
+    choose = g.call_function(_CHOOSE_QPARAMS[qscheme], (node.args[0], qmin, qmax, eps, dtype))
+    scale = g.call_function(operator.getitem, (choose, 0))
+    zero_point = g.call_function(operator.getitem, (choose, 1))
+    q = g.call_function(qd.quantize_per_tensor.tensor, (node.args[0], scale, zero_point, qmin, qmax, dtype))
+    dq = g.call_function(qd.dequantize_per_tensor.tensor, (q, scale, zero_point, qmin, qmax, dtype), _out_dtype_kwargs(node))
+    for n in (choose, scale, zero_point):
+        _port_meta(n, node)
+    return q, dq
+
+
+def _out_dtype_kwargs(node: Node) -> dict[str, Any]:
+    val = node.args[0].meta.get("val") if isinstance(node.args[0], Node) else None
+    if isinstance(val, torch.Tensor) and val.dtype != torch.float32:
+        return {"out_dtype": val.dtype}
+    return {}
+
+
+def replace_observers_with_qdq(gm: GraphModule) -> GraphModule:
+    """Turn each observer call into ``quantize -> dequantize`` with the observer's qparams (in place)."""
+    observer_nodes = [n for n in gm.graph.nodes if is_observer_node(n, gm)]
+    uncalibrated = sorted(
+        {gm.get_submodule(n.target).target_name or n.name for n in observer_nodes
+         if not getattr(gm.get_submodule(n.target), "has_statistics", True)}
+    )
+    if uncalibrated:
+        shown = ", ".join(uncalibrated[:5]) + (f" and {len(uncalibrated) - 5} more" if len(uncalibrated) > 5 else "")
+        raise UncalibratedModelError(
+            f"convert_pt2e: {len(uncalibrated)} observer(s) never saw data ({shown}). Run the prepared "
+            "model on representative inputs (calibration) before calling convert_pt2e."
+        )
+    for node in observer_nodes:
+        obs = gm.get_submodule(node.target)
+        dtype = _UNDERLYING.get(obs.dtype, obs.dtype)
+        if obs.dtype not in _QUANT_DTYPES:
+            node.replace_all_uses_with(node.args[0])  # float "quantization" (e.g. placeholder fp32): no-op
+        else:
+            with gm.graph.inserting_before(node):
+                make = _dynamic_qdq if getattr(obs, "is_dynamic", False) else _static_qdq
+                q, dq = make(gm, node, obs, dtype)
+            _port_meta(q, node)
+            _port_meta(dq, node, with_val=True)
+            node.replace_all_uses_with(dq)
+        gm.graph.erase_node(node)
+    for name in {n.target for n in observer_nodes}:
+        if hasattr(gm, name):
+            delattr(gm, name)
+    gm.recompile()
+    return gm
