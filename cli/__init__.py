@@ -1,0 +1,1 @@
+"""pt2q's command-line entry points."""
