@@ -9,7 +9,7 @@ The flow, as in ``torchao.quantization.pt2e``::
     m = convert_pt2e(m)
 """
 from pt2q.convert import convert_pt2e
-from pt2q.prepare import prepare_pt2e
+from pt2q.prepare import prepare_pt2e, prepare_qat_pt2e
 from pt2q.quantizer import (
     ComposableQuantizer,
     DerivedQuantizationSpec,
@@ -30,6 +30,7 @@ from pt2q.train_eval import (
 
 __all__ = [
     "prepare_pt2e",
+    "prepare_qat_pt2e",
     "convert_pt2e",
     "move_exported_model_to_eval",
     "move_exported_model_to_train",

@@ -8,6 +8,7 @@ from pt2q.attrs import remove_unused_attributes
 from pt2q.duplicate_dq import duplicate_dq
 from pt2q.fold_quantize import fold_quantize as fold_quantized_weights
 from pt2q.prepare import _require_graph_module
+from pt2q.qat_conv_bn import fold_trained_conv_bn
 from pt2q.qdq import replace_observers_with_qdq
 from pt2q.train_eval import disallow_eval_train
 
@@ -35,6 +36,7 @@ def convert_pt2e(
     torch._C._log_api_usage_once("pt2q.convert_pt2e")
     original_meta = dict(model.meta)
     replace_observers_with_qdq(model)
+    fold_trained_conv_bn(model)
     duplicate_dq(model)
     if fold_quantize:
         fold_quantized_weights(model)

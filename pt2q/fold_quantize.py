@@ -1,40 +1,62 @@
-"""Quantize constant weights ahead of time: ``quantize(get_attr)`` becomes an integer constant."""
+"""Quantize constant weights ahead of time: ``quantize(constant)`` becomes an integer constant."""
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import get_attr_value, set_new_attr
+from pt2q.dead_code import erase_with_dead_inputs
 from pt2q.qdq import Q_OPS
 
 __all__ = ["fold_quantize"]
 
+_NOT_CONSTANT = object()
 
-def _constant(gm: GraphModule, arg: object) -> object:
-    if isinstance(arg, Node):
-        return get_attr_value(gm, arg.target) if arg.op == "get_attr" else None
-    return arg
+
+def _constant(gm: GraphModule, arg: Any, cache: dict[Node, Any]) -> Any:
+    """The value of ``arg`` if it depends on attributes and literals only, else _NOT_CONSTANT."""
+    if isinstance(arg, (list, tuple)):
+        values = [_constant(gm, a, cache) for a in arg]
+        return _NOT_CONSTANT if any(v is _NOT_CONSTANT for v in values) else type(arg)(values)
+    if not isinstance(arg, Node):
+        return arg
+    if arg not in cache:
+        if arg.op == "get_attr":
+            cache[arg] = get_attr_value(gm, arg.target)
+        elif arg.op == "call_function" and not arg.kwargs and not _is_random(arg):
+            args = _constant(gm, arg.args, cache)
+            cache[arg] = _NOT_CONSTANT if args is _NOT_CONSTANT else arg.target(*args)
+        else:
+            cache[arg] = _NOT_CONSTANT
+    return cache[arg]
+
+
+def _is_random(node: Node) -> bool:
+    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
 
 
 def fold_quantize(gm: GraphModule) -> GraphModule:
-    """Replace each quantize op whose inputs are all constants by its int result (in place).
+    """Replace each quantize op whose inputs are constants by its integer result (in place).
 
-    The integer tensor is stored as buffer ``_frozen_param{i}``; the float weight
-    it came from is left unused for ``remove_unused_attributes`` to drop.
+    Inputs may be computed from attributes (e.g. a QAT weight scaled by its folded
+    BatchNorm). The integer tensor is stored as buffer ``_frozen_param{i}``; the float
+    weight and whatever computed it are erased.
     """
+    cache: dict[Node, Any] = {}
     for q in list(gm.graph.nodes):
-        if q.op != "call_function" or q.target not in Q_OPS:
-            continue
-        args = [_constant(gm, a) for a in q.args]
-        if not isinstance(q.args[0], Node) or any(a is None for a in args):
+        if q.op != "call_function" or q.target not in Q_OPS or not isinstance(q.args[0], Node):
             continue
         with torch.no_grad():
+            args = _constant(gm, q.args, cache)
+            if args is _NOT_CONSTANT:
+                continue
             value = q.target(*args)
-        name = set_new_attr(gm, "_frozen_param", value)
         with gm.graph.inserting_before(q):
-            folded = gm.graph.get_attr(name)
+            folded = gm.graph.get_attr(set_new_attr(gm, "_frozen_param", value))
         folded.meta.update({k: v for k, v in q.meta.items() if k != "val"})
         q.replace_all_uses_with(folded)
-        gm.graph.erase_node(q)
+        erase_with_dead_inputs(gm, [q])
     gm.recompile()
     return gm

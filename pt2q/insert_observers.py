@@ -76,6 +76,24 @@ def _create(spec: QuantizationSpecBase, made: dict[EdgeOrNode, nn.Module], is_qa
     return spec.observer_or_fake_quant_ctr(**_spec_kwargs(spec))
 
 
+def _check_mode(obs: nn.Module, member: EdgeOrNode, is_qat: bool) -> nn.Module:
+    """QAT needs fake quantizers (they pass gradients); PTQ needs observers."""
+    if isinstance(obs, DerivedObserverOrFakeQuantize):
+        return obs
+    is_fake_quant = hasattr(obs, "fake_quant_enabled")
+    if is_qat and not is_fake_quant:
+        raise ValueError(
+            f"prepare_qat_pt2e: the spec for {describe(member)} builds a {type(obs).__name__}, which only "
+            "observes and cannot train. Use a QAT config, e.g. get_symmetric_quantization_config(is_qat=True)."
+        )
+    if not is_qat and is_fake_quant:
+        raise ValueError(
+            f"prepare_pt2e: the spec for {describe(member)} builds a {type(obs).__name__}, a QAT fake "
+            "quantizer. Use prepare_qat_pt2e for quantization-aware training, or a config with is_qat=False."
+        )
+    return obs
+
+
 def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
     """member -> observer, with one observer instance per sharing group."""
     specs = collect_qspecs(gm)
@@ -90,7 +108,7 @@ def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
                 continue
             gid = groups[member]
             if gid not in by_group:
-                by_group[gid] = _create(spec, made, is_qat)
+                by_group[gid] = _check_mode(_create(spec, made, is_qat), member, is_qat)
                 by_group[gid].target_name = describe(member)
             made[member] = by_group[gid]
     return made

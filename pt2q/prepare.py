@@ -7,10 +7,11 @@ from torch.fx import GraphModule
 from pt2q.check_annotations import check_annotations
 from pt2q.fold_bn import fold_bn
 from pt2q.insert_observers import insert_observers
+from pt2q.qat_conv_bn import simulate_conv_bn_folding
 from pt2q.quantizer import Quantizer
 from pt2q.train_eval import disallow_eval_train
 
-__all__ = ["prepare_pt2e"]
+__all__ = ["prepare_pt2e", "prepare_qat_pt2e"]
 
 
 def _require_graph_module(model: object, fn: str) -> GraphModule:
@@ -34,10 +35,33 @@ def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     torch._C._log_api_usage_once("pt2q.prepare_pt2e")
     original_meta = dict(model.meta)
     fold_bn(model)
+    model = _annotate(model, quantizer)
+    insert_observers(model, is_qat=False, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
+    model.meta.update(original_meta)
+    return disallow_eval_train(model)
+
+
+def prepare_qat_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
+    """Prepare an exported model (in training mode) for quantization-aware training.
+
+    Like ``prepare_pt2e``, but BatchNorm keeps training: each annotated
+    conv+BatchNorm is rewritten so that the BN-folded weight is fake-quantized,
+    and fake quantizers are inserted instead of observers. Train, then call
+    ``move_exported_model_to_eval`` and ``convert_pt2e``.
+    """
+    model = _require_graph_module(model, "prepare_qat_pt2e")
+    torch._C._log_api_usage_once("pt2q.prepare_qat_pt2e")
+    original_meta = dict(model.meta)
+    model = _annotate(model, quantizer)
+    simulate_conv_bn_folding(model)
+    insert_observers(model, is_qat=True, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
+    model.meta.update(original_meta)
+    return disallow_eval_train(model)
+
+
+def _annotate(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     model = quantizer.transform_for_annotation(model)
     quantizer.annotate(model)
     quantizer.validate(model)
     check_annotations(model)
-    insert_observers(model, is_qat=False, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
-    model.meta.update(original_meta)
-    return disallow_eval_train(model)
+    return model

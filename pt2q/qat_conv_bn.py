@@ -1,0 +1,142 @@
+"""Conv + BatchNorm for quantization-aware training: simulated folding, then real folding.
+
+During QAT the BatchNorm keeps training, but the weight the backend will run is
+the BN-folded one, so that is the weight to fake-quantize. ``prepare_qat_pt2e``
+rewrites each annotated ``conv -> batch_norm`` into::
+
+    scale  = bn.weight / sqrt(bn.running_var + eps)
+    y      = conv(x, fake_quant(conv.weight * scale), zeros)   # observer on this weight edge
+    y      = y / scale + conv.bias
+    out    = batch_norm(y, ...)                                # still trains its statistics
+
+``convert_pt2e`` then folds the trained BN for good: with running statistics,
+``batch_norm(conv(x, w*scale)/scale + b)`` equals ``conv(x, w*scale) + b'`` where
+``b' = (b - mean) * scale + beta``; the quantized ``w*scale`` is already in place.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import torch
+from torch.fx import GraphModule, Node
+
+from pt2q.attrs import get_attr_value, set_new_attr
+from pt2q.dead_code import erase_with_dead_inputs
+from pt2q.pattern import CONV, CONV_TRANSPOSE, find_chains, is_op, match_chain
+from pt2q.spec import Q_ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
+
+__all__ = ["simulate_conv_bn_folding", "fold_trained_conv_bn"]
+
+aten = torch.ops.aten
+_BN = {aten.batch_norm.default}
+# batch_norm.default(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+_BN_EPS = 7
+
+
+def _copy_meta(new: Node, like: Node) -> Node:
+    for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node"):
+        if key in like.meta:
+            new.meta[key] = like.meta[key]
+    return new
+
+
+def _channel_shape(conv: Node, weight_rank: int, for_weight: bool) -> list[int]:
+    shape = [1] * weight_rank
+    # output channels: dim 0 of a conv weight, dim 1 of a transposed conv weight and of activations
+    shape[1 if (conv.target in CONV_TRANSPOSE or not for_weight) else 0] = -1
+    return shape
+
+
+def _remap_specs(gm: GraphModule, old: tuple[Node, Node], new: tuple[Node, Node]) -> None:
+    """Point shared/derived specs that named edge ``old`` at ``new``."""
+    def fix(spec):
+        if isinstance(spec, SharedQuantizationSpec) and spec.edge_or_node == old:
+            return SharedQuantizationSpec(new)
+        if isinstance(spec, DerivedQuantizationSpec) and old in spec.derived_from:
+            return dataclasses.replace(spec, derived_from=[new if e == old else e for e in spec.derived_from])
+        return spec
+
+    for node in gm.graph.nodes:
+        ann = node.meta.get(Q_ANNOTATION_KEY)
+        if ann is not None:
+            ann.input_qspec_map = {k: fix(v) for k, v in ann.input_qspec_map.items()}
+            ann.output_qspec = fix(ann.output_qspec)
+
+
+def _simulate_one(gm: GraphModule, conv: Node, bn: Node) -> None:
+    g = gm.graph
+    weight, bias = conv.args[1], conv.args[2] if len(conv.args) > 2 else None
+    bn_weight, bn_var, eps = bn.args[1], bn.args[4], bn.args[_BN_EPS]
+    rank = weight.meta["val"].dim() if "val" in weight.meta else get_attr_value(gm, weight.target).dim()
+    with g.inserting_before(conv):
+        std = _copy_meta(g.call_function(aten.sqrt.default, (g.call_function(aten.add.Tensor, (bn_var, eps)),)), conv)
+        scale = _copy_meta(g.call_function(aten.div.Tensor, (bn_weight, std)), conv)
+        w_scale = g.call_function(aten.reshape.default, (scale, _channel_shape(conv, rank, True)))
+        scaled_weight = _copy_meta(g.call_function(aten.mul.Tensor, (weight, w_scale)), conv)
+        zero_bias = None
+        if bias is not None:
+            zero_bias = _copy_meta(g.call_function(aten.zeros_like.default, (bias,)), conv)
+    conv.args = (conv.args[0], scaled_weight, zero_bias, *conv.args[3:])
+    with g.inserting_after(conv):
+        y_scale = g.call_function(aten.reshape.default, (scale, _channel_shape(conv, rank, False)))
+    with g.inserting_after(y_scale):
+        y = _copy_meta(g.call_function(aten.div.Tensor, (conv, y_scale)), conv)
+    if bias is not None:
+        with g.inserting_after(y):
+            b = g.call_function(aten.reshape.default, (bias, _channel_shape(conv, rank, False)))
+        with g.inserting_after(b):
+            y = _copy_meta(g.call_function(aten.add.Tensor, (y, b)), conv)
+    bn.replace_input_with(conv, y)
+    ann = conv.meta.get(Q_ANNOTATION_KEY)
+    if ann is not None:
+        moves = {weight: scaled_weight}
+        if bias is not None:
+            moves[bias] = zero_bias
+        ann.input_qspec_map = {moves.get(k, k): v for k, v in ann.input_qspec_map.items()}
+        for old, new in moves.items():
+            _remap_specs(gm, (old, conv), (new, conv))
+
+
+def simulate_conv_bn_folding(gm: GraphModule) -> GraphModule:
+    """Rewrite every ``conv -> batch_norm`` with a constant weight for QAT (in place)."""
+    for conv, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE, _BN])):
+        if isinstance(conv.args[1], Node) and conv.args[1].op == "get_attr":
+            _simulate_one(gm, conv, bn)
+    gm.recompile()
+    return gm
+
+
+def _constant(gm: GraphModule, node: object) -> Optional[torch.Tensor]:
+    return get_attr_value(gm, node.target) if isinstance(node, Node) and node.op == "get_attr" else None
+
+
+def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
+    """Fold the BatchNorm of each simulated-folding subgraph into the conv's bias (in place)."""
+    for conv in list(gm.graph.nodes):
+        if not is_op(conv, CONV | CONV_TRANSPOSE):
+            continue
+        chain = match_chain(conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, {aten.add.Tensor}, _BN]) or match_chain(
+            conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, _BN]
+        )
+        if chain is None:
+            continue
+        bn = chain[-1]
+        bias_node = chain[2].args[1].args[0] if len(chain) == 4 else None  # add(y, reshape(bias))
+        bn_w, bn_b, mean, var = (_constant(gm, a) for a in bn.args[1:5])
+        if mean is None or var is None:
+            continue
+        scale = (bn_w if bn_w is not None else torch.ones_like(var)) / torch.sqrt(var + bn.args[_BN_EPS])
+        bias = _constant(gm, bias_node) if bias_node is not None else torch.zeros_like(mean)
+        beta = bn_b if bn_b is not None else torch.zeros_like(mean)
+        folded_bias = ((bias - mean) * scale + beta).detach()
+        with gm.graph.inserting_before(conv):
+            bias_attr = gm.graph.get_attr(set_new_attr(gm, "_folded_bn_bias_", folded_bias, parameter=True))
+        args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
+        args[2] = bias_attr
+        conv.args = tuple(args)
+        bn.replace_all_uses_with(conv)
+        erase_with_dead_inputs(gm, list(reversed(chain[1:])))
+    gm.recompile()
+    return gm
+
