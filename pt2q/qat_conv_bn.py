@@ -71,7 +71,10 @@ def _simulate_one(gm: GraphModule, conv: Node, bn: Node) -> None:
     rank = weight.meta["val"].dim() if "val" in weight.meta else get_attr_value(gm, weight.target).dim()
     with g.inserting_before(conv):
         std = _copy_meta(g.call_function(aten.sqrt.default, (g.call_function(aten.add.Tensor, (bn_var, eps)),)), conv)
-        scale = _copy_meta(g.call_function(aten.div.Tensor, (bn_weight, std)), conv)
+        if bn_weight is None:  # BatchNorm(affine=False)
+            scale = _copy_meta(g.call_function(aten.reciprocal.default, (std,)), conv)
+        else:
+            scale = _copy_meta(g.call_function(aten.div.Tensor, (bn_weight, std)), conv)
         w_scale = g.call_function(aten.reshape.default, (scale, _channel_shape(conv, rank, True)))
         scaled_weight = _copy_meta(g.call_function(aten.mul.Tensor, (weight, w_scale)), conv)
         zero_bias = None
@@ -111,15 +114,51 @@ def _constant(gm: GraphModule, node: object) -> Optional[torch.Tensor]:
     return get_attr_value(gm, node.target) if isinstance(node, Node) and node.op == "get_attr" else None
 
 
+def _divides_by_bn_scale(div: Node, bn: Node) -> bool:
+    """Whether ``div`` is the ``y / reshape(scale)`` that ``_simulate_one`` built for ``bn``."""
+    divisor = div.args[1]
+    if not is_op(divisor, {aten.reshape.default}):
+        return False
+    scale = divisor.args[0]
+    if is_op(scale, {aten.reciprocal.default}):
+        std = scale.args[0]
+    elif is_op(scale, {aten.div.Tensor}) and scale.args[0] is bn.args[1]:
+        std = scale.args[1]
+    else:
+        return False
+    return is_op(std, {aten.sqrt.default}) and is_op(std.args[0], {aten.add.Tensor}) and std.args[0].args[0] is bn.args[4]
+
+
+def _batch_counter(gm: GraphModule, bn: Node) -> Optional[Node]:
+    """The ``add_(<bn>.num_batches_tracked, 1)`` export emits next to a training BatchNorm."""
+    mean = bn.args[3]
+    if not (isinstance(mean, Node) and mean.op == "get_attr" and str(mean.target).endswith("running_mean")):
+        return None
+    counter = str(mean.target)[: -len("running_mean")] + "num_batches_tracked"
+    for node in gm.graph.nodes:
+        if (
+            is_op(node, {aten.add_.Tensor})
+            and isinstance(node.args[0], Node)
+            and node.args[0].op == "get_attr"
+            and node.args[0].target == counter
+        ):
+            return node
+    return None
+
+
 def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
-    """Fold the BatchNorm of each simulated-folding subgraph into the conv's bias (in place)."""
+    """Fold the BatchNorm of each simulated-folding subgraph into the conv's bias (in place).
+
+    The BatchNorm's batch counter goes too, and so does the zero bias the conv
+    ran with during training.
+    """
     for conv in list(gm.graph.nodes):
         if not is_op(conv, CONV | CONV_TRANSPOSE):
             continue
         chain = match_chain(conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, {aten.add.Tensor}, _BN]) or match_chain(
             conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, _BN]
         )
-        if chain is None:
+        if chain is None or not _divides_by_bn_scale(chain[1], chain[-1]):
             continue
         bn = chain[-1]
         bias_node = chain[2].args[1].args[0] if len(chain) == 4 else None  # add(y, reshape(bias))
@@ -133,10 +172,14 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
         with gm.graph.inserting_before(conv):
             bias_attr = gm.graph.get_attr(set_new_attr(gm, "_folded_bn_bias_", folded_bias, parameter=True))
         args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
-        args[2] = bias_attr
+        training_bias, args[2] = args[2], bias_attr
         conv.args = tuple(args)
         bn.replace_all_uses_with(conv)
-        erase_with_dead_inputs(gm, list(reversed(chain[1:])))
+        counter = _batch_counter(gm, bn)
+        # erasing the BatchNorm frees the div/add above it, and the new bias frees the zero bias
+        erase_with_dead_inputs(gm, [bn] + ([counter] if counter is not None else []))
+        if isinstance(training_bias, Node):
+            erase_with_dead_inputs(gm, [training_bias])
     gm.recompile()
     return gm
 

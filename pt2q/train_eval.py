@@ -19,23 +19,52 @@ __all__ = [
     "disallow_eval_train",
 ]
 
-# op -> index of its boolean "training" argument
+_aten = torch.ops.aten
+# op -> (position, keyword) of its boolean "training" argument; the in-place
+# dropouts are what ``nn.Dropout(inplace=True)`` and friends export to
 _TRAIN_FLAG_ARG = {
-    torch.ops.aten.dropout.default: 2,
-    torch.ops.aten.feature_dropout.default: 2,
-    torch.ops.aten.alpha_dropout.default: 2,
-    torch.ops.aten.batch_norm.default: 5,
+    **{
+        op.default: (2, "train")
+        for op in (
+            _aten.dropout, _aten.dropout_, _aten.feature_dropout, _aten.feature_dropout_,
+            _aten.alpha_dropout, _aten.alpha_dropout_, _aten.feature_alpha_dropout, _aten.feature_alpha_dropout_,
+        )
+    },
+    _aten.batch_norm.default: (5, "training"),
 }
+
+
+def _is_batch_counter(node: torch.fx.Node) -> bool:
+    """``add_(bn.num_batches_tracked, 1)``, which export emits for a training-mode BatchNorm."""
+    return (
+        node.op == "call_function"
+        and node.target == _aten.add_.Tensor
+        and len(node.args) == 2
+        and isinstance(node.args[0], torch.fx.Node)
+        and node.args[0].op == "get_attr"
+        and str(node.args[0].target).endswith("num_batches_tracked")
+        and node.args[1] in (0, 1)
+    )
 
 
 def _set_training(model: GraphModule, training: bool) -> GraphModule:
     changed = False
     for node in model.graph.nodes:
-        index = _TRAIN_FLAG_ARG.get(node.target) if node.op == "call_function" else None
-        if index is not None and len(node.args) > index and node.args[index] != training:
-            args = list(node.args)
-            args[index] = training
-            node.args = tuple(args)
+        if _is_batch_counter(node):
+            # BatchNorm counts training batches only: add 1 in training, 0 in eval
+            if node.args[1] != int(training):
+                node.args = (node.args[0], int(training))
+                changed = True
+            continue
+        flag = _TRAIN_FLAG_ARG.get(node.target) if node.op == "call_function" else None
+        if flag is None:
+            continue
+        index, keyword = flag
+        if len(node.args) > index and node.args[index] != training:
+            node.args = node.args[:index] + (training,) + node.args[index + 1:]
+            changed = True
+        elif keyword in node.kwargs and node.kwargs[keyword] != training:
+            node.kwargs = {**node.kwargs, keyword: training}
             changed = True
     if changed:
         model.recompile()
