@@ -1,0 +1,551 @@
+"""Observers: modules that record statistics of the tensors flowing through them.
+
+``prepare_pt2e`` inserts one after every tensor to quantize; ``convert_pt2e`` asks
+each for ``calculate_qparams()``. Names, arguments and numerics follow
+``torchao.quantization.pt2e.observer`` (same scales and zero points, bit for bit);
+pt2q adds ``has_statistics``, ``target_name`` (used in error messages), errors on
+non-finite calibration data, and a much cheaper ``forward``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from pt2q.qparams import (
+    PER_CHANNEL_QSCHEMES,
+    PER_TENSOR_QSCHEMES,
+    SYMMETRIC_QSCHEMES,
+    accumulate_histc_,
+    choose_qparams,
+    dtype_bits,
+    quant_range,
+    search_histogram_range,
+    upscale_histogram,
+)
+
+__all__ = [
+    "ObserverBase",
+    "UniformQuantizationObserverBase",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PerChannelMinMaxObserver",
+    "MovingAveragePerChannelMinMaxObserver",
+    "HistogramObserver",
+    "FixedQParamsObserver",
+    "PlaceholderObserver",
+    "NoopObserver",
+    "default_observer",
+    "default_weight_observer",
+    "default_per_channel_weight_observer",
+    "default_histogram_observer",
+    "default_placeholder_observer",
+    "default_dynamic_quant_observer",
+    "default_float_qparams_observer",
+]
+
+_F32_EPS = torch.finfo(torch.float32).eps
+
+
+class _Constructor:
+    """``cls`` with preset keyword arguments: calling it builds an instance, later kwargs win."""
+
+    def __init__(self, cls: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+        self.cls = cls
+        self.kwargs = kwargs
+
+    def __call__(self, **kwargs: Any) -> nn.Module:
+        return self.cls(**{**self.kwargs, **kwargs})
+
+    def with_args(self, **kwargs: Any) -> _Constructor:
+        return _Constructor(self.cls, {**self.kwargs, **kwargs})
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.cls.__name__}.with_args({args})"
+
+
+def _with_args(cls: Callable[..., nn.Module], **kwargs: Any) -> _Constructor:
+    """A constructor of ``cls`` with ``kwargs`` preset; it has ``.with_args`` too."""
+    return _Constructor(cls, kwargs)
+
+
+class ObserverBase(ABC, nn.Module):
+    """Base of all observers: ``forward`` records statistics and returns its input unchanged."""
+
+    def __init__(self, dtype: torch.dtype, is_dynamic: bool = False) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.is_dynamic = is_dynamic
+        self.target_name = ""  # what is observed, e.g. "output of node 'conv2d'"; set by prepare
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor: ...
+
+    @abstractmethod
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]: ...
+
+    @property
+    def has_statistics(self) -> bool:
+        """Whether the observer has seen data (observers that need none always have)."""
+        return True
+
+    def _where(self) -> str:
+        return self.target_name or type(self).__name__
+
+    def _uncalibrated_qparams(self) -> tuple[Tensor, Tensor]:
+        """torchao's answer for an observer that saw no data: scale 1.0, zero point 0, with a warning."""
+        warnings.warn(f"{self._where()}: calculate_qparams called before the observer saw any data")
+        return torch.tensor([1.0]), torch.tensor([0])
+
+    with_args = classmethod(_with_args)
+
+
+class UniformQuantizationObserverBase(ObserverBase):
+    """Observers computing affine/symmetric qparams from a (per-tensor or per-channel) range.
+
+    ``quant_min``/``quant_max`` default to the dtype's range (halved by
+    ``reduce_range``); ``eps`` is the smallest scale returned.
+    """
+
+    supported_qschemes: tuple[torch.qscheme, ...] = PER_TENSOR_QSCHEMES + PER_CHANNEL_QSCHEMES
+    eps: Tensor
+
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: Optional[torch.qscheme] = None,
+        reduce_range: bool = False,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        eps: float = _F32_EPS,
+        is_dynamic: bool = False,
+        **unexpected: Any,
+    ) -> None:
+        name = type(self).__name__
+        qscheme = self.supported_qschemes[0] if qscheme is None else qscheme
+        if qscheme not in self.supported_qschemes:
+            hint = " (use PerChannelMinMaxObserver for per-channel qschemes)" if qscheme in PER_CHANNEL_QSCHEMES else ""
+            raise ValueError(f"{name} supports qscheme {', '.join(map(str, self.supported_qschemes))}; got {qscheme}{hint}")
+        if unexpected:
+            raise TypeError(f"{name} got unexpected arguments {sorted(unexpected)}")
+        if reduce_range and qscheme in SYMMETRIC_QSCHEMES and dtype == torch.quint8:
+            raise ValueError(f"{name}: reduce_range is not supported for symmetric quint8 quantization")
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        self.qscheme = qscheme
+        self.reduce_range = reduce_range
+        self.has_customized_qrange = quant_min is not None or quant_max is not None
+        self.quant_min, self.quant_max = quant_range(dtype, quant_min, quant_max, reduce_range)
+        self.register_buffer("eps", torch.tensor([eps]))
+        self._last_input: Optional[tuple[weakref.ref, int]] = None
+
+    def _calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
+        return choose_qparams(
+            min_val,
+            max_val,
+            self.quant_min,
+            self.quant_max,
+            self.qscheme in SYMMETRIC_QSCHEMES,
+            self.eps,
+            self.dtype,
+            float_qparams=self.qscheme == torch.per_channel_affine_float_qparams,
+            has_customized_qrange=self.has_customized_qrange,
+        )
+
+    def _check_finite(self, lo: float, hi: float) -> None:
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(
+                f"{self._where()}: calibration data must be finite, but the observer saw "
+                f"min={lo}, max={hi} (NaN or Inf in the input)"
+            )
+
+    # Observing the same unchanged tensor twice changes no running min/max, so
+    # MinMax observers skip it: a weight is then observed once, not every batch.
+    # (The version counter misses writes through ``.data``; such writes between
+    # calibration batches are not picked up.)
+    def _seen(self, x: Tensor) -> bool:
+        last = self._last_input
+        return last is not None and last[0]() is x and not x.is_inference() and last[1] == x._version
+
+    def _remember(self, x: Tensor) -> None:
+        self.__dict__["_last_input"] = None if x.is_inference() else (weakref.ref(x), x._version)
+
+    def _forget(self) -> None:
+        self.__dict__["_last_input"] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_last_input"] = None  # weak references cannot be pickled
+        return state
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        self._forget()
+        for name in ("min_val", "max_val"):  # per-channel buffers take the saved number of channels
+            saved = state_dict.get(prefix + name)
+            buf = self._buffers.get(name)
+            if saved is not None and buf is not None and buf.shape != saved.shape:
+                buf.resize_(saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+class MinMaxObserver(UniformQuantizationObserverBase):
+    """Qparams from the running min and max of everything observed (per tensor)."""
+
+    supported_qschemes = PER_TENSOR_QSCHEMES
+    min_val: Tensor
+    max_val: Tensor
+
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: Optional[torch.qscheme] = None,
+        reduce_range: bool = False,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        eps: float = _F32_EPS,
+        is_dynamic: bool = False,
+        **unexpected: Any,
+    ) -> None:
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps, is_dynamic, **unexpected)
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+
+    def forward(self, x_orig: Tensor) -> Tensor:
+        if x_orig.numel() == 0 or self._seen(x_orig):
+            return x_orig
+        lo_t, hi_t = torch.aminmax(x_orig.detach())
+        lo, hi = lo_t.item(), hi_t.item()
+        self._check_finite(lo, hi)
+        if lo < self.min_val.item():
+            self.min_val.fill_(lo)
+        if hi > self.max_val.item():
+            self.max_val.fill_(hi)
+        self._remember(x_orig)
+        return x_orig
+
+    @property
+    def has_statistics(self) -> bool:
+        return bool(self.min_val.item() <= self.max_val.item())
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        if not self.has_statistics:
+            return self._uncalibrated_qparams()
+        return self._calculate_qparams(self.min_val, self.max_val)
+
+    def reset_min_max_vals(self) -> None:
+        """Forget everything observed."""
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+        self._forget()
+
+    def extra_repr(self) -> str:
+        return f"min_val={self.min_val}, max_val={self.max_val}"
+
+
+class MovingAverageMinMaxObserver(MinMaxObserver):
+    """Qparams from exponential moving averages of each batch's min and max.
+
+    ``x_min <- x_min + averaging_constant * (min(X) - x_min)`` (same for max);
+    the first batch sets them directly.
+    """
+
+    def __init__(self, averaging_constant: float = 0.01, is_dynamic: bool = False, **kwargs: Any) -> None:
+        if is_dynamic and averaging_constant != 1:
+            raise ValueError("MovingAverageMinMaxObserver supports dynamic quantization only with averaging_constant=1")
+        super().__init__(is_dynamic=is_dynamic, **kwargs)
+        self.averaging_constant = averaging_constant
+
+    def forward(self, x_orig: Tensor) -> Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        lo_t, hi_t = torch.aminmax(x_orig.detach())
+        self._check_finite(lo_t.item(), hi_t.item())
+        if self.has_statistics:
+            c = self.averaging_constant
+            self.min_val.add_((lo_t - self.min_val).mul_(c))
+            self.max_val.add_((hi_t - self.max_val).mul_(c))
+        else:
+            self.min_val.copy_(lo_t)
+            self.max_val.copy_(hi_t)
+        return x_orig
+
+
+class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
+    """Qparams per channel (along ``ch_axis``) from running per-channel min and max."""
+
+    supported_qschemes = PER_CHANNEL_QSCHEMES
+    min_val: Tensor
+    max_val: Tensor
+
+    def __init__(
+        self,
+        ch_axis: int = 0,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: Optional[torch.qscheme] = None,
+        reduce_range: bool = False,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        eps: float = _F32_EPS,
+        is_dynamic: bool = False,
+        **unexpected: Any,
+    ) -> None:
+        if is_dynamic:
+            raise ValueError(f"{type(self).__name__} does not support dynamic quantization")
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps, is_dynamic, **unexpected)
+        self.ch_axis = ch_axis
+        self.register_buffer("min_val", torch.tensor([]))
+        self.register_buffer("max_val", torch.tensor([]))
+
+    def _channel_aminmax(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-channel (min, max) of ``x``, checked to be finite."""
+        if not -x.dim() <= self.ch_axis < x.dim():
+            raise ValueError(
+                f"{self._where()}: ch_axis={self.ch_axis} is out of range for an input of shape {tuple(x.shape)}"
+            )
+        y = x.detach()
+        if self.ch_axis not in (0, -y.dim()):
+            y = y.transpose(0, self.ch_axis)
+        lo, hi = torch.aminmax(y.reshape(y.shape[0], -1), dim=1)
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            bad = (~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()[0].item()
+            raise ValueError(
+                f"{self._where()}: calibration data must be finite, but channel {bad} has "
+                f"min={lo[bad].item()}, max={hi[bad].item()} (NaN or Inf in the input)"
+            )
+        if self.min_val.numel() and lo.shape != self.min_val.shape:
+            raise ValueError(
+                f"{self._where()}: saw {lo.numel()} channels along ch_axis={self.ch_axis}, "
+                f"but earlier inputs had {self.min_val.numel()}"
+            )
+        return lo, hi
+
+    def forward(self, x_orig: Tensor) -> Tensor:
+        if x_orig.numel() == 0 or self._seen(x_orig):
+            return x_orig
+        lo, hi = self._channel_aminmax(x_orig)
+        if self.min_val.numel() == 0:
+            self.min_val.resize_(lo.shape).copy_(lo)
+            self.max_val.resize_(hi.shape).copy_(hi)
+        else:
+            torch.minimum(lo, self.min_val, out=self.min_val)
+            torch.maximum(hi, self.max_val, out=self.max_val)
+        self._remember(x_orig)
+        return x_orig
+
+    @property
+    def has_statistics(self) -> bool:
+        return self.min_val.numel() > 0
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        if not self.has_statistics:
+            return self._uncalibrated_qparams()
+        return self._calculate_qparams(self.min_val, self.max_val)
+
+    def reset_min_max_vals(self) -> None:
+        """Forget everything observed."""
+        self.min_val.resize_(0)
+        self.max_val.resize_(0)
+        self._forget()
+
+    def extra_repr(self) -> str:
+        return f"ch_axis={self.ch_axis}, min_val={self.min_val}, max_val={self.max_val}"
+
+
+class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
+    """Per-channel qparams from moving averages of per-channel min and max."""
+
+    def __init__(self, averaging_constant: float = 0.01, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.averaging_constant = averaging_constant
+
+    def forward(self, x_orig: Tensor) -> Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        lo, hi = self._channel_aminmax(x_orig)
+        if self.min_val.numel() == 0:
+            self.min_val.resize_(lo.shape).copy_(lo)
+            self.max_val.resize_(hi.shape).copy_(hi)
+        else:
+            c = self.averaging_constant
+            self.min_val.add_((lo - self.min_val).mul_(c))
+            self.max_val.add_((hi - self.max_val).mul_(c))
+        return x_orig
+
+
+class HistogramObserver(UniformQuantizationObserverBase):
+    """Qparams minimizing the L2 quantization error of a running histogram (per tensor).
+
+    The histogram has ``bins`` bins over the running [min, max]; when a batch
+    widens the range, the old histogram is re-binned onto the new range. At
+    ``calculate_qparams`` outliers are clipped by torchao's non-linear search.
+    ``forward`` produces exactly torchao's histogram, but a batch within the
+    current range costs one ``aminmax`` plus a vectorized histogram.
+    """
+
+    supported_qschemes = PER_TENSOR_QSCHEMES
+    histogram: Tensor
+    min_val: Tensor
+    max_val: Tensor
+
+    def __init__(
+        self,
+        bins: int = 2048,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: Optional[torch.qscheme] = None,
+        reduce_range: bool = False,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        eps: float = _F32_EPS,
+        is_dynamic: bool = False,
+        **unexpected: Any,
+    ) -> None:
+        if is_dynamic:
+            raise ValueError("HistogramObserver does not support dynamic quantization")
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps, is_dynamic, **unexpected)
+        self.bins = bins
+        self.register_buffer("histogram", torch.zeros(bins))
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+        self.dst_nbins = 2 ** dtype_bits(dtype)
+        self.upsample_rate = 16  # sub-bins per bin when re-binning onto a wider range
+
+    def forward(self, x_orig: Tensor) -> Tensor:
+        if x_orig.numel() == 0:
+            return x_orig
+        x = x_orig.detach()
+        lo_t, hi_t = torch.aminmax(x)
+        lo, hi = lo_t.item(), hi_t.item()
+        self._check_finite(lo, hi)
+        cur_lo, cur_hi = self.min_val.item(), self.max_val.item()
+        if cur_lo == math.inf:  # first batch
+            self.min_val.fill_(lo)
+            self.max_val.fill_(hi)
+            accumulate_histc_(self.histogram.zero_(), x, lo, hi)
+        elif lo >= cur_lo and hi <= cur_hi:
+            accumulate_histc_(self.histogram, x, cur_lo, cur_hi)
+        else:
+            new_lo, new_hi = min(lo, cur_lo), max(hi, cur_hi)
+            if cur_lo == cur_hi:  # all mass so far at one point
+                moved = torch.histc(self.min_val, self.bins, new_lo, new_hi) * self.histogram.sum()
+            else:
+                moved = upscale_histogram(self.histogram, self.min_val, self.max_val, new_lo, new_hi, self.upsample_rate)
+            self.histogram.copy_(accumulate_histc_(moved, x, new_lo, new_hi))
+            self.min_val.fill_(new_lo)
+            self.max_val.fill_(new_hi)
+        return x_orig
+
+    @property
+    def has_statistics(self) -> bool:
+        return self.min_val.item() != math.inf
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        if not self.has_statistics:
+            return self._uncalibrated_qparams()
+        new_min, new_max = search_histogram_range(self.histogram, self.min_val, self.max_val, self.dst_nbins)
+        return self._calculate_qparams(new_min, new_max)
+
+    def reset_histogram(self) -> None:
+        """Forget everything observed."""
+        self.histogram.zero_()
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, min_val={self.min_val}, max_val={self.max_val}"
+
+
+class FixedQParamsObserver(ObserverBase):
+    """Always returns the given ``scale`` and ``zero_point`` (e.g. for sigmoid's output)."""
+
+    scale: Tensor
+    zero_point: Tensor
+
+    def __init__(
+        self,
+        scale: float,
+        zero_point: int,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: Optional[torch.qscheme] = None,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        is_dynamic: bool = False,
+    ) -> None:
+        qscheme = torch.per_tensor_affine if qscheme is None else qscheme
+        if is_dynamic:
+            raise ValueError("FixedQParamsObserver does not support dynamic quantization")
+        if qscheme not in PER_TENSOR_QSCHEMES:
+            raise ValueError(f"FixedQParamsObserver supports per-tensor qschemes only; got {qscheme}")
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        self.qscheme = qscheme
+        self.quant_min, self.quant_max = quant_range(dtype, quant_min, quant_max)
+        self.eps = _F32_EPS
+        self.register_buffer("scale", torch.tensor([scale], dtype=torch.float))
+        self.register_buffer("zero_point", torch.tensor([zero_point], dtype=torch.int))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        return self.scale, self.zero_point
+
+
+class _PassThroughObserver(ObserverBase):
+    """Records nothing; carries dtype, range and qscheme to convert."""
+
+    def __init__(
+        self,
+        dtype: torch.dtype,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        qscheme: Optional[torch.qscheme] = None,
+        eps: Optional[float] = None,
+        is_dynamic: bool = False,
+    ) -> None:
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        self.qscheme = torch.per_tensor_affine if qscheme is None else qscheme
+        self.quant_min = quant_min
+        self.quant_max = quant_max
+        self.eps = _F32_EPS if eps is None else eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        raise RuntimeError(f"{self._where()}: a {type(self).__name__} has no qparams to calculate")
+
+    def extra_repr(self) -> str:
+        return f"dtype={self.dtype}, is_dynamic={self.is_dynamic}"
+
+
+class PlaceholderObserver(_PassThroughObserver):
+    """Records nothing; marks a tensor for dynamic quantization (``is_dynamic``) or a float cast."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32, **kwargs: Any) -> None:
+        super().__init__(dtype=dtype, **kwargs)
+
+
+class NoopObserver(_PassThroughObserver):
+    """Records nothing (float16 by default)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float16, **kwargs: Any) -> None:
+        super().__init__(dtype=dtype, **kwargs)
+
+
+default_observer = MinMaxObserver.with_args(quant_min=0, quant_max=127)
+default_placeholder_observer = PlaceholderObserver
+default_weight_observer = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+default_histogram_observer = HistogramObserver.with_args(quant_min=0, quant_max=127)
+default_per_channel_weight_observer = PerChannelMinMaxObserver.with_args(
+    dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+)
+default_dynamic_quant_observer = PlaceholderObserver.with_args(
+    dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True
+)
+default_float_qparams_observer = PerChannelMinMaxObserver.with_args(
+    dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0
+)
