@@ -10,6 +10,7 @@ from pt2q.fold_quantize import fold_quantize as fold_quantized_weights
 from pt2q.prepare import _require_graph_module
 from pt2q.qat_conv_bn import fold_trained_conv_bn
 from pt2q.qdq import replace_observers_with_qdq
+from pt2q.reference_representation import reference_representation_rewrite
 from pt2q.train_eval import disallow_eval_train
 
 __all__ = ["convert_pt2e"]
@@ -28,11 +29,6 @@ def convert_pt2e(
     holds no float copy of a quantized weight.
     """
     model = _require_graph_module(model, "convert_pt2e")
-    if use_reference_representation:
-        raise NotImplementedError(
-            "convert_pt2e(use_reference_representation=True) is not available yet in pt2q; "
-            "use the default Q/DQ representation."
-        )
     torch._C._log_api_usage_once("pt2q.convert_pt2e")
     original_meta = dict(model.meta)
     replace_observers_with_qdq(model)
@@ -40,6 +36,8 @@ def convert_pt2e(
     duplicate_dq(model)
     if fold_quantize:
         fold_quantized_weights(model)
+    if use_reference_representation:
+        reference_representation_rewrite(model)
     remove_unused_attributes(model)
     model.meta.update(original_meta)
     return disallow_eval_train(model)

@@ -8,12 +8,12 @@ Matching walks the graph once and never traces example programs, so it is cheap.
 """
 from __future__ import annotations
 
-from typing import Callable, Collection, Iterator, Optional, Sequence
+from typing import Callable, Collection, Iterator, Mapping, Optional, Sequence
 
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-__all__ = ["Step", "is_op", "sole_user", "match_chain", "find_chains", "CONV", "CONV1D", "CONV2D", "CONV3D", "CONV_TRANSPOSE", "LINEAR", "BATCH_NORM", "RELU"]
+__all__ = ["Step", "is_op", "sole_user", "match_chain", "find_chains", "arg_producers", "CONV", "CONV1D", "CONV2D", "CONV3D", "CONV_TRANSPOSE", "LINEAR", "BATCH_NORM", "RELU"]
 
 Step = Collection[Callable]
 
@@ -55,6 +55,18 @@ def find_chains(graph: Graph | GraphModule, steps: Sequence[Step]) -> Iterator[t
         match = match_chain(node, steps)
         if match is not None:
             yield match
+
+
+def arg_producers(node: Node, inputs: Mapping[int, Step]) -> Optional[tuple[Node, ...]]:
+    """The nodes feeding ``node`` at the argument positions of ``inputs``, in that order.
+
+    None unless each is an op of the step given for its position; e.g. with
+    ``{0: DQ, 1: DQ}`` it finds the dequantize ops of a ``dq -> op -> q`` neighbourhood.
+    """
+    producers = tuple(node.args[i] if i < len(node.args) else None for i in inputs)
+    if not all(is_op(p, step) for p, step in zip(producers, inputs.values())):
+        return None
+    return producers  # type: ignore[return-value]
 
 
 # Common operator sets, shared by passes and annotators.
