@@ -1,1 +1,32 @@
-"""Backend quantizers built on pt2q\x27s annotators."""
+"""Backend quantizers built on pt2q's annotators.
+
+``XNNPACKQuantizer`` + ``get_symmetric_quantization_config`` quantize for
+ExecuTorch's XNNPACK delegate; the operator annotators they are built from are
+registered by name in ``ANNOTATORS`` for other quantizers to reuse.
+"""
+from pt2q.quantizers.annotators import (
+    ANNOTATORS,
+    Annotator,
+    get_annotator,
+    get_bias_qspec,
+    get_input_act_qspec,
+    get_output_act_qspec,
+    get_weight_qspec,
+    propagate_annotation,
+    register_annotator,
+)
+from pt2q.quantizers.xnnpack import XNNPACKQuantizer, get_symmetric_quantization_config
+
+__all__ = [
+    "XNNPACKQuantizer",
+    "get_symmetric_quantization_config",
+    "ANNOTATORS",
+    "Annotator",
+    "register_annotator",
+    "get_annotator",
+    "get_input_act_qspec",
+    "get_output_act_qspec",
+    "get_weight_qspec",
+    "get_bias_qspec",
+    "propagate_annotation",
+]

@@ -1,0 +1,332 @@
+"""``XNNPACKQuantizer``: symmetric int8 quantization for ExecuTorch's XNNPACK delegate.
+
+Behaves like ``executorch.backends.xnnpack.quantizer.xnnpack_quantizer.XNNPACKQuantizer``
+(same patterns, same specs, same precedence), built on :mod:`pt2q.quantizers.annotators`::
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_module_name("head", None)   # keep the head in float
+
+Configs apply with the precedence module name > module type > operator type > global.
+Where pt2q differs from ExecuTorch, on purpose:
+
+* ``set_module_name(name, None)`` / ``set_module_type(type, None)`` leave that module in
+  float (ExecuTorch rejects ``None``); ``set_operator_type(op, None)`` keeps the global
+  config off the patterns of ``op``.
+* Module scoping asks the pattern's anchor (conv, linear, add, ...) which module it
+  belongs to, so ``set_module_type(nn.Conv2d, ...)`` also covers the BatchNorm/ReLU
+  fused after the conv, and weights (which carry no module stack) never veto it.
+* ``set_filter_function`` also applies to ``cat`` and to the propagation of shared
+  qparams through relu/view/max_pool2d/... (ExecuTorch applies it to neither).
+* ``adaptive_avg_pool2d`` is annotated in functional form too, not only as a module.
+* A transposed conv kept with BatchNorm for QAT is quantized per output channel
+  (axis 1), as it is without BatchNorm.
+* ``transform_for_annotation`` only turns scalars into tensors for float add/mul,
+  so integer arithmetic keeps its dtype.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+from torch._ops import OpOverload, OpOverloadPacket
+from torch.fx import GraphModule, Node
+
+from pt2q.attrs import set_new_attr
+from pt2q.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
+from pt2q.observer import (
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+)
+from pt2q.pattern import CONV_TRANSPOSE, LINEAR, is_op
+from pt2q.quantizer import Quantizer
+from pt2q.spec import QuantizationConfig, QuantizationSpec
+from pt2q.quantizers.annotators import (
+    ADAPTIVE_AVG_POOL2D_OPS,
+    ADD_OPS,
+    CAT_OPS,
+    CONV_OPS,
+    MUL_OPS,
+    FilterFn,
+    get_annotator,
+    is_dynamic_config,
+    propagate_annotation,
+)
+
+__all__ = [
+    "XNNPACKQuantizer",
+    "QuantPattern",
+    "SUPPORTED_PATTERNS",
+    "get_symmetric_quantization_config",
+    "convert_scalars_to_attrs",
+]
+
+OperatorType = Union[OpOverload, OpOverloadPacket]
+
+
+@dataclass(frozen=True)
+class QuantPattern:
+    """A registered annotator and when it runs.
+
+    Static configs run every pattern; dynamic configs run the ``is_dynamic`` ones,
+    plus the ``is_qat`` ones for dynamic QAT configs. ``ops`` are the anchor
+    operators ``set_operator_type`` selects the pattern by.
+    """
+
+    name: str
+    is_dynamic: bool
+    is_qat: bool
+    ops: frozenset
+
+    def covers(self, op: OperatorType) -> bool:
+        if isinstance(op, OpOverloadPacket):
+            return any(o.overloadpacket is op for o in self.ops)
+        return op in self.ops
+
+    def runs_with(self, config: QuantizationConfig) -> bool:
+        dynamic = is_dynamic_config(config)
+        return not dynamic or self.is_dynamic or (config.is_qat and self.is_qat)
+
+
+_CONV = frozenset(CONV_OPS | {torch.ops.aten.convolution.default})
+_CONV_T, _LINEAR = frozenset(CONV_TRANSPOSE), frozenset(LINEAR)
+
+# In precedence order: a pattern claims its nodes before the ones after it see them.
+SUPPORTED_PATTERNS: tuple[QuantPattern, ...] = (
+    QuantPattern("conv_bn_relu", False, True, _CONV),
+    QuantPattern("conv_bn", False, True, _CONV),
+    QuantPattern("conv_transpose_bn_relu", False, True, _CONV_T),
+    QuantPattern("conv_transpose_bn", False, True, _CONV_T),
+    QuantPattern("linear_relu", False, False, _LINEAR),
+    QuantPattern("linear", True, False, _LINEAR),
+    QuantPattern("conv", True, False, _CONV),
+    QuantPattern("conv_transpose", True, False, _CONV_T),
+    QuantPattern("conv_relu", False, False, _CONV),
+    QuantPattern("conv_transpose_relu", False, False, _CONV_T),
+    QuantPattern("adaptive_avg_pool2d", False, False, frozenset(ADAPTIVE_AVG_POOL2D_OPS)),
+    QuantPattern("add_relu", False, False, frozenset(ADD_OPS)),
+    QuantPattern("add", False, False, frozenset(ADD_OPS)),
+    QuantPattern("mul_relu", False, False, frozenset(MUL_OPS)),
+    QuantPattern("mul", False, False, frozenset(MUL_OPS)),
+    QuantPattern("cat", False, False, frozenset(CAT_OPS)),
+)
+
+
+@functools.lru_cache
+def get_symmetric_quantization_config(
+    is_per_channel: bool = False,
+    is_qat: bool = False,
+    is_dynamic: bool = False,
+    act_qmin: int = -128,
+    act_qmax: int = 127,
+    weight_qmin: int = -127,
+    weight_qmax: int = 127,
+) -> QuantizationConfig:
+    """int8 activations (per-tensor affine) and symmetric int8 weights, as XNNPACK runs them.
+
+    Static activations are calibrated with a ``HistogramObserver``; dynamic ones
+    get their qparams at run time (``PlaceholderObserver``). Weights use a
+    (per-channel) min/max observer; with ``is_qat`` everything is fake-quantized.
+    Bias stays float. Dynamic configs have no output spec. Equal arguments return
+    the same (cached) config object.
+    """
+    act_kwargs: dict[str, Any] = {"eps": 2**-12}
+    if is_qat and is_dynamic:
+        act_ctr: Any = FakeQuantize
+        act_kwargs["observer"] = MovingAverageMinMaxObserver.with_args(averaging_constant=1)
+    elif is_qat:
+        act_ctr = FusedMovingAvgObsFakeQuantize
+    else:
+        act_ctr = PlaceholderObserver if is_dynamic else HistogramObserver
+    act = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=act_qmin,
+        quant_max=act_qmax,
+        qscheme=torch.per_tensor_affine,
+        is_dynamic=is_dynamic,
+        observer_or_fake_quant_ctr=act_ctr.with_args(**act_kwargs),
+    )
+
+    weight_kwargs: dict[str, Any] = {"eps": 2**-12}
+    if is_qat:
+        weight_ctr: Any = FusedMovingAvgObsFakeQuantize
+        weight_kwargs["observer"] = MovingAveragePerChannelMinMaxObserver if is_per_channel else MovingAverageMinMaxObserver
+    else:
+        weight_ctr = PerChannelMinMaxObserver if is_per_channel else MinMaxObserver
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=weight_qmin,
+        quant_max=weight_qmax,
+        qscheme=torch.per_channel_symmetric if is_per_channel else torch.per_tensor_symmetric,
+        ch_axis=0,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=weight_ctr.with_args(**weight_kwargs),
+    )
+    return QuantizationConfig(
+        input_activation=act,
+        output_activation=None if is_dynamic else act,
+        weight=weight,
+        bias=None,
+        is_qat=is_qat,
+    )
+
+
+def convert_scalars_to_attrs(gm: GraphModule) -> GraphModule:
+    """Turn Python-scalar operands of float ``add``/``mul`` into 0-d tensor attributes (in place).
+
+    A tensor operand can be observed and quantized; a scalar cannot. The new
+    attributes are buffers named ``_tensor_constant_<i>``.
+    """
+    for node in list(gm.graph.nodes):
+        if not is_op(node, {torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor}):
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or not val.is_floating_point():
+            continue
+        fake_mode = getattr(val, "fake_mode", None)
+        args = list(node.args)
+        for i, arg in enumerate(args):
+            if isinstance(arg, Node) or not isinstance(arg, (bool, int, float)):
+                continue
+            value = torch.tensor(float(arg))
+            name = set_new_attr(gm, "_tensor_constant_", value)
+            with gm.graph.inserting_before(node):
+                attr = gm.graph.get_attr(name)
+            if fake_mode is not None:
+                attr.meta["val"] = fake_mode.from_tensor(value, static_shapes=True)
+            args[i] = attr
+        node.args = tuple(args)
+    gm.recompile()
+    return gm
+
+
+_Owner = Optional[tuple[str, Any]]  # ("name", module_name) | ("type", module_type) | None (default)
+
+
+def _module_path(path: str) -> str:
+    prefix = "L['self']."
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+def _type_name(tp: Any) -> str:
+    return tp if isinstance(tp, str) else f"{tp.__module__}.{tp.__qualname__}"
+
+
+class XNNPACKQuantizer(Quantizer):
+    """Annotates an exported graph for XNNPACK's int8 kernels.
+
+    Set a global config and optionally per-operator, per-module-type and
+    per-module-name configs; ``None`` for a module keeps it in float. A filter
+    function further restricts which nodes are quantized.
+    """
+
+    SUPPORTED_PATTERNS = SUPPORTED_PATTERNS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.global_config: Optional[QuantizationConfig] = None
+        self.operator_type_config: dict[OperatorType, Optional[QuantizationConfig]] = {}
+        self.module_type_config: dict[Callable, Optional[QuantizationConfig]] = {}
+        self.module_name_config: dict[str, Optional[QuantizationConfig]] = {}
+        self.filter_fn: Optional[FilterFn] = None
+
+    # --- configuration -------------------------------------------------------------
+
+    def set_global(self, quantization_config: Optional[QuantizationConfig]) -> XNNPACKQuantizer:
+        """The config for everything no more specific setting covers."""
+        self.global_config = quantization_config
+        return self
+
+    def set_operator_type(self, operator_type: OperatorType, quantization_config: Optional[QuantizationConfig]) -> XNNPACKQuantizer:
+        """Config for the patterns anchored at ``operator_type`` (e.g. ``torch.ops.aten.linear.default``).
+
+        As in ExecuTorch this selects patterns, not single nodes: the conv
+        operators share their patterns. ``None`` keeps the global config off them.
+        """
+        self.operator_type_config[operator_type] = quantization_config
+        return self
+
+    def set_module_type(self, module_type: Callable, quantization_config: Optional[QuantizationConfig]) -> XNNPACKQuantizer:
+        """Config for everything inside modules of ``module_type`` (``None``: keep them float)."""
+        self.module_type_config[module_type] = quantization_config
+        return self
+
+    def set_module_name(self, module_name: str, quantization_config: Optional[QuantizationConfig]) -> XNNPACKQuantizer:
+        """Config for everything inside the submodule ``module_name``, e.g. ``"blocks.0.attn"``.
+
+        ``None`` keeps that submodule in float. When names nest, the one set first wins.
+        """
+        self.module_name_config[module_name] = quantization_config
+        return self
+
+    def set_filter_function(self, filter_fn: FilterFn) -> XNNPACKQuantizer:
+        """Only quantize patterns whose anchor node passes ``filter_fn``."""
+        self.filter_fn = filter_fn
+        return self
+
+    # --- Quantizer -----------------------------------------------------------------
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        return convert_scalars_to_attrs(model)
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        owners = {node: self._owner(node) for node in model.graph.nodes}
+
+        def scoped(owner: _Owner) -> FilterFn:
+            return lambda n: owners.get(n) == owner and (self.filter_fn is None or self.filter_fn(n))
+
+        for name, config in self.module_name_config.items():
+            self._annotate_patterns(model, config, scoped(("name", name)))
+        for module_type, config in self.module_type_config.items():
+            self._annotate_patterns(model, config, scoped(("type", module_type)))
+        for op, config in self.operator_type_config.items():
+            self._annotate_patterns(model, config, scoped(None), operator=op)
+        float_ops = [op for op, config in self.operator_type_config.items() if config is None]
+        self._annotate_patterns(model, self.global_config, scoped(None), skip_ops=float_ops)
+
+        float_owners = {("name", k) for k, v in self.module_name_config.items() if v is None}
+        float_owners |= {("type", k) for k, v in self.module_type_config.items() if v is None}
+        propagate_annotation(
+            model, lambda n: owners.get(n) not in float_owners and (self.filter_fn is None or self.filter_fn(n))
+        )
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Nothing beyond the core's annotation checks."""
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _owner(self, node: Node) -> _Owner:
+        """Which module-scoped setting governs ``node``: the first name, else the first type, set."""
+        stack = node.meta.get("nn_module_stack") or {}
+        paths = {_module_path(path) for path, _ in stack.values()}
+        for name in self.module_name_config:
+            if name in paths:
+                return ("name", name)
+        types = {_type_name(tp) for _, tp in stack.values()}
+        for module_type in self.module_type_config:
+            if _type_name(module_type) in types:
+                return ("type", module_type)
+        return None
+
+    def _annotate_patterns(
+        self,
+        model: GraphModule,
+        config: Optional[QuantizationConfig],
+        filter_fn: FilterFn,
+        operator: Optional[OperatorType] = None,
+        skip_ops: Sequence[OperatorType] = (),
+    ) -> None:
+        if config is None:
+            return
+        for pattern in SUPPORTED_PATTERNS:
+            if operator is not None and not pattern.covers(operator):
+                continue
+            if any(pattern.covers(op) for op in skip_ops) or not pattern.runs_with(config):
+                continue
+            get_annotator(pattern.name)(model, config, filter_fn)
