@@ -449,12 +449,6 @@ class HistogramObserver(UniformQuantizationObserverBase):
         new_min, new_max = search_histogram_range(self.histogram, self.min_val, self.max_val, self.dst_nbins)
         return self._calculate_qparams(new_min, new_max)
 
-    def reset_histogram(self) -> None:
-        """Forget everything observed."""
-        self.histogram.zero_()
-        self.min_val.fill_(float("inf"))
-        self.max_val.fill_(float("-inf"))
-
     def extra_repr(self) -> str:
         return f"bins={self.bins}, min_val={self.min_val}, max_val={self.max_val}"
 

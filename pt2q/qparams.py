@@ -18,6 +18,9 @@ from torch import Tensor
 __all__ = [
     "PER_TENSOR_QSCHEMES",
     "PER_CHANNEL_QSCHEMES",
+    "SYMMETRIC_QSCHEMES",
+    "storage_dtype",
+    "dtype_bits",
     "quant_range",
     "choose_qparams",
     "quantize",

@@ -321,6 +321,9 @@ def test_has_statistics_and_uncalibrated_qparams() -> None:
             assert same(obs.calculate_qparams(), (torch.tensor([1.0]), torch.tensor([0])))
         obs(torch.randn(2, 3))
         assert obs.has_statistics
+        if hasattr(obs, "reset_min_max_vals"):
+            obs.reset_min_max_vals()
+            assert not obs.has_statistics
     fixed = po.FixedQParamsObserver(scale=1 / 256, zero_point=0, dtype=torch.quint8)
     assert fixed.has_statistics and (fixed.quant_min, fixed.quant_max) == (0, 255)
     assert same(fixed.calculate_qparams(), (torch.tensor([1 / 256]), torch.tensor([0], dtype=torch.int)))
@@ -354,6 +357,10 @@ def test_a_weight_is_observed_once_until_it_changes() -> None:
     assert not ours.has_statistics and not ours._seen(weight)
     ours(weight)
     assert ours.has_statistics
+    ours.reset_min_max_vals()
+    assert not ours.has_statistics and not ours._seen(weight)
+    ours(weight)
+    assert_same_state(ours, feed("PerChannelMinMaxObserver", PER_CHANNEL_CONFIGS[0], [weight])[1])
 
 
 @pytest.mark.parametrize("name,kwargs", [("HistogramObserver", HIST_CONFIGS[0]),
