@@ -11,7 +11,7 @@ from pt2q.cli import demo
 def test_demo_quantizes_saves_and_prints_the_table(tmp_path, capsys) -> None:
     demo.main(["--out", str(tmp_path), "--epochs", "4", "--calibration-batches", "8"])
     out = capsys.readouterr().out
-    rows = {m.group(1).strip(): m.groups() for m in re.finditer(r"^\| (fp32|int8[^|]*)\|\s*([\d.]+) \|\s*([\d,]+) \|\s*([\d.]+) \|", out, re.M)}
+    rows = {m.group(1).strip(): m.groups() for m in re.finditer(r"^\| (fp32\s*|int8[^|]*)\|\s*([\d.]+) \|\s*([\d,]+) \|\s*([\d.]+) \|", out, re.M)}
     assert set(rows) == {"fp32", "int8 (XNNPACK Q/DQ)"}
     fp32_acc, int8_acc = float(rows["fp32"][1]), float(rows["int8 (XNNPACK Q/DQ)"][1])
     assert fp32_acc > 90 and int8_acc >= fp32_acc - 1.0
