@@ -1,1 +1,9 @@
 """Lowering of converted pt2q graphs to int8 runtimes."""
+
+# x86: Inductor + oneDNN int8 kernels
+from pt2q.lowering.x86 import (  # noqa: E402
+    X86CompiledModel,
+    compile_quantized_for_x86,
+    int8_inference,
+    lower_pt2e_quantized_to_x86,
+)
