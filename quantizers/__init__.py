@@ -1,7 +1,9 @@
 """Backend quantizers built on pt2q's annotators.
 
 ``XNNPACKQuantizer`` + ``get_symmetric_quantization_config`` quantize for
-ExecuTorch's XNNPACK delegate; the operator annotators they are built from are
+ExecuTorch's XNNPACK delegate, ``X86InductorQuantizer`` +
+``get_default_x86_inductor_quantization_config`` for Inductor's x86 (oneDNN)
+int8 kernels; the operator annotators they are built from are
 registered by name in ``ANNOTATORS`` for other quantizers to reuse.
 """
 from pt2q.quantizers.annotators import (
@@ -16,10 +18,13 @@ from pt2q.quantizers.annotators import (
     register_annotator,
 )
 from pt2q.quantizers.xnnpack import XNNPACKQuantizer, get_symmetric_quantization_config
+from pt2q.quantizers.x86_inductor import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 __all__ = [
     "XNNPACKQuantizer",
     "get_symmetric_quantization_config",
+    "X86InductorQuantizer",
+    "get_default_x86_inductor_quantization_config",
     "ANNOTATORS",
     "Annotator",
     "register_annotator",
