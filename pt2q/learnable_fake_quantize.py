@@ -1,0 +1,185 @@
+"""``LearnableFakeQuantize``: a fake quantizer whose scale and zero point are trained (LSQ).
+
+It starts as an ordinary fake quantizer: while its observer is enabled, the
+observer's statistics set the scale and zero point. After
+``enable_range_learning()`` the observer is switched off and the scale and zero
+point become trainable parameters, updated by backpropagation through
+``torch._fake_quantize_learnable_*`` (Learned Step Size Quantization,
+https://openreview.net/pdf?id=rkgO66VKDS). Numerics follow
+``torchao.quantization.pt2e.learnable_fake_quantize.LearnableFakeQuantize``.
+
+Where pt2q differs, on purpose: ``scale`` and ``zero_point`` are registered
+parameters from construction on (torchao creates them at the first forward),
+so an optimizer built right after ``prepare_qat_pt2e`` already holds them and
+``state_dict()`` always has them; whether they were initialized is a buffer, so
+a checkpoint taken before or after the first batch loads back as it was saved.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from pt2q.fake_quantize import FakeQuantizeBase
+from pt2q.observer import MovingAverageMinMaxObserver
+from pt2q.qparams import PER_CHANNEL_QSCHEMES, SYMMETRIC_QSCHEMES, storage_dtype
+
+__all__ = ["LearnableFakeQuantize", "enable_range_learning", "disable_range_learning"]
+
+_F32_EPS = torch.finfo(torch.float32).eps
+
+
+class LearnableFakeQuantize(FakeQuantizeBase):
+    """Fake quantization with a learnable scale and zero point.
+
+    ``observer`` (a class or ``with_args`` constructor) gets ``quant_min``,
+    ``quant_max`` and ``observer_kwargs``; it initializes the qparams at the
+    first forward and keeps updating them while the observer is enabled. With
+    ``use_grad_scaling`` the gradients of scale and zero point are multiplied by
+    ``1 / sqrt(numel * quant_max)``, as LSQ recommends.
+    """
+
+    scale: nn.Parameter
+    zero_point: nn.Parameter
+    learning_enabled: Tensor
+    initialized: Tensor
+    eps: Tensor
+
+    def __init__(
+        self,
+        observer: Callable[..., nn.Module] = MovingAverageMinMaxObserver,
+        quant_min: int = 0,
+        quant_max: int = 255,
+        use_grad_scaling: bool = False,
+        **observer_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if quant_min >= quant_max:
+            raise ValueError(f"LearnableFakeQuantize: quant_min ({quant_min}) must be less than quant_max ({quant_max})")
+        self.quant_min = quant_min
+        self.quant_max = quant_max
+        self.use_grad_scaling = use_grad_scaling
+        self.activation_post_process = observer(quant_min=quant_min, quant_max=quant_max, **observer_kwargs)
+        self.dtype = self.activation_post_process.dtype
+        info = torch.iinfo(storage_dtype(self.dtype))
+        if not (info.min <= quant_min and quant_max <= info.max):
+            raise ValueError(
+                f"LearnableFakeQuantize: [{quant_min}, {quant_max}] does not fit the observer's dtype {self.dtype}"
+            )
+        self.qscheme = self.activation_post_process.qscheme
+        self.ch_axis = getattr(self.activation_post_process, "ch_axis", -1)
+        self.is_dynamic = False
+        # Parameters from the start (shape [1]; per-channel ones take their length at the first forward).
+        self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
+        self.zero_point = nn.Parameter(torch.zeros(1), requires_grad=False)
+        self.register_buffer("learning_enabled", torch.tensor([0], dtype=torch.uint8))
+        self.register_buffer("initialized", torch.tensor([0], dtype=torch.uint8))
+        self.register_buffer("eps", torch.tensor([_F32_EPS]))
+
+    @property
+    def has_statistics(self) -> bool:
+        """Whether the scale and zero point were set from data (at least one forward)."""
+        return bool(self.initialized[0])
+
+    def _set_learning(self, learning: bool) -> None:
+        self.learning_enabled[0] = 1 if learning else 0
+        self.scale.requires_grad_(learning)
+        self.zero_point.requires_grad_(learning)
+
+    @torch.jit.export
+    def enable_range_learning(self) -> None:
+        """Train the scale and zero point (this switches the observer off)."""
+        self._set_learning(True)
+        self.disable_observer()
+
+    @torch.jit.export
+    def disable_range_learning(self) -> None:
+        """Freeze the scale and zero point."""
+        self._set_learning(False)
+
+    @torch.jit.export
+    def enable_observer(self, enabled: bool = True) -> None:
+        """Let the observer set the qparams again; an enabled observer stops range learning."""
+        self.observer_enabled[0] = 1 if enabled else 0
+        if enabled:
+            self.disable_range_learning()
+
+    @torch.jit.export
+    def disable_observer(self) -> None:
+        self.enable_observer(False)
+
+    def observe_quant_params(self) -> None:
+        print(f"LearnableFakeQuantize scale: {self.scale.detach()}")
+        print(f"LearnableFakeQuantize zero point: {self.zero_point.detach()}")
+
+    @torch.jit.export
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        """The learned scale (clamped to ``eps``, in place) and the rounded, clamped zero point."""
+        if not self.has_statistics:
+            raise RuntimeError(
+                f"{self.target_name or 'LearnableFakeQuantize'}: calculate_qparams called before the "
+                "fake quantizer saw any data; run the prepared model first."
+            )
+        self.scale.data.clamp_(min=float(self.eps))
+        zero_point = self.zero_point.detach().round().clamp(self.quant_min, self.quant_max).long()
+        return self.scale.detach(), zero_point
+
+    def _set_qparams(self, scale: Tensor, zero_point: Tensor) -> None:
+        if self.scale.shape != scale.shape:  # first per-channel observation: same Parameter, new length
+            self.scale.data = torch.empty_like(scale, dtype=self.scale.dtype)
+            self.zero_point.data = torch.empty_like(scale, dtype=self.zero_point.dtype)
+        self.scale.data.copy_(scale)
+        self.zero_point.data.copy_(zero_point.float())
+        self.initialized[0] = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.observer_enabled[0] == 1 or not self.has_statistics:
+            self.activation_post_process(x.detach())
+            self._set_qparams(*self.activation_post_process.calculate_qparams())
+        if self.fake_quant_enabled[0] != 1:
+            return x
+        if self.qscheme in SYMMETRIC_QSCHEMES:
+            self.zero_point.data.zero_()
+        grad_factor = 1.0 / (x.numel() * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
+        if self.qscheme in PER_CHANNEL_QSCHEMES:
+            return torch._fake_quantize_learnable_per_channel_affine(
+                x, self.scale, self.zero_point, self.ch_axis, self.quant_min, self.quant_max, grad_factor
+            )
+        return torch._fake_quantize_learnable_per_tensor_affine(
+            x, self.scale, self.zero_point, self.quant_min, self.quant_max, grad_factor
+        )
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # a per-channel checkpoint holds as many scales as channels; take its length
+        for name in ("scale", "zero_point"):
+            saved = state_dict.get(prefix + name)
+            param = self._parameters[name]
+            if isinstance(saved, Tensor) and param is not None and param.shape != saved.shape:
+                param.data = torch.empty_like(saved, dtype=param.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        # whether the qparams train is saved (learning_enabled); their requires_grad follows it
+        learning = bool(self.learning_enabled[0])
+        self.scale.requires_grad_(learning)
+        self.zero_point.requires_grad_(learning)
+
+    def extra_repr(self) -> str:
+        return (
+            f"fake_quant_enabled={self.fake_quant_enabled}, observer_enabled={self.observer_enabled}, "
+            f"learning_enabled={self.learning_enabled}, quant_min={self.quant_min}, quant_max={self.quant_max}, "
+            f"dtype={self.dtype}, qscheme={self.qscheme}, ch_axis={self.ch_axis}, "
+            f"use_grad_scaling={self.use_grad_scaling}, scale={self.scale.data}, zero_point={self.zero_point.data}"
+        )
+
+
+def enable_range_learning(mod: nn.Module) -> None:
+    """``model.apply(enable_range_learning)`` trains the qparams of every ``LearnableFakeQuantize``."""
+    if isinstance(mod, LearnableFakeQuantize):
+        mod.enable_range_learning()
+
+
+def disable_range_learning(mod: nn.Module) -> None:
+    """``model.apply(disable_range_learning)`` freezes the qparams of every ``LearnableFakeQuantize``."""
+    if isinstance(mod, LearnableFakeQuantize):
+        mod.disable_range_learning()
+
