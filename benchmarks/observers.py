@@ -21,7 +21,9 @@ import pt2q.observer as pt2q_obs
 
 SIZES = (1_000, 100_000, 1_000_000)
 ACT = dict(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine, eps=2**-12)
-WEIGHT = dict(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0, eps=2**-12)
+WEIGHT = dict(
+    dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0, eps=2**-12
+)
 
 
 def _median_us(fn: Callable[[], object], repeats: int) -> float:
@@ -50,7 +52,7 @@ def _weight_call(mod, n: int, repeats: int) -> float:
 
 def _calc_call(mod, n: int, repeats: int) -> float:
     _histogram_call(mod, n, 4)
-    return _median_us(mod.calculate_qparams, max(repeats // 20, 3))
+    return _median_us(mod.calculate_qparams, max(repeats // 4, 5))
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -174,7 +174,8 @@ class FixedQParamsFakeQuantize(FakeQuantize):
     def __init__(self, observer: Callable[..., nn.Module]) -> None:
         super().__init__(observer=observer)
         if type(self.activation_post_process) is not FixedQParamsObserver:
-            raise TypeError(f"FixedQParamsFakeQuantize needs a FixedQParamsObserver, got {self.activation_post_process}")
+            got = type(self.activation_post_process).__name__
+            raise TypeError(f"FixedQParamsFakeQuantize needs a FixedQParamsObserver, got {got}")
         self.scale = self.activation_post_process.scale
         self.zero_point = self.activation_post_process.zero_point
 
@@ -197,7 +198,8 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
         **observer_kwargs: Any,
     ) -> None:
         super().__init__(observer, quant_min, quant_max, **observer_kwargs)
-        if not isinstance(self.activation_post_process, (MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver)):
+        moving_average = (MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver)
+        if not isinstance(self.activation_post_process, moving_average):
             raise TypeError("FusedMovingAvgObsFakeQuantize works only with moving-average min/max observers")
         # the fused op takes int64 flags
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.long))

@@ -131,7 +131,8 @@ class UniformQuantizationObserverBase(ObserverBase):
         qscheme = self.supported_qschemes[0] if qscheme is None else qscheme
         if qscheme not in self.supported_qschemes:
             hint = " (use PerChannelMinMaxObserver for per-channel qschemes)" if qscheme in PER_CHANNEL_QSCHEMES else ""
-            raise ValueError(f"{name} supports qscheme {', '.join(map(str, self.supported_qschemes))}; got {qscheme}{hint}")
+            supported = ", ".join(map(str, self.supported_qschemes))
+            raise ValueError(f"{name} supports qscheme {supported}; got {qscheme}{hint}")
         if unexpected:
             raise TypeError(f"{name} got unexpected arguments {sorted(unexpected)}")
         if reduce_range and qscheme in SYMMETRIC_QSCHEMES and dtype == torch.quint8:
@@ -433,7 +434,9 @@ class HistogramObserver(UniformQuantizationObserverBase):
             if cur_lo == cur_hi:  # all mass so far at one point
                 moved = torch.histc(self.min_val, self.bins, new_lo, new_hi) * self.histogram.sum()
             else:
-                moved = upscale_histogram(self.histogram, self.min_val, self.max_val, new_lo, new_hi, self.upsample_rate)
+                moved = upscale_histogram(
+                    self.histogram, self.min_val, self.max_val, new_lo, new_hi, self.upsample_rate
+                )
             self.histogram.copy_(accumulate_histc_(moved, x, new_lo, new_hi))
             self.min_val.fill_(new_lo)
             self.max_val.fill_(new_hi)

@@ -134,7 +134,11 @@ def choose_qparams(
             scale = torch.max((max_pos - min_neg) / float(quant_max - quant_min), eps)
             zero_point = quant_min - torch.round(min_neg / scale).to(torch.int)
             zero_point = torch.clamp(zero_point, quant_min, quant_max)
-    return scale.reshape(-1) if scale.dim() == 0 else scale, zero_point.reshape(-1) if zero_point.dim() == 0 else zero_point
+    return _at_least_1d(scale), _at_least_1d(zero_point)
+
+
+def _at_least_1d(t: Tensor) -> Tensor:
+    return t.reshape(1) if t.dim() == 0 else t
 
 
 def _symmetric_zero_point(dtype: torch.dtype, quant_min: int, quant_max: int, has_customized_qrange: bool) -> int:

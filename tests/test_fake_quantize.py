@@ -16,7 +16,8 @@ ao = pytest.importorskip("torchao.quantization.pt2e.observer")
 pytestmark = pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max")  # torchao on reduce_range
 
 CONFIGS = [
-    ("FakeQuantize", "MovingAverageMinMaxObserver", dict(quant_min=0, quant_max=255, dtype=torch.quint8, reduce_range=True)),
+    ("FakeQuantize", "MovingAverageMinMaxObserver",
+     dict(quant_min=0, quant_max=255, dtype=torch.quint8, reduce_range=True)),
     ("FakeQuantize", "MovingAverageMinMaxObserver",
      dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)),
     ("FakeQuantize", "MovingAveragePerChannelMinMaxObserver",
@@ -25,9 +26,11 @@ CONFIGS = [
      dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams,
           ch_axis=0, averaging_constant=1)),
     ("FakeQuantize", "HistogramObserver", dict(quant_min=-128, quant_max=127, dtype=torch.int8, bins=256)),
-    ("FusedMovingAvgObsFakeQuantize", "MovingAverageMinMaxObserver", dict(quant_min=0, quant_max=255, dtype=torch.quint8)),
+    ("FusedMovingAvgObsFakeQuantize", "MovingAverageMinMaxObserver",
+     dict(quant_min=0, quant_max=255, dtype=torch.quint8)),
     ("FusedMovingAvgObsFakeQuantize", "MovingAveragePerChannelMinMaxObserver",
-     dict(quant_min=-127, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0, eps=2**-12)),
+     dict(quant_min=-127, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
+          eps=2**-12)),
 ]
 
 
@@ -64,7 +67,8 @@ def test_forward_and_gradient_match_torchao(fq, obs, kwargs, seed, scales) -> No
 
 
 def test_fixed_qparams_fake_quantize_matches_torchao() -> None:
-    ours = pf.FixedQParamsFakeQuantize(observer=po.FixedQParamsObserver.with_args(scale=1 / 256, zero_point=0, dtype=torch.quint8))
+    observer = po.FixedQParamsObserver.with_args(scale=1 / 256, zero_point=0, dtype=torch.quint8)
+    ours = pf.FixedQParamsFakeQuantize(observer=observer)
     theirs = af.FixedQParamsFakeQuantize(observer=ao.default_fixed_qparams_range_0to1_observer)
     step(ours, theirs, torch.rand(3, 7) * 1.5 - 0.25)
     assert ours.calculate_qparams()[0] is ours.scale and ours.has_statistics

@@ -240,10 +240,12 @@ def test_quantize_dequantize_match_quantized_decomposed() -> None:
     scales, zps = torch.rand(6) / 10 + 0.01, torch.randint(-5, 5, (6,))
     q = quantize(x, scales, zps, -128, 127, torch.int8, axis=1)
     assert torch.equal(q, qd.quantize_per_channel(x, scales, zps, 1, -128, 127, torch.int8))
-    assert torch.equal(dequantize(q, scales, zps, axis=1), qd.dequantize_per_channel(q, scales, zps, 1, -128, 127, torch.int8))
+    expected = qd.dequantize_per_channel(q, scales, zps, 1, -128, 127, torch.int8)
+    assert torch.equal(dequantize(q, scales, zps, axis=1), expected)
     fq = fake_quantize(x, scales, zps, -128, 127, axis=1)
     assert torch.equal(fq, torch.fake_quantize_per_channel_affine(x, scales, zps.int(), 1, -128, 127))
-    assert torch.equal(fake_quantize(x, 0.02, 3, -128, 127), torch.fake_quantize_per_tensor_affine(x, 0.02, 3, -128, 127))
+    expected = torch.fake_quantize_per_tensor_affine(x, 0.02, 3, -128, 127)
+    assert torch.equal(fake_quantize(x, 0.02, 3, -128, 127), expected)
 
 
 def test_sqnr() -> None:
