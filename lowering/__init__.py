@@ -7,3 +7,13 @@ from pt2q.lowering.x86 import (  # noqa: E402
     int8_inference,
     lower_pt2e_quantized_to_x86,
 )
+
+# ExecuTorch (.pte): XNNPACK delegate + ExecuTorch quantized kernels
+from pt2q.lowering.delegation_report import DelegationReport, OpPlacement  # noqa: E402
+from pt2q.lowering.executorch import (  # noqa: E402
+    LoweredProgram,
+    LoweringError,
+    QuantizedFallbackWarning,
+    UnsupportedQuantizedPatternError,
+    to_executorch,
+)

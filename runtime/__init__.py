@@ -1,1 +1,23 @@
-"""Loading, running and timing lowered programs."""
+"""Loading, running and timing lowered programs.
+
+``load(path_or_bytes)`` gives a :class:`Program` you call like a module;
+``compare`` checks it against the reference ``GraphModule``; ``time_program`` times it.
+"""
+from pt2q.runtime.numerics import Comparison, compare, compare_outputs
+from pt2q.runtime.program import InputMismatchError, Program, ProgramLoadError, check_pte_header, load
+from pt2q.runtime.timing import Timing, get_num_threads, set_num_threads, time_program
+
+__all__ = [
+    "load",
+    "Program",
+    "ProgramLoadError",
+    "InputMismatchError",
+    "check_pte_header",
+    "compare",
+    "compare_outputs",
+    "Comparison",
+    "time_program",
+    "Timing",
+    "set_num_threads",
+    "get_num_threads",
+]

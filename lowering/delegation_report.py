@@ -1,0 +1,278 @@
+"""Delegation report: where each operator of a lowered ExecuTorch program runs, and in what precision.
+
+Built from the final program (after partitioning and ExecuTorch's quant fusion).
+Every operator is one row, placed on
+
+* ``XNNPACK``: inside an XNNPACK delegate blob (its int8 work runs in XNNPACK kernels),
+* ``quantized kernel``: an ExecuTorch quantized-kernel-library op (``embedding_byte``,
+  ``embedding_4bit``, a quantize/dequantize left outside a delegate, ...),
+* ``portable``: a portable (or optimized) ExecuTorch kernel, which computes in float.
+
+Quantize/dequantize ops *inside* a delegate are not rows: XNNPACK folds them into
+its integer kernels. A row's ``precision`` is ``int8`` when the op reads quantized
+data (a dequantized input inside the delegate, or a quantized kernel), else the
+dtype it computes in. Weighted ops (linear, conv, embedding) carry the bytes and
+dtype of the weight the program stores for them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any, Iterator, Optional
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import GraphModule, Node
+
+__all__ = [
+    "XNNPACK",
+    "QUANTIZED_KERNEL",
+    "PORTABLE",
+    "OpPlacement",
+    "DelegationReport",
+    "build_delegation_report",
+    "op_name",
+    "source_name",
+    "is_qdq_op",
+]
+
+XNNPACK = "XNNPACK"
+QUANTIZED_KERNEL = "quantized kernel"
+PORTABLE = "portable"
+
+_QDQ_PREFIXES = (
+    "quantized_decomposed.quantize_",
+    "quantized_decomposed.dequantize_",
+    "quantized_decomposed.choose_qparams",
+)
+_DEQUANTIZE_PREFIX = "quantized_decomposed.dequantize_"
+_QUANTIZE_PREFIX = "quantized_decomposed.quantize_"
+# op -> index of the argument holding its weight
+_WEIGHT_ARG = {
+    "aten.linear": 1,
+    "aten.convolution": 1,
+    "aten.conv1d": 1,
+    "aten.conv2d": 1,
+    "aten.conv3d": 1,
+    "aten.embedding": 0,
+    "quantized_decomposed.embedding_byte": 0,
+    "quantized_decomposed.embedding_2bit": 0,
+    "quantized_decomposed.embedding_4bit": 0,
+}
+_LOW_BIT_KERNELS = {"quantized_decomposed.embedding_4bit": "int4", "quantized_decomposed.embedding_2bit": "int2"}
+_INTEGER_STORAGE = {torch.int8, torch.uint8}
+
+
+def op_name(target: Any) -> Optional[str]:
+    """``namespace.op`` of an ATen/edge operator target (overload dropped), or None for other callables."""
+    schema = getattr(target, "_schema", None)
+    if schema is None:  # an EdgeOpOverload wraps the OpOverload
+        schema = getattr(getattr(target, "_op", None), "_schema", None)
+    if schema is None:
+        return None
+    return schema.name.replace("::", ".")
+
+
+def source_name(node: Node) -> str:
+    """The name ``node`` had in the graph the user converted (following ``from_node`` provenance)."""
+    sources = node.meta.get("from_node")
+    name = node.name
+    while sources:
+        name = sources[-1].name
+        sources = getattr(sources[-1], "from_node", None)
+    return name
+
+
+def is_qdq_op(name: Optional[str]) -> bool:
+    return name is not None and name.startswith(_QDQ_PREFIXES)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpPlacement:
+    """One operator of the lowered program and where it runs."""
+
+    node: str
+    source: str
+    op: str
+    runs_on: str
+    precision: str
+    weight_bytes: int = 0
+    weight_dtype: Optional[torch.dtype] = None
+    fallback: bool = False  # a quantized pattern the delegate did not take: runs in float
+
+    @property
+    def is_weighted(self) -> bool:
+        return self.op in _WEIGHT_ARG
+
+
+@dataclasses.dataclass(frozen=True)
+class DelegationReport:
+    """Per-operator placement of a lowered program, with totals (print it for a table)."""
+
+    rows: tuple[OpPlacement, ...]
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.rows)
+
+    def count(self, runs_on: str) -> int:
+        return sum(r.runs_on == runs_on for r in self.rows)
+
+    def share(self, runs_on: str) -> float:
+        """Fraction of operators that run on ``runs_on`` (``XNNPACK``, ``QUANTIZED_KERNEL``, ``PORTABLE``)."""
+        return self.count(runs_on) / self.num_ops if self.rows else 0.0
+
+    @property
+    def int8_op_share(self) -> float:
+        """Fraction of operators that compute on quantized (int8 or lower) data."""
+        return sum(r.precision != "fp32" and r.precision.startswith("int") for r in self.rows) / max(self.num_ops, 1)
+
+    @property
+    def weighted_ops(self) -> tuple[OpPlacement, ...]:
+        return tuple(r for r in self.rows if r.is_weighted)
+
+    @property
+    def weight_bytes(self) -> dict[str, int]:
+        """Bytes of linear/conv/embedding weights by stored dtype."""
+        totals: Counter = Counter()
+        for r in self.weighted_ops:
+            totals[str(r.weight_dtype).replace("torch.", "")] += r.weight_bytes
+        return dict(totals)
+
+    @property
+    def int8_weight_share(self) -> float:
+        """Fraction of linear/conv/embedding weight bytes stored as int8/uint8 (packed 4-bit included)."""
+        total = sum(r.weight_bytes for r in self.weighted_ops)
+        low = sum(r.weight_bytes for r in self.weighted_ops if r.weight_dtype in _INTEGER_STORAGE)
+        return low / total if total else 0.0
+
+    @property
+    def fallbacks(self) -> tuple[OpPlacement, ...]:
+        """Quantized patterns left outside the delegate: they run in float between quantize/dequantize ops."""
+        return tuple(r for r in self.rows if r.fallback)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "ops": float(self.num_ops),
+            "xnnpack_share": self.share(XNNPACK),
+            "quantized_kernel_share": self.share(QUANTIZED_KERNEL),
+            "portable_share": self.share(PORTABLE),
+            "int8_op_share": self.int8_op_share,
+            "int8_weight_share": self.int8_weight_share,
+        }
+
+    def table(self) -> str:
+        """A Markdown table: one row per operator, then the totals."""
+        lines = [
+            "| node | source | op | runs on | precision | weight |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            weight = f"{r.weight_bytes} B {str(r.weight_dtype).replace('torch.', '')}" if r.is_weighted else ""
+            flag = " (fallback)" if r.fallback else ""
+            lines.append(f"| {r.node} | {r.source} | {r.op} | {r.runs_on}{flag} | {r.precision} | {weight} |")
+        lines.append("")
+        lines.append(
+            f"{self.num_ops} ops: {self.share(XNNPACK):.0%} XNNPACK, {self.share(QUANTIZED_KERNEL):.0%} quantized kernels, "
+            f"{self.share(PORTABLE):.0%} portable; {self.int8_op_share:.0%} of ops on int8 data; "
+            f"{self.int8_weight_share:.0%} of linear/conv/embedding weight bytes in int8 "
+            f"({', '.join(f'{k}: {v} B' for k, v in sorted(self.weight_bytes.items())) or 'no weights'})"
+        )
+        if self.fallbacks:
+            lines.append("fallbacks (quantized patterns running in float): " + ", ".join(r.source for r in self.fallbacks))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+# --- building it -----------------------------------------------------------------
+
+def _program_tensor(program: ExportedProgram, placeholder: Node) -> Optional[torch.Tensor]:
+    """The parameter/buffer/constant a lifted placeholder stands for, if any."""
+    for spec in program.graph_signature.input_specs:
+        if getattr(spec.arg, "name", None) != placeholder.name or spec.target is None:
+            continue
+        value = program.state_dict.get(spec.target)
+        if value is None:
+            value = program.constants.get(spec.target)
+        return value if isinstance(value, torch.Tensor) else None
+    return None
+
+
+def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[torch.Tensor]:
+    index = _WEIGHT_ARG.get(name)
+    arg = node.args[index] if index is not None and len(node.args) > index else None
+    if isinstance(arg, Node) and (op_name(arg.target) or "").startswith(_DEQUANTIZE_PREFIX):
+        arg = arg.args[0]
+    if isinstance(arg, Node) and arg.op == "placeholder":
+        return _program_tensor(program, arg)
+    return None
+
+
+def _reads_dequantized(node: Node) -> bool:
+    return any((op_name(a.target) or "").startswith(_DEQUANTIZE_PREFIX) for a in node.all_input_nodes if a.op == "call_function")
+
+
+def _feeds_quantize(node: Node) -> bool:
+    return any((op_name(u.target) or "").startswith(_QUANTIZE_PREFIX) for u in node.users if u.op == "call_function")
+
+
+def _float_precision(node: Node) -> str:
+    val = node.meta.get("val")
+    if isinstance(val, (tuple, list)) and val:
+        val = val[0]
+    if isinstance(val, torch.Tensor):
+        return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(val.dtype, str(val.dtype).replace("torch.", ""))
+    return "fp32"
+
+
+def _row(program: ExportedProgram, node: Node, name: str, runs_on: str, precision: str, fallback: bool = False) -> OpPlacement:
+    weight = _stored_weight(program, node, name)
+    return OpPlacement(
+        node=node.name,
+        source=source_name(node),
+        op=name,
+        runs_on=runs_on,
+        precision=precision,
+        weight_bytes=0 if weight is None else weight.numel() * weight.element_size(),
+        weight_dtype=None if weight is None else weight.dtype,
+        fallback=fallback,
+    )
+
+
+def _delegate_rows(program: ExportedProgram, lowered: Any) -> Iterator[OpPlacement]:
+    inner = lowered.original_module
+    runs_on = XNNPACK if "xnnpack" in lowered.backend_id.lower() else lowered.backend_id
+    for node in inner.graph.nodes:
+        name = op_name(node.target) if node.op == "call_function" else None
+        if name is None or is_qdq_op(name):
+            continue
+        precision = "int8" if _reads_dequantized(node) else _float_precision(node)
+        yield _row(inner, node, name, runs_on, precision)
+
+
+def _lowered_module(gm: GraphModule, call: Node) -> Any:
+    target = call.args[0]
+    return getattr(gm, target.target) if isinstance(target, Node) else target
+
+
+def build_delegation_report(program: ExportedProgram) -> DelegationReport:
+    """Place every operator of a lowered program (the ``exported_program()`` of an ExecuTorch manager)."""
+    gm = program.graph_module
+    rows: list[OpPlacement] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.higher_order.executorch_call_delegate:
+            rows.extend(_delegate_rows(program, _lowered_module(gm, node)))
+            continue
+        name = op_name(node.target)
+        if name is None:
+            continue  # memory planning, getitem, views the runtime handles itself
+        if name.startswith("quantized_decomposed."):
+            rows.append(_row(program, node, name, QUANTIZED_KERNEL, _LOW_BIT_KERNELS.get(name, "int8")))
+        else:
+            fallback = _reads_dequantized(node) or _feeds_quantize(node)
+            rows.append(_row(program, node, name, PORTABLE, _float_precision(node), fallback))
+    return DelegationReport(tuple(rows))

@@ -1,0 +1,149 @@
+"""Load an ExecuTorch ``.pte`` and call it like a module.
+
+::
+
+    prog = pt2q.runtime.load("model.pte")     # or the bytes of one
+    y = prog(x)                                # a tensor, or a tuple for several outputs
+
+Loading goes through ExecuTorch's Python runtime (flatbuffer bytes, no pickle);
+ExecuTorch's quantized kernel library is registered first so ``embedding_byte`` and
+friends resolve. The ``.pte`` header is checked before ExecuTorch sees the bytes, and
+inputs are checked against the method's signature before it runs, so a corrupt file
+or a wrong input gives an error that says what is wrong.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import torch
+
+__all__ = ["Program", "ProgramLoadError", "InputMismatchError", "load", "check_pte_header"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# ExecuTorch ScalarType codes (the same numbering as c10::ScalarType)
+_SCALAR_TYPES = {
+    0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64,
+    5: torch.float16, 6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16,
+}
+_FILE_IDENTIFIER_AT = slice(4, 8)
+_EXTENDED_HEADER_AT = 8
+
+
+class ProgramLoadError(RuntimeError):
+    """The bytes are not a loadable ExecuTorch program (corrupt, truncated, or missing kernels)."""
+
+
+class InputMismatchError(ValueError):
+    """The inputs do not match the program's signature (count, dtype or shape)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _runtime() -> Any:
+    """ExecuTorch's runtime, with the quantized kernel library registered."""
+    import executorch.kernels.quantized  # noqa: F401  registers quantized_decomposed::* kernels
+    from executorch.runtime import Runtime
+
+    return Runtime.get()
+
+
+def check_pte_header(data: bytes) -> None:
+    """Raise :class:`ProgramLoadError` unless ``data`` starts like a complete ``.pte``.
+
+    Checks the flatbuffer file identifier (``ET`` + version) and, when present, that
+    the file is as long as its extended header (``eh00``) says it is.
+    """
+    if len(data) < 8 or data[_FILE_IDENTIFIER_AT][:2] != b"ET":
+        raise ProgramLoadError(
+            f"not an ExecuTorch program: expected the file identifier 'ET..' at bytes 4-8, "
+            f"got {bytes(data[_FILE_IDENTIFIER_AT])!r} ({len(data)} bytes in all)"
+        )
+    header = data[_EXTENDED_HEADER_AT:]
+    if header[:4] != b"eh00" or len(header) < 24:
+        return
+    length = int.from_bytes(header[4:8], "little")
+    program_size = int.from_bytes(header[8:16], "little")
+    expected = program_size
+    if length >= 32 and len(header) >= 32:
+        segment_base, segment_size = int.from_bytes(header[16:24], "little"), int.from_bytes(header[24:32], "little")
+        if segment_size:
+            expected = max(expected, segment_base + segment_size)
+    if len(data) < expected:
+        raise ProgramLoadError(f"truncated ExecuTorch program: its header says {expected} bytes, got {len(data)}")
+
+
+def _describe(info: Any) -> tuple[tuple[int, ...], torch.dtype]:
+    return tuple(info.sizes()), _SCALAR_TYPES.get(info.dtype(), torch.float32)
+
+
+class Program:
+    """A loaded ``.pte`` method (``forward`` by default), callable with tensors."""
+
+    def __init__(self, data: bytes, method: str = "forward", source: str = "<bytes>") -> None:
+        check_pte_header(data)
+        self.source = source
+        self.data = data
+        try:
+            self._program = _runtime().load_program(data)
+        except RuntimeError as e:
+            raise ProgramLoadError(f"ExecuTorch could not load {source}: {e} (corrupt or incompatible .pte)") from e
+        if method not in self._program.method_names:
+            raise ProgramLoadError(f"{source} has no method {method!r}; it has {sorted(self._program.method_names)}")
+        try:
+            self._method = self._program.load_method(method)
+        except RuntimeError as e:
+            raise ProgramLoadError(
+                f"ExecuTorch could not initialise method {method!r} of {source}: {e}. A delegate rejected its "
+                "blob or a kernel is missing (corrupt .pte, or a runtime without the ops it needs)."
+            ) from e
+        meta = self._method.metadata
+        self.method = method
+        self.input_specs = tuple(_describe(meta.input_tensor_meta(i)) for i in range(meta.num_inputs()))
+        self.output_specs = tuple(_describe(meta.output_tensor_meta(i)) for i in range(meta.num_outputs()))
+
+    def _check_inputs(self, inputs: Sequence[Any]) -> None:
+        if len(inputs) != len(self.input_specs):
+            raise InputMismatchError(f"{self.source} takes {len(self.input_specs)} input(s), got {len(inputs)}")
+        for i, (x, (shape, dtype)) in enumerate(zip(inputs, self.input_specs)):
+            if not isinstance(x, torch.Tensor):
+                raise InputMismatchError(f"input {i} must be a tensor, got {type(x).__name__}")
+            if x.dtype != dtype:
+                raise InputMismatchError(f"input {i} must have dtype {dtype}, got {x.dtype}")
+            if x.dim() != len(shape) or any(a > b for a, b in zip(x.shape, shape)):
+                raise InputMismatchError(f"input {i} must have shape {shape}, got {tuple(x.shape)}")
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Execute with a list of inputs; the outputs as a list."""
+        inputs = list(inputs)
+        self._check_inputs(inputs)
+        try:
+            return list(self._method.execute(inputs))
+        except RuntimeError as e:
+            got = ", ".join(str(tuple(x.shape)) for x in inputs)
+            want = ", ".join(str(s) for s, _ in self.input_specs)
+            raise InputMismatchError(f"{self.source} failed to run on inputs of shape {got} (expects {want}): {e}") from e
+
+    def __call__(self, *inputs: torch.Tensor) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
+        outputs = self.run(inputs)
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{str(d).replace('torch.', '')}{list(s)}" for s, d in self.input_specs)
+        return f"Program({self.source}, {self.method}({ins}), {self.size} bytes)"
+
+
+def load(path_or_bytes: Union[PathLike, bytes, bytearray, memoryview], method: str = "forward") -> Program:
+    """Load a ``.pte`` from a path or from its bytes."""
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return Program(bytes(path_or_bytes), method)
+    path = Path(path_or_bytes)
+    if not path.is_file():
+        raise ProgramLoadError(f"no .pte file at {path}")
+    return Program(path.read_bytes(), method, source=str(path))
