@@ -308,7 +308,7 @@ def search_histogram_range(hist: Tensor, min_val: Tensor, max_val: Tensor, dst_n
 
 
 _QUANTILE_STEP = 1e-5
-_BLOCK = 2048
+_BLOCK = 512
 
 
 class _BoundScan:
