@@ -39,10 +39,10 @@ __all__ = ["reference_representation_rewrite", "REWRITES", "Rewrite"]
 aten = torch.ops.aten
 qd = torch.ops.quantized_decomposed
 
-Q = {qd.quantize_per_tensor.default}
-DQ = {qd.dequantize_per_tensor.default}
-DQ_DYNAMIC = {qd.dequantize_per_tensor.tensor}
-DQ_WEIGHT = {qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default}
+_Q = {qd.quantize_per_tensor.default}
+_DQ = {qd.dequantize_per_tensor.default}
+_DQ_DYNAMIC = {qd.dequantize_per_tensor.tensor}
+_DQ_WEIGHT = {qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default}
 _8BIT = (torch.int8, torch.uint8)
 _INT32 = torch.iinfo(torch.int32)
 _PORTED_META = ("nn_module_stack", "stack_trace")
@@ -87,7 +87,11 @@ class _Affine:
 
 @dataclass(frozen=True)
 class _Requant:
-    """``clamp(((sum_i t_i * m_i) + 2**(shift-1) >> shift) + zero_point, qmin, qmax).to(dtype)``."""
+    """``clamp((sum_i t_i * m_i + 2**(shift-1) >> shift) + zero_point, qmin, qmax).to(dtype)`` in int64.
+
+    ``m_i / 2**shift`` is the ratio of operand ``i``'s scale to the output scale; a fused
+    relu raises ``qmin`` to the zero point.
+    """
 
     multipliers: tuple[Constant, ...]
     shift: int
@@ -320,17 +324,16 @@ def _qparams_operands(gm: GraphModule, c: _QDQ) -> tuple[Any, Any]:
 def _reference_quantize(gm: GraphModule, c: _QDQ) -> Node:
     """``clamp(round(x * (1 / scale)) + zero_point, qmin, qmax).to(dtype)``, as the kernels compute it."""
     x = c.x
-    if x.meta.get("val") is not None and x.meta["val"].dtype != torch.float32:
+    if x.meta.get("val") is not None and x.meta["val"].dtype != torch.float32:  # the kernels quantize float32
         x = _call(gm, aten.to.dtype, x, torch.float32)
-    if isinstance(c.scale, float):
-        inv_scale: Any = 1.0 / c.scale
-        zero_point: Any = c.zero_point
-    elif c.axis is None:  # 1 / scale in float64, then read as float32
-        inv_scale = _call(gm, aten.to.dtype, _call(gm, aten.reciprocal.default, c.scale), torch.float32)
-        zero_point = c.zero_point
-    else:
+    zero_point: Any = c.zero_point
+    if c.axis is not None:
         scale, zero_point = _qparams_operands(gm, c)
-        inv_scale = _call(gm, aten.reciprocal.default, scale)
+        inv_scale: Any = _call(gm, aten.reciprocal.default, scale)
+    elif isinstance(c.scale, Node):  # 1 / scale in float64, then read as a float32 scalar
+        inv_scale = _call(gm, aten.to.dtype, _call(gm, aten.reciprocal.default, c.scale), torch.float32)
+    else:
+        inv_scale = 1.0 / c.scale
     rounded = _call(gm, aten.round.default, _call(gm, aten.mul.Tensor, x, inv_scale))
     shifted = _call(gm, aten.add.Tensor, rounded, zero_point)
     return _call(gm, aten.to.dtype, _call(gm, aten.clamp.default, shifted, c.qmin, c.qmax), c.dtype)
@@ -352,17 +355,17 @@ _LINEAR = {aten.linear.default}
 _CONV2D = {aten.conv2d.default}  # conv2d.padding (string padding) has no out_dtype form
 _ADD = {aten.add.Tensor}
 _MAX_POOL2D = {aten.max_pool2d.default}
-_STATIC = {0: DQ, 1: DQ_WEIGHT}
+_STATIC = {0: _DQ, 1: _DQ_WEIGHT}
 
 REWRITES: tuple[Rewrite, ...] = (
-    Rewrite("linear", (_LINEAR, Q), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
-    Rewrite("linear_relu", (_LINEAR, RELU, Q), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
-    Rewrite("dynamic_linear", (_LINEAR,), {0: DQ_DYNAMIC, 1: DQ_WEIGHT}, _carry_dynamic_linear, _integer_dynamic_linear),
-    Rewrite("conv2d", (_CONV2D, Q), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
-    Rewrite("conv2d_relu", (_CONV2D, RELU, Q), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
-    Rewrite("add", (_ADD, Q), {0: DQ, 1: DQ}, _carry_rescaled, _integer_add),
-    Rewrite("add_relu", (_ADD, RELU, Q), {0: DQ, 1: DQ}, _carry_rescaled, _integer_add),
-    Rewrite("max_pool2d", (_MAX_POOL2D, Q), {0: DQ}, _carry_rescaled, _integer_max_pool2d),
+    Rewrite("linear", (_LINEAR, _Q), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
+    Rewrite("linear_relu", (_LINEAR, RELU, _Q), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
+    Rewrite("dynamic_linear", (_LINEAR,), {0: _DQ_DYNAMIC, 1: _DQ_WEIGHT}, _carry_dynamic_linear, _integer_dynamic_linear),
+    Rewrite("conv2d", (_CONV2D, _Q), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
+    Rewrite("conv2d_relu", (_CONV2D, RELU, _Q), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
+    Rewrite("add", (_ADD, _Q), {0: _DQ, 1: _DQ}, _carry_rescaled, _integer_add),
+    Rewrite("add_relu", (_ADD, RELU, _Q), {0: _DQ, 1: _DQ}, _carry_rescaled, _integer_add),
+    Rewrite("max_pool2d", (_MAX_POOL2D, _Q), {0: _DQ}, _carry_rescaled, _integer_max_pool2d),
     Rewrite("quantize", ({qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor, qd.quantize_per_channel.default},),
             {}, _carry_qdq, _reference_quantize),
     Rewrite("dequantize", ({qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor, qd.dequantize_per_channel.default},),
@@ -390,7 +393,7 @@ def _replace(gm: GraphModule, chain: tuple[Node, ...], build: Callable[[], Node]
     last.replace_all_uses_with(result)
     name = last.name
     erase_with_dead_inputs(gm, [last])
-    result.name = name  # erased names stay reserved in the graph's namespace, so this one is free for us only
+    result.name = name  # erased names stay reserved in the graph's namespace: no other node can take it
 
 
 def reference_representation_rewrite(gm: GraphModule) -> GraphModule:
