@@ -9,9 +9,9 @@ Every operator is one row, placed on
 * ``portable``: a portable (or optimized) ExecuTorch kernel, which computes in float.
 
 Quantize/dequantize ops *inside* a delegate are not rows: XNNPACK folds them into
-its integer kernels. A row's ``precision`` is ``int8`` when the op reads quantized
-data (a dequantized input inside the delegate, or a quantized kernel), else the
-dtype it computes in. Weighted ops (linear, conv, embedding) carry the bytes and
+its integer kernels. A delegated op is ``int8`` when it reads a dequantized input or
+its output is quantized (XNNPACK then runs it on int8 codes); a quantized kernel is
+``int8`` (``int4`` for 4-bit tables); anything else is the float dtype it computes in. Weighted ops (linear, conv, embedding) carry the bytes and
 dtype of the weight the program stores for them.
 """
 from __future__ import annotations
@@ -248,7 +248,8 @@ def _delegate_rows(program: ExportedProgram, lowered: Any) -> Iterator[OpPlaceme
         name = op_name(node.target) if node.op == "call_function" else None
         if name is None or is_qdq_op(name):
             continue
-        precision = "int8" if _reads_dequantized(node) else _float_precision(node)
+        quantized = _reads_dequantized(node) or _feeds_quantize(node)  # e.g. a relu fused into the conv before it
+        precision = "int8" if quantized else _float_precision(node)
         yield _row(inner, node, name, runs_on, precision)
 
 
