@@ -41,10 +41,27 @@ def _copy_meta(new: Node, like: Node) -> Node:
     return new
 
 
+def _arg(node: Node, index: int, default: object) -> object:
+    return node.args[index] if len(node.args) > index else default
+
+
+def _is_transposed(conv: Node) -> bool:
+    # aten.convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+    return conv.target in CONV_TRANSPOSE or (conv.target == aten.convolution.default and bool(_arg(conv, 6, False)))
+
+
+def _groups(conv: Node) -> object:
+    if conv.target == aten.convolution.default:
+        return _arg(conv, 8, 1)
+    # conv_transposeNd(input, weight, bias, stride, padding, output_padding, groups, dilation)
+    # convNd(input, weight, bias, stride, padding, dilation, groups)
+    return _arg(conv, 6, 1)
+
+
 def _channel_shape(conv: Node, weight_rank: int, for_weight: bool) -> list[int]:
     shape = [1] * weight_rank
     # output channels: dim 0 of a conv weight, dim 1 of a transposed conv weight and of activations
-    shape[1 if (conv.target in CONV_TRANSPOSE or not for_weight) else 0] = -1
+    shape[1 if (_is_transposed(conv) or not for_weight) else 0] = -1
     return shape
 
 
@@ -102,8 +119,15 @@ def _simulate_one(gm: GraphModule, conv: Node, bn: Node) -> None:
 
 
 def simulate_conv_bn_folding(gm: GraphModule) -> GraphModule:
-    """Rewrite every ``conv -> batch_norm`` with a constant weight for QAT (in place)."""
+    """Rewrite every ``conv -> batch_norm`` with a constant weight for QAT (in place).
+
+    A grouped transposed conv is left as it is (its weight holds out_channels/groups
+    output channels per group, so the BN scale does not map onto one weight axis);
+    its BatchNorm then stays in the converted graph.
+    """
     for conv, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE, _BN])):
+        if _is_transposed(conv) and _groups(conv) != 1:
+            continue
         if isinstance(conv.args[1], Node) and conv.args[1].op == "get_attr":
             _simulate_one(gm, conv, bn)
     gm.recompile()

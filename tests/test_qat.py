@@ -234,6 +234,31 @@ def test_default_qat_config_trains_and_converts(name: str, per_channel: bool) ->
     assert sqnr(expected, actual) > 20  # the fused op's scales differ by 0.4% from convert's
 
 
+class GroupedConvTransposeBn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.bn = nn.ConvTranspose2d(4, 8, 2, stride=2, groups=2), nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.up(x)))
+
+
+def test_grouped_transposed_conv_keeps_its_batchnorm() -> None:
+    # its weight holds out_channels/groups channels per group: no single axis to scale by the BN
+    torch.manual_seed(0)
+    example = (torch.randn(2, 4, 5, 5),)
+    m = pt2q.prepare_qat_pt2e(export_train(GroupedConvTransposeBn(), example), XNNPACKQuantizer().set_global(exact_qat_config(True)))
+    assert aten.mul.Tensor not in ops(m)
+    train_a_little(m, example)
+    pt2q.move_exported_model_to_eval(m)
+    m.apply(disable_observer)
+    with torch.no_grad():
+        expected = m(*example)
+        q = pt2q.convert_pt2e(m)
+        assert aten.batch_norm.default in ops(q)
+        torch.testing.assert_close(q(*example), expected)
+
+
 def test_convert_without_move_to_eval_folds_with_running_statistics() -> None:
     torch.manual_seed(0)
     model, example = make("conv_bn_relu_stack")
