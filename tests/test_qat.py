@@ -2,6 +2,7 @@
 train/eval switching, checkpoints, and accuracy on real data."""
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import io
@@ -266,6 +267,28 @@ def test_convert_without_move_to_eval_folds_with_running_statistics() -> None:
     m(*example)
     q = pt2q.convert_pt2e(m)  # BN still in training mode: fold its running statistics anyway
     assert aten.batch_norm.default not in ops(q)
+
+
+def test_converted_qat_model_has_the_ptq_graph_and_saves() -> None:
+    torch.manual_seed(0)
+    model, data = SmallNet(), batches(4)
+    example = (data[0][0],)
+    m = pt2q.prepare_qat_pt2e(export_train(model, example), xnnpack())
+    train_steps(m, torch.optim.SGD(m.parameters(), lr=0.05), data)
+    pt2q.move_exported_model_to_eval(m)
+    qat = pt2q.convert_pt2e(m)
+    ptq = pt2q.prepare_pt2e(torch.export.export(copy.deepcopy(model).eval(), example).module(), xnnpack(is_qat=False))
+    ptq(*example)
+    ptq = pt2q.convert_pt2e(ptq)
+    assert collections.Counter(ops(qat)) == collections.Counter(ops(ptq))
+    assert {str(k[0]) for k in qdq_signature(qat)} == {str(k[0]) for k in qdq_signature(ptq)}
+
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(qat, example), buf)
+    buf.seek(0)
+    loaded = torch.export.load(buf).module()
+    x = data[1][0]
+    assert torch.equal(loaded(x), qat(x))
 
 
 # --- train/eval switching keeps dropout p, BN eps and momentum ---------------------------------------------
