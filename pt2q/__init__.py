@@ -9,6 +9,11 @@ The flow, as in ``torchao.quantization.pt2e``::
     m = convert_pt2e(m)
 """
 from pt2q.convert import convert_pt2e
+from pt2q.learnable_fake_quantize import (
+    LearnableFakeQuantize,
+    disable_range_learning,
+    enable_range_learning,
+)
 from pt2q.prepare import prepare_pt2e, prepare_qat_pt2e
 from pt2q.quantizer import (
     ComposableQuantizer,
@@ -35,6 +40,9 @@ __all__ = [
     "move_exported_model_to_eval",
     "move_exported_model_to_train",
     "allow_exported_model_train_eval",
+    "LearnableFakeQuantize",
+    "enable_range_learning",
+    "disable_range_learning",
     "Quantizer",
     "ComposableQuantizer",
     "QuantizationSpecBase",

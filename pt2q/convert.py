@@ -11,7 +11,7 @@ from pt2q.prepare import _require_graph_module
 from pt2q.qat_conv_bn import fold_trained_conv_bn
 from pt2q.qdq import replace_observers_with_qdq
 from pt2q.reference_representation import reference_representation_rewrite
-from pt2q.train_eval import disallow_eval_train
+from pt2q.train_eval import disallow_eval_train, move_exported_model_to_eval
 
 __all__ = ["convert_pt2e"]
 
@@ -26,11 +26,15 @@ def convert_pt2e(
     Each observer becomes ``quantize -> dequantize`` with its qparams; each
     dequantize gets one consumer; with ``fold_quantize`` the weights are stored
     as integer tensors and their float originals are dropped, so a saved program
-    holds no float copy of a quantized weight.
+    holds no float copy of a quantized weight. Dropout and BatchNorm are put in
+    eval mode first: the result is an inference program.
     """
     model = _require_graph_module(model, "convert_pt2e")
     torch._C._log_api_usage_once("pt2q.convert_pt2e")
     original_meta = dict(model.meta)
+    # A converted model is for inference: dropout off, BatchNorm on running statistics
+    # (torchao leaves a QAT model's dropout training if the user forgot to switch it).
+    move_exported_model_to_eval(model)
     replace_observers_with_qdq(model)
     fold_trained_conv_bn(model)
     duplicate_dq(model)

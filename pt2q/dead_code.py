@@ -12,11 +12,12 @@ def erase_with_dead_inputs(gm: GraphModule, nodes: list[Node]) -> None:
     Unlike ``Graph.eliminate_dead_code`` this never touches unrelated side-effect
     nodes such as the exported module's ``_guards_fn`` call.
     """
-    pending = list(nodes)
+    pending, erased = list(nodes), set()
     while pending:
         node = pending.pop(0)
-        if node.users or node.op not in ("call_function", "get_attr") or node.graph is not gm.graph:
+        if node in erased or node.users or node.op not in ("call_function", "get_attr"):
             continue
         inputs = node.all_input_nodes
         gm.graph.erase_node(node)
+        erased.add(node)
         pending.extend(inputs)

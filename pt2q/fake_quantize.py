@@ -207,6 +207,10 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
         self.is_symmetric_quant = self.qscheme in SYMMETRIC_QSCHEMES
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.is_per_channel and self.ch_axis != 0:
+            # torch's fused kernel only handles channel axis 0 (e.g. not a transposed
+            # conv's output channels on axis 1): run observer and fake quant unfused.
+            return super().forward(x)
         obs = self.activation_post_process
         out = torch.fused_moving_avg_obs_fake_quant(
             x,

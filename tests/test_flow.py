@@ -270,3 +270,15 @@ def test_shared_spec_makes_two_edges_use_one_observer() -> None:
     q = pt2q.convert_pt2e(m)
     scales = {n.args[1] for n in q.graph.nodes if n.target == qd.quantize_per_tensor.default}
     assert len(scales) == 1
+
+
+def test_convert_returns_an_inference_program_even_without_move_to_eval() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 2)).train()
+    example = (torch.randn(4, 8),)
+    m = pt2q.prepare_qat_pt2e(torch.export.export(model, example).module(),
+                              XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_qat=True)))
+    m(*example)
+    q = pt2q.convert_pt2e(m)  # the user forgot move_exported_model_to_eval
+    (dropout,) = [n for n in q.graph.nodes if n.target == torch.ops.aten.dropout.default]
+    assert dropout.args[2] is False
+    assert torch.equal(q(*example), q(*example))

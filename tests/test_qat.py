@@ -213,12 +213,8 @@ def test_conv_bn_trains_as_one_and_folds_at_convert(name: str, per_channel: bool
 
 @pytest.mark.parametrize(
     "name, per_channel",
-    [("conv_bn_relu_stack", True), ("no_conv_bias", False), pytest.param(
-        "conv_transpose", True, marks=pytest.mark.xfail(
-            strict=True, raises=RuntimeError,
-            reason="the transposed conv weight is quantized per channel on axis 1, and torch's fused "
-                   "moving-average fake quant op behind FusedMovingAvgObsFakeQuantize supports axis 0 only",
-        ))],
+    # conv_transpose: per-channel weights on axis 1, which torch's fused fake-quant kernel cannot take
+    [("conv_bn_relu_stack", True), ("no_conv_bias", False), ("conv_transpose", True)],
 )
 def test_default_qat_config_trains_and_converts(name: str, per_channel: bool) -> None:
     torch.manual_seed(0)
