@@ -45,6 +45,7 @@ __all__ = [
     "LoweredProgram",
     "to_executorch",
     "check_delegate_qparams",
+    "pack_embedding_4bit",
     "SAME_QPARAMS_OPS",
 ]
 

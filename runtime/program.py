@@ -124,6 +124,9 @@ class Program:
         except RuntimeError as e:
             got = ", ".join(str(tuple(x.shape)) for x in inputs)
             want = ", ".join(str(s) for s, _ in self.input_specs)
+            if got == want:
+                raise RuntimeError(f"{self.source} failed to run: {e}") from e
+            # smaller than planned: fine for a dynamic-shape program, an error for a static one
             raise InputMismatchError(f"{self.source} failed to run on inputs of shape {got} (expects {want}): {e}") from e
 
     def __call__(self, *inputs: torch.Tensor) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:

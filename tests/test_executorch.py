@@ -351,3 +351,17 @@ def test_quantized_patterns_outside_the_delegate_warn() -> None:
         warnings.simplefilter("ignore")
         with pytest.raises(LoweringError, match="not taken by the delegate"):
             to_executorch(reference, x, delegate=False, strict=True)
+
+
+def test_loading_and_running_never_unpickles(cnn: Case, tmp_path, monkeypatch) -> None:
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used while loading or running a .pte")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    path = cnn.int8.save(tmp_path / "cnn.pte")
+    x = _image(21)
+    assert runtime.compare(runtime.load(path), cnn.program, *x).bit_exact
