@@ -77,11 +77,12 @@ def lower_variants(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor
     }
 
 
-def _latencies(buffers: dict[str, bytes], example: tuple, runs: int, warmup: int) -> dict[str, float]:
+def _latencies(buffers: dict[str, bytes], example: tuple, runs: int, warmup: int, rounds: int = 3) -> dict[str, float]:
     programs = {name: runtime.load(buf) for name, buf in buffers.items()}
     result = {name: float("inf") for name in programs}
-    # interleave the variants, best median of two rounds: background load hits all alike
-    for _ in range(2):
+    # interleave the variants and keep each one's best median over the rounds, so a burst
+    # of background load does not land on one variant only
+    for _ in range(rounds):
         for name, program in programs.items():
             timing = runtime.time_program(program, *example, runs=runs, warmup=warmup, threads=1)
             result[name] = min(result[name], timing.median_ms)
@@ -89,10 +90,14 @@ def _latencies(buffers: dict[str, bytes], example: tuple, runs: int, warmup: int
 
 
 def executorch_latencies(
-    model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], runs: int = 30, warmup: int = 5
+    model: torch.nn.Module, example_inputs: Sequence[torch.Tensor], runs: int = 30, warmup: int = 5, rounds: int = 3
 ) -> dict[str, float]:
-    """Median single-thread latency (ms) of the fp32, torchao int8 and pt2q int8 ``.pte`` of ``model``."""
-    return _latencies(lower_variants(model, example_inputs), tuple(example_inputs), runs, warmup)
+    """Median single-thread latency (ms) of the fp32, torchao int8 and pt2q int8 ``.pte`` of ``model``.
+
+    Keys are ``fp32``, ``torchao_int8`` and ``pt2q_int8``; each value is the best of
+    ``rounds`` interleaved medians over ``runs`` timed calls.
+    """
+    return _latencies(lower_variants(model, example_inputs), tuple(example_inputs), runs, warmup, rounds)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -101,20 +106,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="smaller inputs and BERT depth, for a quick run")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
 
     print("| model | fp32 ms | torchao int8 ms | pt2q int8 ms | pt2q / torchao | fp32 / pt2q | pt2q .pte / fp32 .pte |")
     print("|---|---|---|---|---|---|---|")
     for name, (model, example) in benchmark_models(small=args.small).items():
         buffers = lower_variants(model, example)
-        ms = _latencies(buffers, example, args.runs, warmup=5)
+        ms = _latencies(buffers, example, args.runs, warmup=5, rounds=args.rounds)
         print(
             f"| {name} | {ms['fp32']:.3f} | {ms['torchao_int8']:.3f} | {ms['pt2q_int8']:.3f} "
             f"| {ms['pt2q_int8'] / ms['torchao_int8']:.2f}x | {ms['fp32'] / ms['pt2q_int8']:.2f}x "
             f"| {len(buffers['pt2q_int8']) / len(buffers['fp32']):.3f} |",
             flush=True,
         )
-    print("\nmedian of single-thread runs in ExecuTorch's runtime; pt2q / torchao below 1.00x means pt2q is faster")
+    print(
+        "\nbest of interleaved medians, single thread, ExecuTorch runtime (XNNPACK); "
+        "pt2q / torchao below 1.00x means pt2q is faster"
+    )
 
 
 if __name__ == "__main__":
