@@ -78,13 +78,14 @@ def lower_variants(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor
 
 
 def _latencies(buffers: dict[str, bytes], example: tuple, runs: int, warmup: int, rounds: int = 3) -> dict[str, float]:
+    runtime.set_num_threads(1)  # before loading: loaded programs hold on to the pool
     programs = {name: runtime.load(buf) for name, buf in buffers.items()}
     result = {name: float("inf") for name in programs}
     # interleave the variants and keep each one's best median over the rounds, so a burst
     # of background load does not land on one variant only
     for _ in range(rounds):
         for name, program in programs.items():
-            timing = runtime.time_program(program, *example, runs=runs, warmup=warmup, threads=1)
+            timing = runtime.time_program(program, *example, runs=runs, warmup=warmup)
             result[name] = min(result[name], timing.median_ms)
     return result
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 import torch
 
-__all__ = ["Program", "ProgramLoadError", "InputMismatchError", "load", "check_pte_header"]
+__all__ = ["Program", "ProgramLoadError", "InputMismatchError", "load", "check_pte_header", "live_programs"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -31,6 +32,16 @@ _SCALAR_TYPES = {
 }
 _FILE_IDENTIFIER_AT = slice(4, 8)
 _EXTENDED_HEADER_AT = 8
+
+
+# Loaded programs keep pointers into ExecuTorch's thread pool: resizing it while one is
+# alive would leave them dangling (see pt2q.runtime.timing.set_num_threads).
+_LIVE: "weakref.WeakSet[Program]" = weakref.WeakSet()
+
+
+def live_programs() -> int:
+    """How many :class:`Program` objects are alive in this process."""
+    return len(_LIVE)
 
 
 class ProgramLoadError(RuntimeError):
@@ -103,6 +114,7 @@ class Program:
         self.method = method
         self.input_specs = tuple(_describe(meta.input_tensor_meta(i)) for i in range(meta.num_inputs()))
         self.output_specs = tuple(_describe(meta.output_tensor_meta(i)) for i in range(meta.num_outputs()))
+        _LIVE.add(self)
 
     def _check_inputs(self, inputs: Sequence[Any]) -> None:
         if len(inputs) != len(self.input_specs):

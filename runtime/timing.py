@@ -1,4 +1,9 @@
-"""Time a loaded program: median latency over repeated runs after warm-up, on a fixed thread count."""
+"""Time a loaded program: median latency over repeated runs after warm-up.
+
+ExecuTorch's thread pool (which XNNPACK uses) is process-wide and loaded programs hold
+on to it, so its size is set with :func:`set_num_threads` *before* loading the programs
+to time; :func:`time_program` reports the size it ran with.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -34,11 +39,24 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(threads: int) -> None:
-    """Resize ExecuTorch's thread pool; call it between runs, never during one."""
+    """Resize ExecuTorch's thread pool. Only while no ``pt2q.runtime.Program`` is alive.
+
+    Programs loaded earlier keep the old pool, and running them after a resize would
+    crash the process; so this raises instead. (Programs loaded with ExecuTorch's
+    own API are not tracked: free them first.)
+    """
+    from pt2q.runtime.program import live_programs
+
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    if get_num_threads() != threads:
-        _pybindings()._unsafe_reset_threadpool(threads)
+    if get_num_threads() == threads:
+        return
+    if live_programs():
+        raise RuntimeError(
+            f"set_num_threads({threads}) must come before loading programs: {live_programs()} loaded program(s) "
+            f"still use the current {get_num_threads()}-thread pool. Delete them, or set the thread count first."
+        )
+    _pybindings()._unsafe_reset_threadpool(threads)
 
 
 def time_program(
@@ -46,17 +64,13 @@ def time_program(
     *inputs: torch.Tensor,
     runs: int = 50,
     warmup: int = 5,
-    threads: Optional[int] = 1,
     max_seconds: Optional[float] = None,
 ) -> Timing:
     """Median wall time of ``program(*inputs)`` in ms, after ``warmup`` untimed calls.
 
-    ``threads`` sets ExecuTorch's thread pool first (``None`` keeps it). With
-    ``max_seconds`` the timed loop stops early (after at least 3 runs) once that much
-    time was spent.
+    Runs on the current thread pool (see :func:`set_num_threads`). With ``max_seconds``
+    the timed loop stops early (after at least 3 runs) once that much time was spent.
     """
-    if threads is not None:
-        set_num_threads(threads)
     for _ in range(warmup):
         program(*inputs)
     samples: list[float] = []

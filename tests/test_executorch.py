@@ -262,8 +262,11 @@ def test_save_and_load_both_artifacts(cnn: Case, tmp_path) -> None:
     from_file = runtime.load(pte_path)
     assert runtime.compare(from_file, cnn.program, *x).bit_exact
     assert isinstance(cnn.program(*x), torch.Tensor) and cnn.program(*x).shape == (1, 10)
-    timing = runtime.time_program(from_file, *x, runs=5, warmup=1, threads=1)
-    assert timing.runs == 5 and timing.threads == 1 and timing.min_ms <= timing.median_ms
+    timing = runtime.time_program(from_file, *x, runs=5, warmup=1)
+    assert timing.runs == 5 and timing.threads == runtime.get_num_threads() and timing.min_ms <= timing.median_ms
+    # resizing the thread pool under loaded programs would leave them dangling (a crash on the next run)
+    with pytest.raises(RuntimeError, match="must come before loading programs"):
+        runtime.set_num_threads(runtime.get_num_threads() + 1)
 
 
 # --- errors --------------------------------------------------------------------------
