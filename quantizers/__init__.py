@@ -3,7 +3,8 @@
 ``XNNPACKQuantizer`` + ``get_symmetric_quantization_config`` quantize for
 ExecuTorch's XNNPACK delegate, ``X86InductorQuantizer`` +
 ``get_default_x86_inductor_quantization_config`` for Inductor's x86 (oneDNN)
-int8 kernels; the operator annotators they are built from are
+int8 kernels, ``EmbeddingQuantizer`` for weight-only embedding tables (ExecuTorch's
+``embedding_byte``); the operator annotators they are built from are
 registered by name in ``ANNOTATORS`` for other quantizers to reuse.
 """
 from pt2q.quantizers.annotators import (
@@ -17,6 +18,7 @@ from pt2q.quantizers.annotators import (
     propagate_annotation,
     register_annotator,
 )
+from pt2q.quantizers.embedding import EmbeddingQuantizer, get_embedding_quantization_config
 from pt2q.quantizers.xnnpack import XNNPACKQuantizer, get_symmetric_quantization_config
 from pt2q.quantizers.x86_inductor import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
@@ -25,6 +27,8 @@ __all__ = [
     "get_symmetric_quantization_config",
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
+    "EmbeddingQuantizer",
+    "get_embedding_quantization_config",
     "ANNOTATORS",
     "Annotator",
     "register_annotator",
