@@ -247,8 +247,7 @@ def _annotate_weighted_binary(
         pattern = [n for n in (relu, add, producer, op) if n is not None]
         if is_annotated(pattern) or not _accepts(filter_fn, op):
             continue
-        out = relu if with_relu else add
-        out_spec = get_output_act_qspec(config) if through_bn else None  # QAT keeps an output spec
+        out_spec = get_output_act_qspec(config)  # only QAT configs keep one here
         _set(op, inputs)
         _set(add, {extra: get_input_act_qspec(config)} if quantize_extra else {}, None if with_relu else out_spec)
         if with_relu:
