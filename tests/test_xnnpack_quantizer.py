@@ -564,7 +564,8 @@ def test_symmetric_config_specs() -> None:
 # --- the registry and composition ---------------------------------------------------------
 
 def test_registry_names() -> None:
-    assert set(ANNOTATORS) == {
+    # every XNNPACK pattern is registered; other quantizers (x86, embedding) add their own
+    assert set(ANNOTATORS) >= {
         "linear", "linear_relu", "conv", "conv_relu", "conv_bn", "conv_bn_relu",
         "conv_transpose", "conv_transpose_relu", "conv_transpose_bn", "conv_transpose_bn_relu",
         "add", "add_relu", "mul", "mul_relu", "cat", "adaptive_avg_pool2d", "propagate_annotation",
