@@ -50,17 +50,12 @@ from torch import nn
 from torch._ops import OpOverload
 from torch.fx import GraphModule, Node
 
-from pt2q.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
-from pt2q.observer import (
-    HistogramObserver,
-    MovingAverageMinMaxObserver,
-    MovingAveragePerChannelMinMaxObserver,
-    PerChannelMinMaxObserver,
-    PlaceholderObserver,
-)
+from pt2q.fake_quantize import FusedMovingAvgObsFakeQuantize
+from pt2q.observer import MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver
 from pt2q.pattern import find_chains, is_op, sole_user
 from pt2q.quantizer import Quantizer
 from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec, SharedQuantizationSpec
+from pt2q.quantizers.observer_choice import activation_constructor
 from pt2q.quantizers.annotators import (
     FilterFn,
     _weighted_inputs,
@@ -159,21 +154,13 @@ def get_default_x86_inductor_quantization_config(
 
 @functools.lru_cache
 def _x86_config(is_qat: bool, is_dynamic: bool, reduce_range: bool) -> QuantizationConfig:
-    act_kwargs: dict[str, Any] = {"eps": 2**-12}
-    if is_qat and is_dynamic:
-        act_ctr: Any = FakeQuantize
-        act_kwargs["observer"] = MovingAverageMinMaxObserver.with_args(averaging_constant=1)
-    elif is_qat:
-        act_ctr = FusedMovingAvgObsFakeQuantize
-    else:
-        act_ctr = PlaceholderObserver if is_dynamic else HistogramObserver
     act = QuantizationSpec(
         dtype=torch.uint8,
         quant_min=0,
         quant_max=127 if reduce_range else 255,
         qscheme=torch.per_tensor_affine,
         is_dynamic=is_dynamic,
-        observer_or_fake_quant_ctr=act_ctr.with_args(**act_kwargs),
+        observer_or_fake_quant_ctr=activation_constructor(is_qat, is_dynamic),
     )
     weight_kwargs: dict[str, Any] = {"eps": 2**-12}
     if is_qat:

@@ -34,18 +34,17 @@ from torch._ops import OpOverload, OpOverloadPacket
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import set_new_attr
-from pt2q.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
+from pt2q.fake_quantize import FusedMovingAvgObsFakeQuantize
 from pt2q.observer import (
-    HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver,
-    PlaceholderObserver,
 )
 from pt2q.pattern import CONV_TRANSPOSE, LINEAR, is_op
 from pt2q.quantizer import Quantizer
 from pt2q.spec import QuantizationConfig, QuantizationSpec
+from pt2q.quantizers.observer_choice import activation_constructor
 from pt2q.quantizers.annotators import (
     ADAPTIVE_AVG_POOL2D_OPS,
     ADD_OPS,
@@ -135,21 +134,13 @@ def get_symmetric_quantization_config(
     Bias stays float. Dynamic configs have no output spec. Equal arguments return
     the same (cached) config object.
     """
-    act_kwargs: dict[str, Any] = {"eps": 2**-12}
-    if is_qat and is_dynamic:
-        act_ctr: Any = FakeQuantize
-        act_kwargs["observer"] = MovingAverageMinMaxObserver.with_args(averaging_constant=1)
-    elif is_qat:
-        act_ctr = FusedMovingAvgObsFakeQuantize
-    else:
-        act_ctr = PlaceholderObserver if is_dynamic else HistogramObserver
     act = QuantizationSpec(
         dtype=torch.int8,
         quant_min=act_qmin,
         quant_max=act_qmax,
         qscheme=torch.per_tensor_affine,
         is_dynamic=is_dynamic,
-        observer_or_fake_quant_ctr=act_ctr.with_args(**act_kwargs),
+        observer_or_fake_quant_ctr=activation_constructor(is_qat, is_dynamic),
     )
 
     weight_kwargs: dict[str, Any] = {"eps": 2**-12}

@@ -15,12 +15,13 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 
 from pt2q.pattern import CONV_TRANSPOSE
 from pt2q.quantizer import ComposableQuantizer, Quantizer
 from pt2q.quantizers import ANNOTATORS, XNNPACKQuantizer, get_annotator, get_symmetric_quantization_config
 from pt2q.spec import Q_ANNOTATION_KEY, QuantizationConfig
+from tests.zoo import Functional
 
 aten = torch.ops.aten
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # from deep-copying ExecuTorch's pattern graphs
@@ -178,21 +179,6 @@ class Binary(nn.Module):
         big = x * 1e20
         count = x.shape[0] * torch.ones(2, dtype=torch.int64) + 3
         return s, big, count
-
-
-class Functional(nn.Module):
-    """F.conv2d / F.linear on parameters, torch.add, torch.mul, F.relu."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w1 = nn.Parameter(torch.randn(8, 3, 3, 3) * 0.2)
-        self.b1 = nn.Parameter(torch.randn(8) * 0.1)
-        self.w2 = nn.Parameter(torch.randn(10, 8) * 0.2)
-
-    def forward(self, x):
-        y = F.relu(F.conv2d(x, self.w1, self.b1, padding=1))
-        y = F.relu(torch.add(y, torch.mul(y, y)))
-        return F.linear(y.mean(dim=(2, 3)), self.w2)
 
 
 class TiedWeights(nn.Module):

@@ -1,0 +1,25 @@
+"""Which observer or fake quantizer a backend config uses for activations."""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from pt2q.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
+from pt2q.observer import HistogramObserver, MovingAverageMinMaxObserver, PlaceholderObserver
+
+__all__ = ["activation_constructor"]
+
+
+def activation_constructor(is_qat: bool, is_dynamic: bool) -> Callable[..., nn.Module]:
+    """The activation observer/fake-quant constructor shared by the XNNPACK and x86 configs.
+
+    Static PTQ calibrates a histogram; dynamic PTQ only records the spec (qparams
+    are chosen at run time); QAT fake-quantizes with a moving-average observer,
+    which a dynamic QAT config resets every batch (averaging constant 1).
+    """
+    if is_qat and is_dynamic:
+        return FakeQuantize.with_args(eps=2**-12, observer=MovingAverageMinMaxObserver.with_args(averaging_constant=1))
+    if is_qat:
+        return FusedMovingAvgObsFakeQuantize.with_args(eps=2**-12)
+    return (PlaceholderObserver if is_dynamic else HistogramObserver).with_args(eps=2**-12)
