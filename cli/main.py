@@ -1,0 +1,425 @@
+"""The ``pt2q`` command: quantize a model factory, inspect a saved program, run a ``.pte``, or run the demo.
+
+    pt2q quantize MODULE:FACTORY --quantizer xnnpack --example-inputs 1x3x32x32 --target pte --out m.pte
+    pt2q inspect m.pt2 | m.pte
+    pt2q run m.pte --inputs 1x3x32x32 [--runs 50]
+    pt2q demo [--out DIR]
+
+Bad arguments print one ``pt2q: error: ...`` line and exit with status 2
+(set ``PT2Q_TRACEBACK=1`` to see the traceback of an unexpected failure).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, NoReturn, Sequence
+
+QUANTIZERS = ("embedding", "xnnpack", "x86")  # the order a composition runs them in
+TARGETS = ("pt2", "pte", "x86")
+
+
+class CLIError(Exception):
+    """A user error: reported as one ``pt2q: error:`` line, without a traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line on stderr (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        _fail(message)
+
+
+def _fail(message: str) -> NoReturn:
+    first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
+    print(f"pt2q: error: {first}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1x3x32x32"`` -> ``(1, 3, 32, 32)``."""
+    try:
+        dims = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid shape {text!r}: expected sizes joined by 'x', e.g. 1x3x32x32")
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"invalid shape {text!r}: sizes must be positive")
+    return dims
+
+
+def parse_shapes(text: str) -> list[tuple[int, ...]]:
+    """``"1x8,1x4"`` -> ``[(1, 8), (1, 4)]``: one shape per model input."""
+    return [parse_shape(part) for part in text.split(",") if part]
+
+
+def parse_quantizers(text: str) -> list[str]:
+    """``"embedding,xnnpack"`` -> the known names, in the order they must run."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in QUANTIZERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown quantizer {','.join(unknown) or text!r} (choose from {', '.join(QUANTIZERS)})")
+    return sorted(set(names), key=QUANTIZERS.index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pt2q", description="Quantize torch.export programs (PT2E) and run them.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    q = sub.add_parser("quantize", help="export, quantize, calibrate and save a model")
+    q.add_argument("factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module; MODULE is dotted or a .py path")
+    q.add_argument("--quantizer", type=parse_quantizers, default=["xnnpack"], help=f"one or more of {','.join(QUANTIZERS)}")
+    q.add_argument("--example-inputs", type=parse_shapes, required=True, metavar="SHAPE[,SHAPE...]")
+    q.add_argument("--calibrate", type=int, default=8, metavar="N", help="random calibration batches (default 8)")
+    q.add_argument("--target", choices=TARGETS, default="pt2")
+    q.add_argument("--out", type=Path, help="output file (.pt2 or .pte); optional for --target x86")
+    q.set_defaults(handler=cmd_quantize)
+
+    i = sub.add_parser("inspect", help="summarise a .pt2 or .pte file")
+    i.add_argument("file", type=Path)
+    i.set_defaults(handler=cmd_inspect)
+
+    r = sub.add_parser("run", help="run a .pte on random inputs and time it")
+    r.add_argument("file", type=Path)
+    r.add_argument("--inputs", type=parse_shape, nargs="+", required=True, metavar="SHAPE")
+    r.add_argument("--runs", type=int, default=50)
+    r.set_defaults(handler=cmd_run)
+
+    d = sub.add_parser("demo", help="train, quantize and compare the digits CNN")
+    d.add_argument("--out", type=Path, default=Path("out"))
+    d.add_argument("--epochs", type=int)
+    d.add_argument("--calibration-batches", type=int)
+    d.set_defaults(handler=cmd_demo)
+    return parser
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def load_factory(spec: str) -> Callable[[], object]:
+    """Resolve ``MODULE:FACTORY`` (dotted module or ``.py`` path) to the factory callable."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise CLIError(f"expected MODULE:FACTORY, got {spec!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        module = _import_path(Path(module_name))
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise CLIError(f"cannot import module {module_name!r}: {e}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise CLIError(f"factory {attr!r} not found in {module_name} (or not callable)")
+    return factory
+
+
+def _import_path(path: Path) -> object:
+    if not path.is_file():
+        raise CLIError(f"no such file: {path}")
+    spec = importlib.util.spec_from_file_location(f"_pt2q_factory_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_model(spec: str) -> "torch.nn.Module":
+    import torch
+
+    model = load_factory(spec)()
+    if not isinstance(model, torch.nn.Module):
+        raise CLIError(f"{spec} returned {type(model).__name__}, not an nn.Module")
+    return model.eval()
+
+
+def random_inputs(shapes: Sequence[tuple[int, ...]], dtypes: Sequence["torch.dtype"] = ()) -> tuple["torch.Tensor", ...]:
+    """Random inputs of the given shapes (float, or integers in [0, 2) for integer dtypes)."""
+    import torch
+
+    dtypes = list(dtypes) or [torch.float32] * len(shapes)
+    return tuple(
+        torch.randn(s).to(d) if d.is_floating_point else torch.randint(0, 2, s, dtype=d) for s, d in zip(shapes, dtypes)
+    )
+
+
+def check_inputs(model: "torch.nn.Module", inputs: tuple, label: str) -> "torch.Tensor":
+    """Run ``model`` once on ``inputs``: a mismatch becomes a :class:`CLIError`."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            return model(*inputs)
+    except Exception as e:  # shape, dtype or arity mismatch in user code
+        shapes = ",".join("x".join(map(str, t.shape)) for t in inputs)
+        raise CLIError(f"example inputs {shapes} do not fit {label}: {str(e).strip().splitlines()[0]}") from e
+
+
+def build_quantizer(names: Sequence[str]) -> object:
+    """The quantizers for ``names``, composed when there are several."""
+    from pt2q.quantizer import ComposableQuantizer
+    from pt2q.quantizers import (
+        EmbeddingQuantizer,
+        X86InductorQuantizer,
+        XNNPACKQuantizer,
+        get_default_x86_inductor_quantization_config,
+        get_symmetric_quantization_config,
+    )
+
+    makers = {
+        "embedding": EmbeddingQuantizer,
+        "xnnpack": lambda: XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
+        "x86": lambda: X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()),
+    }
+    quantizers = [makers[n]() for n in names]
+    return quantizers[0] if len(quantizers) == 1 else ComposableQuantizer(quantizers)
+
+
+@contextlib.contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """Silence what native libraries write straight to file descriptor 2 (log lines at load time)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def load_pte(path: Path) -> "pt2q.runtime.Program":
+    """``pt2q.runtime.load`` without the log lines ExecuTorch and XNNPACK print while loading."""
+    from pt2q.runtime import ProgramLoadError, load
+
+    if not path.is_file():
+        raise CLIError(f"no such file: {path}")
+    with _quiet_fd2(), open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        try:
+            return load(path)
+        except ProgramLoadError as e:
+            raise CLIError(str(e)) from e
+
+
+def print_table(title: str, rows: Sequence[tuple[str, object]], header: str = "value") -> None:
+    """A two-column markdown table."""
+    width = max([len(k) for k, _ in rows] + [8])
+    print(f"\n{title}")
+    print(f"| {'':<{width}} | {header}")
+    print(f"|-{'-' * width}-|------")
+    for key, value in rows:
+        print(f"| {key:<{width}} | {value}")
+
+
+def _human(n: int) -> str:
+    return f"{n:,} B ({n / 1024:.1f} KiB)"
+
+
+# ---------------------------------------------------------------- quantize
+
+
+def quantize_model(model: "torch.nn.Module", inputs: tuple, names: Sequence[str], batches: int) -> "torch.fx.GraphModule":
+    """Export, prepare with the quantizers, calibrate on random batches, convert."""
+    import torch
+    from tqdm import tqdm
+
+    import pt2q
+
+    prepared = pt2q.prepare_pt2e(torch.export.export(model, inputs).module(), build_quantizer(names))
+    shapes, dtypes = [t.shape for t in inputs], [t.dtype for t in inputs]
+    with torch.no_grad():
+        for _ in tqdm(range(batches), desc="calibrate", unit="batch"):
+            prepared(*random_inputs(shapes, dtypes))
+    return pt2q.convert_pt2e(prepared)
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from pt2q.runtime import compare
+
+    if args.target != "x86" and args.out is None:
+        raise CLIError(f"--out is required for --target {args.target}")
+    if args.target == "x86" and "x86" not in args.quantizer:
+        raise CLIError("--target x86 needs --quantizer x86 (oneDNN int8 kernels take uint8 activations)")
+    if args.calibrate < 1:
+        raise CLIError("--calibrate must be at least 1")
+    model = make_model(args.factory)
+    inputs = random_inputs(args.example_inputs)
+    check_inputs(model, inputs, args.factory)
+    quantized = quantize_model(model, inputs, args.quantizer, args.calibrate)
+    rows = [("model", args.factory), ("quantizers", ",".join(args.quantizer)),
+            ("example inputs", ", ".join("x".join(map(str, s)) for s in args.example_inputs)),
+            ("calibration batches", args.calibrate)]
+    test = random_inputs([t.shape for t in inputs], [t.dtype for t in inputs])
+    rows += [("SQNR Q/DQ vs fp32", f"{compare(quantized, model, *test).sqnr_db:.1f} dB")]
+    rows += {"pt2": _save_pt2, "pte": _save_pte, "x86": _lower_x86}[args.target](model, quantized, inputs, test, args.out)
+    print_table(f"pt2q quantize -> {args.target}", rows)
+
+
+def _save_pt2(model, quantized, inputs, test, out: Path | None) -> list[tuple[str, object]]:
+    import torch
+
+    program = torch.export.export(quantized, inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(out))
+    stats = pt2_stats(program)
+    return [("quantize / dequantize ops", f"{stats['quantize']} / {stats['dequantize']}"),
+            ("output", out), ("file size", _human(out.stat().st_size))]
+
+
+def _save_pte(model, quantized, inputs, test, out: Path) -> list[tuple[str, object]]:
+    from pt2q.lowering import to_executorch
+    from pt2q.runtime import compare, load
+
+    lowered = to_executorch(quantized, inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lowered.save(out)
+    program = load(out)
+    sqnr = compare(program, model, *test).sqnr_db
+    del program
+    return [("SQNR .pte vs fp32", f"{sqnr:.1f} dB"), ("output", out), ("file size", _human(lowered.size))]
+
+
+def _lower_x86(model, quantized, inputs, test, out: Path | None) -> list[tuple[str, object]]:
+    import torch
+
+    from pt2q.lowering import lower_pt2e_quantized_to_x86
+    from pt2q.runtime import compare, time_program
+
+    rows = _save_pt2(model, quantized, inputs, test, out) if out is not None else []
+    lowered = lower_pt2e_quantized_to_x86(quantized, inputs)
+    with torch.no_grad():
+        fp32_ms = time_program(model, *test, runs=20, max_seconds=5).median_ms
+        int8_ms = time_program(lowered, *test, runs=20, max_seconds=5).median_ms
+    return rows + [("SQNR x86 int8 vs fp32", f"{compare(lowered, model, *test).sqnr_db:.1f} dB"),
+                   ("latency fp32 eager", f"{fp32_ms:.3f} ms"), ("latency x86 int8", f"{int8_ms:.3f} ms")]
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def pt2_stats(program: "torch.export.ExportedProgram") -> dict[str, object]:
+    """Op histogram, quantize/dequantize counts and tensor bytes (total and int8) of a program."""
+    import collections
+
+    import torch
+
+    ops = collections.Counter(
+        str(n.target).replace("aten.", "").replace(".default", "")
+        for n in program.graph.nodes if n.op == "call_function"
+    )
+    quant = sum(c for op, c in ops.items() if "quantize_per" in op and "dequantize" not in op)
+    dequant = sum(c for op, c in ops.items() if "dequantize_per" in op)
+    tensors = [t for t in list(program.state_dict.values()) + list(program.constants.values()) if isinstance(t, torch.Tensor)]
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    int8 = sum(t.numel() * t.element_size() for t in tensors if t.dtype in (torch.int8, torch.uint8))
+    return {"ops": ops, "quantize": quant, "dequantize": dequant, "tensor_bytes": total, "int8_bytes": int8}
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    path: Path = args.file
+    if not path.is_file():
+        raise CLIError(f"no such file: {path}")
+    if path.suffix == ".pt2":
+        inspect_pt2(path)
+    elif path.suffix == ".pte":
+        inspect_pte(path)
+    else:
+        raise CLIError(f"cannot inspect {path}: expected a .pt2 or .pte file")
+
+
+def inspect_pt2(path: Path) -> None:
+    import torch
+
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:
+        raise CLIError(f"cannot load {path} as a torch.export program: {e}") from e
+    stats = pt2_stats(program)
+    share = stats["int8_bytes"] / stats["tensor_bytes"] if stats["tensor_bytes"] else 0.0
+    print_table(f"{path} (torch.export program)", [
+        ("file size", _human(path.stat().st_size)),
+        ("tensor bytes", _human(stats["tensor_bytes"])),
+        ("int8 share of tensor bytes", f"{share:.1%}"),
+        ("quantize ops", stats["quantize"]),
+        ("dequantize ops", stats["dequantize"]),
+        ("inputs", len(program.graph_signature.user_inputs)),
+        ("outputs", len(program.graph_signature.user_outputs)),
+    ])
+    print_table("ops", [(op, count) for op, count in stats["ops"].most_common()], header="count")
+
+
+def inspect_pte(path: Path) -> None:
+    program = load_pte(path)
+    from executorch.runtime import Runtime
+
+    methods = sorted(Runtime.get().load_program(path.read_bytes()).method_names)
+    describe = lambda specs: ", ".join(f"{str(d).replace('torch.', '')}{list(s)}" for s, d in specs)  # noqa: E731
+    print_table(f"{path} (ExecuTorch program)", [
+        ("file size", _human(program.size)),
+        ("methods", ", ".join(methods)),
+        (f"{program.method} inputs", f"{len(program.input_specs)}: {describe(program.input_specs)}"),
+        (f"{program.method} outputs", f"{len(program.output_specs)}: {describe(program.output_specs)}"),
+    ])
+
+
+# ---------------------------------------------------------------- run, demo
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from pt2q.runtime import InputMismatchError, time_program
+
+    if args.runs < 1:
+        raise CLIError("--runs must be at least 1")
+    program = load_pte(args.file)
+    dtypes = [d for _, d in program.input_specs] if len(args.inputs) == len(program.input_specs) else []
+    inputs = random_inputs(args.inputs, dtypes)
+    try:
+        program.run(inputs)
+    except InputMismatchError as e:
+        raise CLIError(str(e)) from e
+    timing = time_program(program, *inputs, runs=args.runs, warmup=min(5, args.runs))
+    print_table(f"pt2q run {args.file}", [
+        ("inputs", ", ".join("x".join(map(str, s)) for s in args.inputs)),
+        ("median latency", f"{timing.median_ms:.3f} ms"),
+        ("min latency", f"{timing.min_ms:.3f} ms"),
+        ("runs / threads", f"{timing.runs} / {timing.threads}"),
+    ])
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from pt2q.cli import demo
+
+    argv = ["--out", str(args.out)]
+    if args.epochs is not None:
+        argv += ["--epochs", str(args.epochs)]
+    if args.calibration_batches is not None:
+        argv += ["--calibration-batches", str(args.calibration_batches)]
+    demo.main(argv)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point of ``pt2q``."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except CLIError as e:
+        _fail(str(e))
+    except Exception as e:  # an unexpected failure: still one line unless asked for the traceback
+        if os.environ.get("PT2Q_TRACEBACK"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        _fail(f"{type(e).__name__}: {first} (PT2Q_TRACEBACK=1 for details)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
