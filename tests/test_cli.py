@@ -24,7 +24,30 @@ SHAPE = "1x3x8x8"
 
 def pt2q(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run ``python -m pt2q.cli.main ARGS`` in ``cwd``."""
-    return subprocess.run([sys.executable, "-m", "pt2q.cli.main", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return pt2q_many([list(args)], cwd)[0]
+
+
+def pt2q_many(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Run several ``pt2q`` commands at once (each pays torch's import time) and wait for all."""
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "pt2q.cli.main", *args], cwd=cwd, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for args in commands
+    ]
+    results = []
+    for args, proc in zip(commands, procs):
+        out, err = proc.communicate(timeout=180)
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out, err))
+    return results
+
+
+def assert_one_error_line(done: subprocess.CompletedProcess, says: str) -> None:
+    """A non-zero exit with exactly one ``pt2q: error:`` line on stderr that mentions ``says``."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0, f"{done.args} succeeded"
+    assert "Traceback" not in done.stderr, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("pt2q: error: "), f"{done.args}: {done.stderr}"
+    assert says in lines[0], f"{done.args}: {lines[0]}"
 
 
 @pytest.fixture(scope="module")
@@ -60,46 +83,54 @@ def test_quantize_to_pte_then_inspect_and_run(workdir: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (workdir / "tiny.pte").is_file()
 
-    shown = pt2q("inspect", "tiny.pte", cwd=workdir)
+    shown, ran, mismatched = pt2q_many([
+        ["inspect", "tiny.pte"],
+        ["run", "tiny.pte", "--inputs", SHAPE, "--runs", "5"],
+        ["run", "tiny.pte", "--inputs", "2x3x9x9"],
+    ], cwd=workdir)
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"methods\s+\| forward", shown.stdout)
     assert re.search(r"forward inputs\s+\| 1: float32\[1, 3, 8, 8\]", shown.stdout), shown.stdout
 
-    ran = pt2q("run", "tiny.pte", "--inputs", SHAPE, "--runs", "5", cwd=workdir)
     assert ran.returncode == 0, ran.stderr
     assert re.search(r"median latency\s+\| [\d.]+ ms", ran.stdout), ran.stdout
+    assert_one_error_line(mismatched, "must have shape (1, 3, 8, 8)")
+
+
+def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
+    cases = [
+        (["quantize", "tiny.py:make", "--quantizer", "xnnpack,int4", "--example-inputs", SHAPE, "--out", "x.pt2"], "unknown quantizer"),
+        (["quantize", "tiny.py:nope", "--example-inputs", SHAPE, "--out", "x.pt2"], "factory 'nope' not found"),
+        (["quantize", "tiny.py:make", "--example-inputs", "1x5x8x8", "--out", "x.pt2"], "do not fit"),
+        (["inspect", "missing.pt2"], "no such file"),
+        (["run", "missing.pte", "--inputs", SHAPE], "no such file"),
+    ]
+    for done, (_, says) in zip(pt2q_many([args for args, _ in cases], cwd=workdir), cases):
+        assert_one_error_line(done, says)
 
 
 @pytest.mark.parametrize(
     "args, says",
     [
-        (["quantize", "tiny.py:make", "--quantizer", "xnnpack,int4", "--example-inputs", SHAPE, "--out", "x.pt2"], "unknown quantizer"),
-        (["quantize", "tiny.py:nope", "--example-inputs", SHAPE, "--out", "x.pt2"], "factory 'nope' not found"),
         (["quantize", "tiny.py:NOT_A_MODEL", "--example-inputs", SHAPE, "--out", "x.pt2"], "not found"),
         (["quantize", "missing.py:make", "--example-inputs", SHAPE, "--out", "x.pt2"], "no such file"),
         (["quantize", "no_such_module:make", "--example-inputs", SHAPE, "--out", "x.pt2"], "cannot import"),
-        (["quantize", "tiny.py:make", "--example-inputs", "1x5x8x8", "--out", "x.pt2"], "do not fit"),
+        (["quantize", "tiny.py", "--example-inputs", SHAPE, "--out", "x.pt2"], "expected MODULE:FACTORY"),
         (["quantize", "tiny.py:make", "--example-inputs", "1xbx8", "--out", "x.pt2"], "invalid shape"),
+        (["quantize", "tiny.py:make", "--example-inputs", SHAPE], "--out is required"),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "x86"], "needs --quantizer x86"),
-        (["inspect", "missing.pt2"], "no such file"),
         (["inspect", "tiny.py"], "expected a .pt2 or .pte"),
-        (["run", "missing.pte", "--inputs", SHAPE], "no such file"),
+        (["run", "tiny.pte", "--inputs", SHAPE, "--runs", "0"], "--runs must be at least 1"),
         (["frobnicate"], "invalid choice"),
     ],
 )
-def test_bad_arguments_print_one_error_line(workdir: Path, args: list[str], says: str) -> None:
-    done = pt2q(*args, cwd=workdir)
-    assert done.returncode != 0
-    assert "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pt2q: error: "), done.stderr
-    assert says in lines[0]
+def test_more_bad_arguments_in_process(workdir: Path, monkeypatch, capfd, args: list[str], says: str) -> None:
+    """The same entry point called in-process (each subprocess would pay torch's import time)."""
+    from pt2q.cli.main import main
 
-
-def test_run_with_inputs_that_do_not_match_the_program(workdir: Path) -> None:
-    if not (workdir / "tiny.pte").is_file():
-        pytest.skip("needs the .pte written by test_quantize_to_pte_then_inspect_and_run")
-    done = pt2q("run", "tiny.pte", "--inputs", "2x3x9x9", cwd=workdir)
-    assert done.returncode != 0 and "Traceback" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "must have shape (1, 3, 8, 8)" in lines[0], done.stderr
+    monkeypatch.chdir(workdir)
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    err = capfd.readouterr().err
+    assert exited.value.code != 0
+    assert_one_error_line(subprocess.CompletedProcess(args, exited.value.code, "", err), says)
