@@ -17,10 +17,11 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Sequence
+from typing import Callable, Iterator, NamedTuple, NoReturn, Sequence
 
 QUANTIZERS = ("embedding", "xnnpack", "x86")  # the order a composition runs them in
 TARGETS = ("pt2", "pte", "x86")
+DTYPES = {"float32": "float32", "float": "float32", "int64": "int64", "long": "int64", "int32": "int32", "int": "int32"}
 
 
 class CLIError(Exception):
@@ -43,19 +44,33 @@ def _fail(message: str) -> NoReturn:
 # ---------------------------------------------------------------- argument parsing
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"1x3x32x32"`` -> ``(1, 3, 32, 32)``."""
+class InputSpec(NamedTuple):
+    """One model input: its shape and dtype name (``1x16:int64``; float32 by default)."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __str__(self) -> str:
+        dims = "x".join(map(str, self.shape))
+        return dims if self.dtype == "float32" else f"{dims}:{self.dtype}"
+
+
+def parse_shape(text: str) -> InputSpec:
+    """``"1x3x32x32"`` -> ``InputSpec((1, 3, 32, 32))``; ``"1x16:int64"`` for integer inputs (token ids)."""
+    dims_text, _, dtype = text.lower().partition(":")
+    if dtype and dtype not in DTYPES:
+        raise argparse.ArgumentTypeError(f"invalid dtype {dtype!r} in {text!r} (choose from {', '.join(DTYPES)})")
     try:
-        dims = tuple(int(d) for d in text.lower().split("x"))
+        dims = tuple(int(d) for d in dims_text.split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid shape {text!r}: expected sizes joined by 'x', e.g. 1x3x32x32")
-    if not dims or any(d < 1 for d in dims):
+    if any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"invalid shape {text!r}: sizes must be positive")
-    return dims
+    return InputSpec(dims, DTYPES[dtype or "float32"])
 
 
-def parse_shapes(text: str) -> list[tuple[int, ...]]:
-    """``"1x8,1x4"`` -> ``[(1, 8), (1, 4)]``: one shape per model input."""
+def parse_shapes(text: str) -> list[InputSpec]:
+    """``"1x8,1x4:int64"`` -> one :class:`InputSpec` per model input."""
     return [parse_shape(part) for part in text.split(",") if part]
 
 
@@ -138,13 +153,20 @@ def make_model(spec: str) -> "torch.nn.Module":
     return model.eval()
 
 
-def random_inputs(shapes: Sequence[tuple[int, ...]], dtypes: Sequence["torch.dtype"] = ()) -> tuple["torch.Tensor", ...]:
-    """Random inputs of the given shapes (float, or integers in [0, 2) for integer dtypes)."""
+def random_inputs(specs: Sequence[InputSpec]) -> tuple["torch.Tensor", ...]:
+    """Random inputs: normal floats, or integers in [0, 2) (valid indices for any embedding)."""
     import torch
 
-    dtypes = list(dtypes) or [torch.float32] * len(shapes)
+    return random_like([torch.empty(s.shape, dtype=getattr(torch, s.dtype)) for s in specs])
+
+
+def random_like(tensors: Sequence["torch.Tensor"]) -> tuple["torch.Tensor", ...]:
+    """Fresh random inputs with the shapes and dtypes of ``tensors``."""
+    import torch
+
     return tuple(
-        torch.randn(s).to(d) if d.is_floating_point else torch.randint(0, 2, s, dtype=d) for s, d in zip(shapes, dtypes)
+        torch.randn(t.shape).to(t.dtype) if t.dtype.is_floating_point else torch.randint(0, 2, t.shape, dtype=t.dtype)
+        for t in tensors
     )
 
 
@@ -156,7 +178,7 @@ def check_inputs(model: "torch.nn.Module", inputs: tuple, label: str) -> "torch.
         with torch.no_grad():
             return model(*inputs)
     except Exception as e:  # shape, dtype or arity mismatch in user code
-        shapes = ",".join("x".join(map(str, t.shape)) for t in inputs)
+        shapes = ",".join(str(InputSpec(tuple(t.shape), str(t.dtype).replace("torch.", ""))) for t in inputs)
         raise CLIError(f"example inputs {shapes} do not fit {label}: {str(e).strip().splitlines()[0]}") from e
 
 
@@ -232,10 +254,9 @@ def quantize_model(model: "torch.nn.Module", inputs: tuple, names: Sequence[str]
     import pt2q
 
     prepared = pt2q.prepare_pt2e(torch.export.export(model, inputs).module(), build_quantizer(names))
-    shapes, dtypes = [t.shape for t in inputs], [t.dtype for t in inputs]
     with torch.no_grad():
         for _ in tqdm(range(batches), desc="calibrate", unit="batch"):
-            prepared(*random_inputs(shapes, dtypes))
+            prepared(*random_like(inputs))
     return pt2q.convert_pt2e(prepared)
 
 
@@ -253,9 +274,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     check_inputs(model, inputs, args.factory)
     quantized = quantize_model(model, inputs, args.quantizer, args.calibrate)
     rows = [("model", args.factory), ("quantizers", ",".join(args.quantizer)),
-            ("example inputs", ", ".join("x".join(map(str, s)) for s in args.example_inputs)),
+            ("example inputs", ", ".join(map(str, args.example_inputs))),
             ("calibration batches", args.calibrate)]
-    test = random_inputs([t.shape for t in inputs], [t.dtype for t in inputs])
+    test = random_like(inputs)
     rows += [("SQNR Q/DQ vs fp32", f"{compare(quantized, model, *test).sqnr_db:.1f} dB")]
     rows += {"pt2": _save_pt2, "pte": _save_pte, "x86": _lower_x86}[args.target](model, quantized, inputs, test, args.out)
     print_table(f"pt2q quantize -> {args.target}", rows)
@@ -377,15 +398,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.runs < 1:
         raise CLIError("--runs must be at least 1")
     program = load_pte(args.file)
-    dtypes = [d for _, d in program.input_specs] if len(args.inputs) == len(program.input_specs) else []
-    inputs = random_inputs(args.inputs, dtypes)
+    specs = args.inputs
+    if len(specs) == len(program.input_specs):  # the program knows its dtypes: SHAPE alone is enough
+        specs = [InputSpec(s.shape, str(d).replace("torch.", "")) for s, (_, d) in zip(specs, program.input_specs)]
+    inputs = random_inputs(specs)
     try:
         program.run(inputs)
     except InputMismatchError as e:
         raise CLIError(str(e)) from e
     timing = time_program(program, *inputs, runs=args.runs, warmup=min(5, args.runs))
     print_table(f"pt2q run {args.file}", [
-        ("inputs", ", ".join("x".join(map(str, s)) for s in args.inputs)),
+        ("inputs", ", ".join(map(str, specs))),
         ("median latency", f"{timing.median_ms:.3f} ms"),
         ("min latency", f"{timing.min_ms:.3f} ms"),
         ("runs / threads", f"{timing.runs} / {timing.threads}"),

@@ -17,6 +17,19 @@ def make():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
 
 
+class ImageAndTokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.image, self.tokens = make(), nn.Embedding(32, 5)
+
+    def forward(self, x, ids):
+        return self.image(x) + self.tokens(ids).mean(1)
+
+
+def both():
+    return ImageAndTokens()
+
+
 NOT_A_MODEL = 3
 """
 SHAPE = "1x3x8x8"
@@ -61,18 +74,20 @@ def test_console_script_is_installed() -> None:
     assert shutil.which("pt2q"), "pip install -e . should install the pt2q command"
 
 
-def test_quantize_to_pt2_then_inspect(workdir: Path) -> None:
-    done = pt2q("quantize", "tiny.py:make", "--quantizer", "xnnpack", "--example-inputs", SHAPE,
+def test_quantize_to_pt2_with_composed_quantizers_then_inspect(workdir: Path) -> None:
+    done = pt2q("quantize", "tiny.py:both", "--quantizer", "xnnpack,embedding", "--example-inputs", f"{SHAPE},1x6:int64",
                 "--calibrate", "2", "--target", "pt2", "--out", "tiny.pt2", cwd=workdir)
     assert done.returncode == 0, done.stderr
     assert (workdir / "tiny.pt2").is_file()
-    assert re.search(r"quantize / dequantize ops \| 4 / 6", done.stdout), done.stdout
+    assert re.search(r"quantizers\s+\| embedding,xnnpack", done.stdout), done.stdout
+    assert re.search(r"quantize / dequantize ops \| 6 / 9", done.stdout), done.stdout
 
     shown = pt2q("inspect", "tiny.pt2", cwd=workdir)
     assert shown.returncode == 0, shown.stderr
-    assert re.search(r"\| quantize ops\s+\| 4\b", shown.stdout), shown.stdout
-    assert re.search(r"\| dequantize ops\s+\| 6\b", shown.stdout), shown.stdout
-    assert re.search(r"quantized_decomposed\.dequantize_per_channel\s+\| 2\b", shown.stdout)
+    assert re.search(r"\| quantize ops\s+\| 6\b", shown.stdout), shown.stdout
+    assert re.search(r"\| dequantize ops\s+\| 9\b", shown.stdout), shown.stdout
+    # conv and linear weights per channel (int8), the embedding table per row (uint8)
+    assert re.search(r"quantized_decomposed\.dequantize_per_channel\s+\| 3\b", shown.stdout)
     share = float(re.search(r"int8 share of tensor bytes\s+\| ([\d.]+)%", shown.stdout).group(1))
     assert share > 50
 
@@ -117,6 +132,8 @@ def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
         (["quantize", "no_such_module:make", "--example-inputs", SHAPE, "--out", "x.pt2"], "cannot import"),
         (["quantize", "tiny.py", "--example-inputs", SHAPE, "--out", "x.pt2"], "expected MODULE:FACTORY"),
         (["quantize", "tiny.py:make", "--example-inputs", "1xbx8", "--out", "x.pt2"], "invalid shape"),
+        (["quantize", "tiny.py:make", "--example-inputs", "1x8:int8", "--out", "x.pt2"], "invalid dtype"),
+        (["quantize", "tiny.py:both", "--example-inputs", SHAPE, "--out", "x.pt2"], "do not fit"),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE], "--out is required"),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "x86"], "needs --quantizer x86"),
         (["inspect", "tiny.py"], "expected a .pt2 or .pte"),
