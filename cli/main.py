@@ -267,6 +267,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         raise CLIError(f"--out is required for --target {args.target}")
     if args.target == "x86" and "x86" not in args.quantizer:
         raise CLIError("--target x86 needs --quantizer x86 (oneDNN int8 kernels take uint8 activations)")
+    suffix = ".pte" if args.target == "pte" else ".pt2"
+    if args.out is not None and args.out.suffix != suffix:
+        raise CLIError(f"--target {args.target} writes a {suffix} file, got --out {args.out}")
     if args.calibrate < 1:
         raise CLIError("--calibrate must be at least 1")
     model = make_model(args.factory)

@@ -112,6 +112,21 @@ def test_quantize_to_pte_then_inspect_and_run(workdir: Path) -> None:
     assert_one_error_line(mismatched, "must have shape (1, 3, 8, 8)")
 
 
+def test_x86_target_and_demo(workdir: Path) -> None:
+    x86, demo = pt2q_many([
+        ["quantize", "tiny.py:make", "--quantizer", "x86", "--example-inputs", SHAPE, "--calibrate", "2",
+         "--target", "x86", "--out", "x86.pt2"],
+        ["demo", "--out", "demo", "--epochs", "1", "--calibration-batches", "2"],
+    ], cwd=workdir)
+    assert x86.returncode == 0, x86.stderr
+    assert re.search(r"SQNR x86 int8 vs fp32\s+\| [\d.]+ dB", x86.stdout), x86.stdout
+    assert re.search(r"latency x86 int8\s+\| [\d.]+ ms", x86.stdout), x86.stdout
+    assert (workdir / "x86.pt2").is_file()
+    assert demo.returncode == 0, demo.stderr
+    assert "| int8 (XNNPACK Q/DQ)" in demo.stdout
+    assert (workdir / "demo" / "demo_int8.pt2").is_file()
+
+
 def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
     cases = [
         (["quantize", "tiny.py:make", "--quantizer", "xnnpack,int4", "--example-inputs", SHAPE, "--out", "x.pt2"], "unknown quantizer"),
@@ -135,6 +150,7 @@ def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
         (["quantize", "tiny.py:make", "--example-inputs", "1x8:int8", "--out", "x.pt2"], "invalid dtype"),
         (["quantize", "tiny.py:both", "--example-inputs", SHAPE, "--out", "x.pt2"], "do not fit"),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE], "--out is required"),
+        (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "pte", "--out", "x.pt2"], "writes a .pte file"),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "x86"], "needs --quantizer x86"),
         (["inspect", "tiny.py"], "expected a .pt2 or .pte"),
         (["run", "tiny.pte", "--inputs", SHAPE, "--runs", "0"], "--runs must be at least 1"),
