@@ -11,16 +11,23 @@ Bad arguments print one ``pt2q: error: ...`` line and exit with status 2
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib
 import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, NoReturn, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, NoReturn, Sequence
+
+import torch  # pt2q itself imports torch: a lazy import here would save nothing
+
+if TYPE_CHECKING:
+    from pt2q.runtime import Program
 
 QUANTIZERS = ("embedding", "xnnpack", "x86")  # the order a composition runs them in
 TARGETS = ("pt2", "pte", "x86")
+Rows = list[tuple[str, object]]  # (label, value) lines of a summary table
 DTYPES = {"float32": "float32", "float": "float32", "int64": "int64", "long": "int64", "int32": "int32", "int": "int32"}
 
 
@@ -35,9 +42,13 @@ class _Parser(argparse.ArgumentParser):
         _fail(message)
 
 
+def _first_line(text: object) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else "(no message)"
+
+
 def _fail(message: str) -> NoReturn:
-    first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
-    print(f"pt2q: error: {first}", file=sys.stderr)
+    print(f"pt2q: error: {_first_line(message)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -144,42 +155,34 @@ def _import_path(path: Path) -> object:
     return module
 
 
-def make_model(spec: str) -> "torch.nn.Module":
-    import torch
-
+def make_model(spec: str) -> torch.nn.Module:
     model = load_factory(spec)()
     if not isinstance(model, torch.nn.Module):
         raise CLIError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     return model.eval()
 
 
-def random_inputs(specs: Sequence[InputSpec]) -> tuple["torch.Tensor", ...]:
+def random_inputs(specs: Sequence[InputSpec]) -> tuple[torch.Tensor, ...]:
     """Random inputs: normal floats, or integers in [0, 2) (valid indices for any embedding)."""
-    import torch
-
     return random_like([torch.empty(s.shape, dtype=getattr(torch, s.dtype)) for s in specs])
 
 
-def random_like(tensors: Sequence["torch.Tensor"]) -> tuple["torch.Tensor", ...]:
+def random_like(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Fresh random inputs with the shapes and dtypes of ``tensors``."""
-    import torch
-
     return tuple(
         torch.randn(t.shape).to(t.dtype) if t.dtype.is_floating_point else torch.randint(0, 2, t.shape, dtype=t.dtype)
         for t in tensors
     )
 
 
-def check_inputs(model: "torch.nn.Module", inputs: tuple, label: str) -> "torch.Tensor":
+def check_inputs(model: torch.nn.Module, inputs: tuple, label: str) -> torch.Tensor:
     """Run ``model`` once on ``inputs``: a mismatch becomes a :class:`CLIError`."""
-    import torch
-
     try:
         with torch.no_grad():
             return model(*inputs)
     except Exception as e:  # shape, dtype or arity mismatch in user code
         shapes = ",".join(str(InputSpec(tuple(t.shape), str(t.dtype).replace("torch.", ""))) for t in inputs)
-        raise CLIError(f"example inputs {shapes} do not fit {label}: {str(e).strip().splitlines()[0]}") from e
+        raise CLIError(f"example inputs {shapes} do not fit {label}: {_first_line(e)}") from e
 
 
 def build_quantizer(names: Sequence[str]) -> object:
@@ -216,7 +219,7 @@ def _quiet_fd2() -> Iterator[None]:
         os.close(saved)
 
 
-def load_pte(path: Path) -> "pt2q.runtime.Program":
+def load_pte(path: Path) -> Program:
     """``pt2q.runtime.load`` without the log lines ExecuTorch and XNNPACK print while loading."""
     from pt2q.runtime import ProgramLoadError, load
 
@@ -229,7 +232,7 @@ def load_pte(path: Path) -> "pt2q.runtime.Program":
             raise CLIError(str(e)) from e
 
 
-def print_table(title: str, rows: Sequence[tuple[str, object]], header: str = "value") -> None:
+def print_table(title: str, rows: Rows, header: str = "value") -> None:
     """A two-column markdown table."""
     width = max([len(k) for k, _ in rows] + [8])
     print(f"\n{title}")
@@ -246,9 +249,8 @@ def _human(n: int) -> str:
 # ---------------------------------------------------------------- quantize
 
 
-def quantize_model(model: "torch.nn.Module", inputs: tuple, names: Sequence[str], batches: int) -> "torch.fx.GraphModule":
+def quantize_model(model: torch.nn.Module, inputs: tuple, names: Sequence[str], batches: int) -> torch.fx.GraphModule:
     """Export, prepare with the quantizers, calibrate on random batches, convert."""
-    import torch
     from tqdm import tqdm
 
     import pt2q
@@ -285,9 +287,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     print_table(f"pt2q quantize -> {args.target}", rows)
 
 
-def _save_pt2(model, quantized, inputs, test, out: Path | None) -> list[tuple[str, object]]:
-    import torch
-
+def _save_pt2(
+    model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path
+) -> Rows:
     program = torch.export.export(quantized, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(out))
@@ -296,7 +298,9 @@ def _save_pt2(model, quantized, inputs, test, out: Path | None) -> list[tuple[st
             ("output", out), ("file size", _human(out.stat().st_size))]
 
 
-def _save_pte(model, quantized, inputs, test, out: Path) -> list[tuple[str, object]]:
+def _save_pte(
+    model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path
+) -> Rows:
     from pt2q.lowering import to_executorch
     from pt2q.runtime import compare, load
 
@@ -309,9 +313,9 @@ def _save_pte(model, quantized, inputs, test, out: Path) -> list[tuple[str, obje
     return [("SQNR .pte vs fp32", f"{sqnr:.1f} dB"), ("output", out), ("file size", _human(lowered.size))]
 
 
-def _lower_x86(model, quantized, inputs, test, out: Path | None) -> list[tuple[str, object]]:
-    import torch
-
+def _lower_x86(
+    model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path | None
+) -> Rows:
     from pt2q.lowering import lower_pt2e_quantized_to_x86
     from pt2q.runtime import compare, time_program
 
@@ -327,12 +331,8 @@ def _lower_x86(model, quantized, inputs, test, out: Path | None) -> list[tuple[s
 # ---------------------------------------------------------------- inspect
 
 
-def pt2_stats(program: "torch.export.ExportedProgram") -> dict[str, object]:
+def pt2_stats(program: torch.export.ExportedProgram) -> dict[str, object]:
     """Op histogram, quantize/dequantize counts and tensor bytes (total and int8) of a program."""
-    import collections
-
-    import torch
-
     ops = collections.Counter(
         str(n.target).replace("aten.", "").replace(".default", "")
         for n in program.graph.nodes if n.op == "call_function"
@@ -358,8 +358,6 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def inspect_pt2(path: Path) -> None:
-    import torch
-
     try:
         program = torch.export.load(str(path))
     except Exception as e:
@@ -442,8 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # an unexpected failure: still one line unless asked for the traceback
         if os.environ.get("PT2Q_TRACEBACK"):
             raise
-        first = (str(e).strip().splitlines() or [""])[0]
-        _fail(f"{type(e).__name__}: {first} (PT2Q_TRACEBACK=1 for details)")
+        _fail(f"{type(e).__name__}: {_first_line(e)} (PT2Q_TRACEBACK=1 for details)")
     return 0
 
 
