@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="export, quantize, calibrate and save a model")
     q.add_argument("factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module; MODULE is dotted or a .py path")
     q.add_argument("--quantizer", type=parse_quantizers, default=["xnnpack"], help=f"one or more of {','.join(QUANTIZERS)}")
-    q.add_argument("--example-inputs", type=parse_shapes, required=True, metavar="SHAPE[,SHAPE...]")
+    q.add_argument("--example-inputs", type=parse_shapes, required=True, metavar="SHAPE[,SHAPE...]",
+                   help="one shape per model input, e.g. 1x3x32x32 or 1x16:int64 for token ids")
     q.add_argument("--calibrate", type=int, default=8, metavar="N", help="random calibration batches (default 8)")
     q.add_argument("--target", choices=TARGETS, default="pt2")
     q.add_argument("--out", type=Path, help="output file (.pt2 or .pte); optional for --target x86")
@@ -136,6 +137,8 @@ def load_factory(spec: str) -> Callable[[], object]:
     if module_name.endswith(".py") or os.sep in module_name:
         module = _import_path(Path(module_name))
     else:
+        if os.getcwd() not in sys.path:  # as with `python -m`: modules in the working directory import
+            sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:

@@ -40,10 +40,12 @@ def pt2q(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return pt2q_many([list(args)], cwd)[0]
 
 
-def pt2q_many(commands: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
+def pt2q_many(
+    commands: list[list[str]], cwd: Path, launcher: tuple[str, ...] = (sys.executable, "-m", "pt2q.cli.main")
+) -> list[subprocess.CompletedProcess]:
     """Run several ``pt2q`` commands at once (each pays torch's import time) and wait for all."""
     procs = [
-        subprocess.Popen([sys.executable, "-m", "pt2q.cli.main", *args], cwd=cwd, text=True,
+        subprocess.Popen([*launcher, *args], cwd=cwd, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for args in commands
     ]
@@ -70,8 +72,13 @@ def workdir(tmp_path_factory) -> Path:
     return path
 
 
-def test_console_script_is_installed() -> None:
-    assert shutil.which("pt2q"), "pip install -e . should install the pt2q command"
+def test_console_script_imports_a_dotted_module_from_the_working_directory(workdir: Path) -> None:
+    script = shutil.which("pt2q")
+    assert script, "pip install -e . should install the pt2q command"
+    (done,) = pt2q_many([["quantize", "tiny:make", "--example-inputs", SHAPE, "--calibrate", "1", "--out", "dotted.pt2"]],
+                        cwd=workdir, launcher=(script,))
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "dotted.pt2").is_file()
 
 
 def test_quantize_to_pt2_with_composed_quantizers_then_inspect(workdir: Path) -> None:
