@@ -1,0 +1,27 @@
+"""Run each tutorial script's ``main(fast=True)`` and check the numbers it returns."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+
+
+def load_tutorial(name: str):
+    path = TUTORIALS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tutorials_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ptq_xnnpack():
+    r = load_tutorial("ptq_xnnpack").main(fast=True)
+    assert r["fp32_accuracy"] > 85
+    assert r["int8_accuracy"] > r["fp32_accuracy"] - 3
+    assert r["weight_size_ratio"] < 0.3
+    assert r["int8_pt2_bytes"] < r["fp32_pt2_bytes"]
+    assert r["reload_bit_exact"]
+    assert r["pte_sqnr_db"] > 25
