@@ -25,3 +25,10 @@ def test_ptq_xnnpack():
     assert r["int8_pt2_bytes"] < r["fp32_pt2_bytes"]
     assert r["reload_bit_exact"]
     assert r["pte_sqnr_db"] > 25
+
+
+def test_qat_xnnpack():
+    r = load_tutorial("qat_xnnpack").main(fast=True)
+    assert r["fp32_accuracy"] > 85
+    assert r["ptq_int8_accuracy"] > r["fp32_accuracy"] - 3
+    assert r["qat_int8_accuracy"] > r["fp32_accuracy"] - 3
