@@ -32,3 +32,11 @@ def test_qat_xnnpack():
     assert r["fp32_accuracy"] > 85
     assert r["ptq_int8_accuracy"] > r["fp32_accuracy"] - 3
     assert r["qat_int8_accuracy"] > r["fp32_accuracy"] - 3
+
+
+def test_custom_quantizer():
+    r = load_tutorial("custom_quantizer").main(fast=True)
+    assert r["sqnr_db"] > 20
+    assert r["weight_size_ratio"] < 0.35
+    assert r["quantized_weight_dtypes"] == ["torch.int8", "torch.uint8"]  # linear weights, embedding rows
+    assert "quantized_decomposed.dequantize_per_channel.default" in r["quantize_ops"]
