@@ -40,3 +40,14 @@ def test_custom_quantizer():
     assert r["weight_size_ratio"] < 0.35
     assert r["quantized_weight_dtypes"] == ["torch.int8", "torch.uint8"]  # linear weights, embedding rows
     assert "quantized_decomposed.dequantize_per_channel.default" in r["quantize_ops"]
+
+
+def test_x86_inductor():
+    r = load_tutorial("x86_inductor").main(fast=True)
+    assert r["fp32_accuracy"] > 85
+    assert r["lowered_accuracy"] > r["fp32_accuracy"] - 3
+    assert r["sqnr_converted_db"] > 20
+    assert r["sqnr_lowered_db"] > 20
+    assert r["sqnr_lowered_vs_converted_db"] > 30  # oneDNN kernels agree with the Q/DQ reference
+    assert "onednn.qconv_pointwise.default" in r["onednn_ops"]
+    assert "onednn.qlinear_pointwise.default" in r["onednn_ops"]
