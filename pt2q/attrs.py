@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-__all__ = ["get_attr_value", "set_new_attr", "remove_unused_attributes"]
+__all__ = ["get_attr_value", "constant_attr", "set_new_attr", "remove_unused_attributes"]
 
 
 def get_attr_value(gm: nn.Module, target: str) -> torch.Tensor:
@@ -15,6 +15,13 @@ def get_attr_value(gm: nn.Module, target: str) -> torch.Tensor:
         obj = getattr(obj, part)
     assert isinstance(obj, torch.Tensor), f"get_attr target '{target}' is not a tensor"
     return obj
+
+
+def constant_attr(gm: nn.Module, node: object) -> torch.Tensor | None:
+    """The tensor behind ``node`` if it is a ``get_attr`` node, else None (computed or absent)."""
+    if isinstance(node, Node) and node.op == "get_attr":
+        return get_attr_value(gm, node.target)
+    return None
 
 
 def set_new_attr(gm: GraphModule, prefix: str, value: torch.Tensor, *, parameter: bool = False) -> str:

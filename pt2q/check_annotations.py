@@ -13,6 +13,7 @@ from pt2q.spec import (
     QuantizationAnnotation,
     QuantizationSpecBase,
     SharedQuantizationSpec,
+    describe,
     dtype_range,
     is_per_channel,
 )
@@ -22,12 +23,6 @@ __all__ = ["AnnotationError", "check_annotations"]
 
 class AnnotationError(ValueError):
     """A quantization annotation that cannot be turned into observers."""
-
-
-def _where(member: EdgeOrNode) -> str:
-    if isinstance(member, tuple):
-        return f"input '{member[0].name}' of node '{member[1].name}'"
-    return f"output of node '{member.name}'"
 
 
 def _rank(member: EdgeOrNode) -> Optional[int]:
@@ -42,19 +37,19 @@ def _check_member_exists(target: EdgeOrNode, used_by: EdgeOrNode, kind: str) -> 
         ann = consumer.meta.get(Q_ANNOTATION_KEY) if isinstance(consumer, Node) else None
         if producer not in getattr(consumer, "all_input_nodes", ()):
             raise AnnotationError(
-                f"{kind} of {_where(used_by)} points at edge ({producer}, {consumer}), but "
+                f"{kind} of {describe(used_by)} points at edge ({producer}, {consumer}), but "
                 f"'{producer}' is not an input of '{consumer}'. Point it at an existing (input, node) edge."
             )
         if ann is None or ann.input_qspec_map.get(producer) is None:
             raise AnnotationError(
-                f"{kind} of {_where(used_by)} points at {_where(target)}, which has no quantization spec. "
+                f"{kind} of {describe(used_by)} points at {describe(target)}, which has no quantization spec. "
                 "Annotate that edge too, or point at an annotated edge or node."
             )
     else:
         ann = target.meta.get(Q_ANNOTATION_KEY) if isinstance(target, Node) else None
         if ann is None or ann.output_qspec is None:
             raise AnnotationError(
-                f"{kind} of {_where(used_by)} points at {_where(target)}, which has no output spec. "
+                f"{kind} of {describe(used_by)} points at {describe(target)}, which has no output spec. "
                 "Annotate that output too, or point at an annotated edge or node."
             )
 
@@ -67,23 +62,23 @@ def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase) -> None:
         for source in spec.derived_from:
             _check_member_exists(source, member, "DerivedQuantizationSpec")
     if not isinstance(spec, QuantizationSpecBase):
-        raise AnnotationError(f"{_where(member)} has spec {spec!r}; expected a QuantizationSpecBase.")
+        raise AnnotationError(f"{describe(member)} has spec {spec!r}; expected a QuantizationSpecBase.")
     dtype = spec.dtype
     limits = dtype_range(dtype)
     for name in ("quant_min", "quant_max"):
         value = getattr(spec, name)
         if value is not None and limits is not None and not limits[0] <= value <= limits[1]:
             raise AnnotationError(
-                f"{_where(member)}: {name}={value} is outside the range of {dtype} "
+                f"{describe(member)}: {name}={value} is outside the range of {dtype} "
                 f"[{limits[0]}, {limits[1]}]. Use a range the dtype can hold."
             )
     if is_per_channel(getattr(spec, "qscheme", None)):
         ch_axis, rank = getattr(spec, "ch_axis", None), _rank(member)
         if ch_axis is None:
-            raise AnnotationError(f"{_where(member)}: per-channel qscheme {spec.qscheme} needs a ch_axis.")
+            raise AnnotationError(f"{describe(member)}: per-channel qscheme {spec.qscheme} needs a ch_axis.")
         if rank is not None and not 0 <= ch_axis < rank:
             raise AnnotationError(
-                f"{_where(member)}: ch_axis={ch_axis} is out of range for a tensor of rank {rank}; "
+                f"{describe(member)}: ch_axis={ch_axis} is out of range for a tensor of rank {rank}; "
                 f"use an axis in [0, {rank - 1}]."
             )
 

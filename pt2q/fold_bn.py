@@ -6,7 +6,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from pt2q.attrs import get_attr_value, remove_unused_attributes, set_new_attr
+from pt2q.attrs import constant_attr, remove_unused_attributes, set_new_attr
 from pt2q.pattern import CONV, CONV_TRANSPOSE, LINEAR, find_chains, is_op
 
 __all__ = ["fold_bn", "BatchNormInTrainingMode"]
@@ -18,12 +18,6 @@ _TRAINING, _EPS = 5, 7
 
 class BatchNormInTrainingMode(ValueError):
     """Post-training quantization met a BatchNorm that still updates its statistics."""
-
-
-def _tensor(gm: GraphModule, node: object) -> torch.Tensor | None:
-    if isinstance(node, Node) and node.op == "get_attr":
-        return get_attr_value(gm, node.target)
-    return None
 
 
 def _write_weight(gm: GraphModule, op: Node, index: int, value: torch.Tensor, prefix: str) -> None:
@@ -45,12 +39,12 @@ def _write_weight(gm: GraphModule, op: Node, index: int, value: torch.Tensor, pr
 
 
 def _fold_one(gm: GraphModule, op: Node, bn: Node) -> bool:
-    weight = _tensor(gm, op.args[1])
+    weight = constant_attr(gm, op.args[1])
     bias_arg = op.args[2] if len(op.args) > 2 else None
-    bias = _tensor(gm, bias_arg)
+    bias = constant_attr(gm, bias_arg)
     if weight is None or (bias_arg is not None and bias is None):
         return False  # weight or bias computed in the graph: nothing constant to fold into
-    bn_w, bn_b, mean, var = (_tensor(gm, a) for a in bn.args[1:5])
+    bn_w, bn_b, mean, var = (constant_attr(gm, a) for a in bn.args[1:5])
     if mean is None or var is None:
         return False
     eps = bn.args[_EPS]

@@ -8,6 +8,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from pt2q.derived import DerivedObserverOrFakeQuantize
+from pt2q.provenance import copy_provenance
 from pt2q.sharing import collect_qspecs, root_spec, sharing_groups
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
@@ -16,20 +17,13 @@ from pt2q.spec import (
     FixedQParamsQuantizationSpec,
     QuantizationSpec,
     QuantizationSpecBase,
+    describe,
     is_per_channel,
 )
 
-__all__ = ["insert_observers", "OBSERVER_PREFIX", "is_observer_node", "describe"]
+__all__ = ["insert_observers", "OBSERVER_PREFIX", "is_observer_node"]
 
 OBSERVER_PREFIX = "activation_post_process_"
-_PORTED_META = ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node", "custom")
-
-
-def describe(member: EdgeOrNode) -> str:
-    """A human name for an edge or node output, used in observers' error messages."""
-    if isinstance(member, tuple):
-        return f"input '{member[0].name}' of node '{member[1].name}'"
-    return f"output of node '{member.name}'"
 
 
 def is_observer_node(node: object, gm: GraphModule) -> bool:
@@ -124,10 +118,7 @@ def _new_observer_node(gm: GraphModule, obs: nn.Module, source: Node, meta_from:
         obs_node = gm.graph.call_module(name, (source,))
     if "val" in source.meta:
         obs_node.meta["val"] = source.meta["val"]
-    for key in _PORTED_META:
-        if key in meta_from.meta:
-            obs_node.meta[key] = meta_from.meta[key]
-    return obs_node
+    return copy_provenance(obs_node, meta_from)
 
 
 def insert_observers(

@@ -16,7 +16,7 @@ a checkpoint taken before or after the first batch loads back as it was saved.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn

@@ -21,8 +21,9 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 
-from pt2q.attrs import get_attr_value, set_new_attr
+from pt2q.attrs import constant_attr, get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
+from pt2q.provenance import copy_provenance
 from pt2q.pattern import CONV, CONV_TRANSPOSE, find_chains, is_op, match_chain
 from pt2q.spec import Q_ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
 
@@ -32,13 +33,6 @@ aten = torch.ops.aten
 _BN = {aten.batch_norm.default}
 # batch_norm.default(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
 _BN_EPS = 7
-
-
-def _copy_meta(new: Node, like: Node) -> Node:
-    for key in ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node"):
-        if key in like.meta:
-            new.meta[key] = like.meta[key]
-    return new
 
 
 def _arg(node: Node, index: int, default: object) -> object:
@@ -87,26 +81,26 @@ def _simulate_one(gm: GraphModule, conv: Node, bn: Node) -> None:
     bn_weight, bn_var, eps = bn.args[1], bn.args[4], bn.args[_BN_EPS]
     rank = weight.meta["val"].dim() if "val" in weight.meta else get_attr_value(gm, weight.target).dim()
     with g.inserting_before(conv):
-        std = _copy_meta(g.call_function(aten.sqrt.default, (g.call_function(aten.add.Tensor, (bn_var, eps)),)), conv)
+        std = copy_provenance(g.call_function(aten.sqrt.default, (g.call_function(aten.add.Tensor, (bn_var, eps)),)), conv)
         if bn_weight is None:  # BatchNorm(affine=False)
-            scale = _copy_meta(g.call_function(aten.reciprocal.default, (std,)), conv)
+            scale = copy_provenance(g.call_function(aten.reciprocal.default, (std,)), conv)
         else:
-            scale = _copy_meta(g.call_function(aten.div.Tensor, (bn_weight, std)), conv)
+            scale = copy_provenance(g.call_function(aten.div.Tensor, (bn_weight, std)), conv)
         w_scale = g.call_function(aten.reshape.default, (scale, _channel_shape(conv, rank, True)))
-        scaled_weight = _copy_meta(g.call_function(aten.mul.Tensor, (weight, w_scale)), conv)
+        scaled_weight = copy_provenance(g.call_function(aten.mul.Tensor, (weight, w_scale)), conv)
         zero_bias = None
         if bias is not None:
-            zero_bias = _copy_meta(g.call_function(aten.zeros_like.default, (bias,)), conv)
+            zero_bias = copy_provenance(g.call_function(aten.zeros_like.default, (bias,)), conv)
     conv.args = (conv.args[0], scaled_weight, zero_bias, *conv.args[3:])
     with g.inserting_after(conv):
         y_scale = g.call_function(aten.reshape.default, (scale, _channel_shape(conv, rank, False)))
     with g.inserting_after(y_scale):
-        y = _copy_meta(g.call_function(aten.div.Tensor, (conv, y_scale)), conv)
+        y = copy_provenance(g.call_function(aten.div.Tensor, (conv, y_scale)), conv)
     if bias is not None:
         with g.inserting_after(y):
             b = g.call_function(aten.reshape.default, (bias, _channel_shape(conv, rank, False)))
         with g.inserting_after(b):
-            y = _copy_meta(g.call_function(aten.add.Tensor, (y, b)), conv)
+            y = copy_provenance(g.call_function(aten.add.Tensor, (y, b)), conv)
     bn.replace_input_with(conv, y)
     ann = conv.meta.get(Q_ANNOTATION_KEY)
     if ann is not None:
@@ -132,10 +126,6 @@ def simulate_conv_bn_folding(gm: GraphModule) -> GraphModule:
             _simulate_one(gm, conv, bn)
     gm.recompile()
     return gm
-
-
-def _constant(gm: GraphModule, node: object) -> Optional[torch.Tensor]:
-    return get_attr_value(gm, node.target) if isinstance(node, Node) and node.op == "get_attr" else None
 
 
 def _divides_by_bn_scale(div: Node, bn: Node) -> bool:
@@ -186,11 +176,11 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
             continue
         bn = chain[-1]
         bias_node = chain[2].args[1].args[0] if len(chain) == 4 else None  # add(y, reshape(bias))
-        bn_w, bn_b, mean, var = (_constant(gm, a) for a in bn.args[1:5])
+        bn_w, bn_b, mean, var = (constant_attr(gm, a) for a in bn.args[1:5])
         if mean is None or var is None:
             continue
         scale = (bn_w if bn_w is not None else torch.ones_like(var)) / torch.sqrt(var + bn.args[_BN_EPS])
-        bias = _constant(gm, bias_node) if bias_node is not None else torch.zeros_like(mean)
+        bias = constant_attr(gm, bias_node) if bias_node is not None else torch.zeros_like(mean)
         beta = bn_b if bn_b is not None else torch.zeros_like(mean)
         folded_bias = ((bias - mean) * scale + beta).detach()
         with gm.graph.inserting_before(conv):

@@ -11,6 +11,7 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import set_new_attr
 from pt2q.insert_observers import is_observer_node
+from pt2q.provenance import copy_provenance
 from pt2q.spec import dtype_range, is_per_channel
 
 __all__ = ["replace_observers_with_qdq", "QDQ_OPS", "Q_OPS", "DQ_OPS", "UncalibratedModelError"]
@@ -33,7 +34,6 @@ _CHOOSE_QPARAMS = {
     torch.per_tensor_affine: qd.choose_qparams.tensor,
     torch.per_tensor_symmetric: qd.choose_qparams_symmetric.tensor,
 }
-_PORTED_META = ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node", "custom")
 
 
 class UncalibratedModelError(RuntimeError):
@@ -49,10 +49,9 @@ def _qrange(obs: nn.Module, dtype: torch.dtype) -> tuple[int, int]:
 
 def _port_meta(new: Node, observer_node: Node, with_val: bool = False) -> None:
     """Give a new Q/DQ node the observer's provenance (and, for the float DQ output, its value meta)."""
-    keys = _PORTED_META + ("val",) if with_val else _PORTED_META
-    for key in keys:
-        if key in observer_node.meta:
-            new.meta[key] = observer_node.meta[key]
+    copy_provenance(new, observer_node)
+    if with_val and "val" in observer_node.meta:
+        new.meta["val"] = observer_node.meta["val"]
 
 
 def _static_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype) -> tuple[Node, Node]:

@@ -13,7 +13,7 @@ Groups are a union-find over members; the result is a group id per member.
 """
 from __future__ import annotations
 
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 
 from pt2q.spec import Q_ANNOTATION_KEY, EdgeOrNode, QuantizationSpecBase, SharedQuantizationSpec
 

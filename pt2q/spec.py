@@ -24,6 +24,7 @@ __all__ = [
     "QuantizationAnnotation",
     "QuantizationConfig",
     "dtype_range",
+    "describe",
 ]
 
 Q_ANNOTATION_KEY = "quantization_annotation"
@@ -38,6 +39,13 @@ _INT_DTYPES = {
     torch.int16: (-(2**15), 2**15 - 1),
     torch.int32: (-(2**31), 2**31 - 1),
 }
+
+
+def describe(member: EdgeOrNode) -> str:
+    """A human name for an edge or a node output, for error messages."""
+    if isinstance(member, tuple):
+        return f"input '{member[0].name}' of node '{member[1].name}'"
+    return f"output of node '{member.name}'"
 
 
 def dtype_range(dtype: torch.dtype) -> Optional[tuple[int, int]]:
