@@ -62,6 +62,7 @@ __all__ = [
     "QuantPattern",
     "SUPPORTED_PATTERNS",
     "get_symmetric_quantization_config",
+    "get_weight_only_quantization_config",
     "convert_scalars_to_attrs",
 ]
 
@@ -165,6 +166,24 @@ def get_symmetric_quantization_config(
         bias=None,
         is_qat=is_qat,
     )
+
+
+@functools.lru_cache
+def get_weight_only_quantization_config(
+    is_per_channel: bool = True, weight_qmin: int = -127, weight_qmax: int = 127
+) -> QuantizationConfig:
+    """Symmetric int8 weights (the weight spec of :func:`get_symmetric_quantization_config`), float activations.
+
+    Linear and conv weights are stored as int8 and dequantized in the graph; the
+    matmuls compute in float. Lowering caveat (ExecuTorch 1.5.1): the XNNPACK
+    delegate miscomputes such linears (it reads the int8 codes as float values),
+    so lower them with ``to_executorch(..., delegate=False)``, where ExecuTorch's
+    kernels reproduce the Q/DQ graph exactly.
+    """
+    weight = get_symmetric_quantization_config(
+        is_per_channel=is_per_channel, weight_qmin=weight_qmin, weight_qmax=weight_qmax
+    ).weight
+    return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
 
 
 def convert_scalars_to_attrs(gm: GraphModule) -> GraphModule:
