@@ -178,7 +178,7 @@ def get_weight_only_quantization_config(
     matmuls compute in float. Lowering caveat (ExecuTorch 1.5.1): the XNNPACK
     delegate miscomputes such linears (it reads the int8 codes as float values),
     so lower them with ``to_executorch(..., delegate=False)``, where ExecuTorch's
-    kernels reproduce the Q/DQ graph exactly.
+    kernels reproduce the Q/DQ graph to float rounding.
     """
     weight = get_symmetric_quantization_config(
         is_per_channel=is_per_channel, weight_qmin=weight_qmin, weight_qmax=weight_qmax
