@@ -1,6 +1,8 @@
 """``ComposableQuantizer``: run several quantizers over one model, in order."""
 from __future__ import annotations
 
+from typing import Optional
+
 from torch.fx import GraphModule, Node
 
 from pt2q.quantizer import Quantizer
@@ -49,6 +51,10 @@ class ComposableQuantizer(Quantizer):
     def validate(self, model: GraphModule) -> None:
         for quantizer in self.quantizers:
             quantizer.validate(model)
+
+    def explain_unannotated(self, node: Node) -> Optional[str]:
+        reasons = [f"{type(q).__name__}: {r}" for q in self.quantizers if (r := q.explain_unannotated(node))]
+        return "; ".join(reasons) or None
 
 
 def _snapshot(ann: QuantizationAnnotation) -> tuple:

@@ -8,6 +8,7 @@ from pt2q.check_annotations import check_annotations
 from pt2q.fold_bn import fold_bn
 from pt2q.insert_observers import insert_observers
 from pt2q.qat_conv_bn import simulate_conv_bn_folding
+from pt2q.quantization_notes import record_float_reasons
 from pt2q.quantizer import Quantizer
 from pt2q.train_eval import disallow_eval_train
 
@@ -64,4 +65,5 @@ def _annotate(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     quantizer.annotate(model)
     quantizer.validate(model)
     check_annotations(model)
+    record_float_reasons(model, quantizer.explain_unannotated, type(quantizer).__name__)
     return model

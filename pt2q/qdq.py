@@ -12,6 +12,7 @@ from torch.fx import GraphModule, Node
 from pt2q.attrs import set_new_attr
 from pt2q.insert_observers import is_observer_node
 from pt2q.provenance import copy_provenance
+from pt2q.quantization_notes import OBSERVER_KEY, set_note
 from pt2q.spec import dtype_range, is_per_channel
 
 __all__ = ["replace_observers_with_qdq", "QDQ_OPS", "Q_OPS", "DQ_OPS", "UncalibratedModelError"]
@@ -122,6 +123,8 @@ def replace_observers_with_qdq(gm: GraphModule) -> GraphModule:
                 q, dq = make(gm, node, obs, dtype)
             _port_meta(q, node)
             _port_meta(dq, node, with_val=True)
+            for new in (q, dq):
+                set_note(new, OBSERVER_KEY, type(obs).__name__)
             node.replace_all_uses_with(dq)
         gm.graph.erase_node(node)
     for name in {n.target for n in observer_nodes}:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Optional
 
 import torch
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
 from pt2q.spec import (
     DerivedQuantizationSpec,
@@ -57,6 +58,14 @@ class Quantizer(ABC):
         self, model: GraphModule, edge_or_node_to_obs_or_fq: dict[EdgeOrNode, torch.nn.Module]
     ) -> None:
         """Hook to adjust the created observers/fake quantizers (e.g. to share one across edges)."""
+        return None
+
+    def explain_unannotated(self, node: Node) -> Optional[str]:
+        """Why ``node``, which ``annotate`` left alone, stays float (shown by ``pt2q.report``).
+
+        None means "no particular reason known"; backends override this with e.g. "no
+        annotator for this operator" or "kept float by set_module_name(..., None)".
+        """
         return None
 
 
