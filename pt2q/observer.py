@@ -47,6 +47,8 @@ __all__ = [
     "default_placeholder_observer",
     "default_dynamic_quant_observer",
     "default_float_qparams_observer",
+    "PercentileObserver",
+    "MSEObserver",
 ]
 
 _F32_EPS = torch.finfo(torch.float32).eps
@@ -546,3 +548,5 @@ default_dynamic_quant_observer = PlaceholderObserver.with_args(
 default_float_qparams_observer = PerChannelMinMaxObserver.with_args(
     dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0
 )
+
+from pt2q.range_estimators import MSEObserver, PercentileObserver  # noqa: E402  (they build on the classes above)
