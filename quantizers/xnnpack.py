@@ -51,6 +51,7 @@ from pt2q.quantizers.annotators import (
     CAT_OPS,
     CONV_OPS,
     MUL_OPS,
+    SHARE_QPARAMS_OPS,
     FilterFn,
     get_annotator,
     is_dynamic_config,
@@ -308,6 +309,36 @@ class XNNPACKQuantizer(Quantizer):
 
     def validate(self, model: GraphModule) -> None:
         """Nothing beyond the core's annotation checks."""
+
+    def explain_unannotated(self, node: Node) -> Optional[str]:
+        """Which setting, or missing pattern, left ``node`` float (for ``pt2q.report``)."""
+        op = getattr(node.target, "__name__", str(node.target))
+        patterns = [p for p in SUPPORTED_PATTERNS if node.target in p.ops]
+        if not patterns:
+            if is_op(node, SHARE_QPARAMS_OPS):
+                return f"{op} only shares its input's qparams, and its input is not quantized"
+            return f"XNNPACKQuantizer has no pattern for {op}"
+        owner = self._owner(node)
+        if owner is not None:
+            kind, key = owner
+            config = (self.module_name_config if kind == "name" else self.module_type_config)[key]
+            if config is None:
+                setter = "set_module_name" if kind == "name" else "set_module_type"
+                return f"kept float by {setter}({key if kind == 'name' else _type_name(key)!r}, None)"
+        else:
+            by_op = [self.operator_type_config[o] for o in self.operator_type_config if any(p.covers(o) for p in patterns)]
+            if by_op and by_op[0] is None:
+                return f"kept float by set_operator_type({op}, None)"
+            config = by_op[0] if by_op else self.global_config
+            if config is None:
+                return "no config covers it (set_global(None) or never called)"
+        if self.filter_fn is not None and not self.filter_fn(node):
+            return "rejected by set_filter_function"
+        if not any(p.runs_with(config) for p in patterns):
+            return "the dynamic config quantizes only linear and conv layers"
+        if config.input_activation is None and config.output_activation is None and config.weight is None:
+            return "its config quantizes nothing"
+        return f"no {'/'.join(p.name for p in patterns)} pattern matched it (its operands did not fit: e.g. a non-float input or a computed weight)"
 
     # --- helpers -------------------------------------------------------------------
 
