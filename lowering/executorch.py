@@ -133,6 +133,8 @@ def to_executorch(
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     exported = _as_exported_program(program, example_inputs)
+    if delegate:
+        _reject_weight_only_linears(exported)
     partitioners = [_xnnpack_partitioner()] if delegate else []
     edge = to_edge_transform_and_lower(exported, partitioner=partitioners)
     violations = check_delegate_qparams(edge.exported_program())
@@ -197,6 +199,28 @@ def _as_exported_program(program: Union[ExportedProgram, GraphModule], example_i
 
 
 # --- delegate constraints ------------------------------------------------------
+
+_LINEAR_TARGETS = {torch.ops.aten.linear.default}
+
+
+def _is_dequantize(node: Any) -> bool:
+    return isinstance(node, Node) and (op_name(node.target) or "").startswith("quantized_decomposed.dequantize")
+
+
+def _reject_weight_only_linears(program: ExportedProgram) -> None:
+    """ExecuTorch 1.5.1's XNNPACK partitioner splits a linear whose weight is int8 but whose
+    input is float into a "quantized" weight permute and a float addmm that reads the raw
+    int8 codes: the .pte computes garbage without a word. Refuse such programs by node name."""
+    bad = [n.name for n in program.graph.nodes
+           if n.op == "call_function" and n.target in _LINEAR_TARGETS
+           and _is_dequantize(n.args[1]) and not _is_dequantize(n.args[0])]
+    if bad:
+        raise UnsupportedQuantizedPatternError(
+            f"weight-only quantized linear(s) {', '.join(bad)} (int8 weight, float input): ExecuTorch "
+            "1.5.1's XNNPACK delegate computes them wrong. Lower with to_executorch(..., delegate=False) "
+            "(portable kernels, exact), or quantize their inputs too (a static or dynamic config)."
+        )
+
 
 def _per_tensor_qparams(node: Node) -> Optional[tuple[float, int]]:
     """(float32 scale, zero point) of a static per-tensor quantize/dequantize node."""

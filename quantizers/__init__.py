@@ -19,12 +19,17 @@ from pt2q.quantizers.annotators import (
     register_annotator,
 )
 from pt2q.quantizers.embedding import EmbeddingQuantizer, get_embedding_quantization_config
-from pt2q.quantizers.xnnpack import XNNPACKQuantizer, get_symmetric_quantization_config
+from pt2q.quantizers.xnnpack import (
+    XNNPACKQuantizer,
+    get_symmetric_quantization_config,
+    get_weight_only_quantization_config,
+)
 from pt2q.quantizers.x86_inductor import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 __all__ = [
     "XNNPACKQuantizer",
     "get_symmetric_quantization_config",
+    "get_weight_only_quantization_config",
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
     "EmbeddingQuantizer",
