@@ -17,3 +17,6 @@ from pt2q.lowering.executorch import (  # noqa: E402
     UnsupportedQuantizedPatternError,
     to_executorch,
 )
+
+# pt2q.report for lowered programs: where each node runs, and the .pte's own output SQNR
+from pt2q.lowering.numeric_report import LoweredReport, numeric_report  # noqa: E402

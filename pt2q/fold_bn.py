@@ -7,6 +7,7 @@ from torch.fx import GraphModule, Node
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from pt2q.attrs import constant_attr, remove_unused_attributes, set_new_attr
+from pt2q.numeric_debugger import mark_value_of
 from pt2q.pattern import CONV, CONV_TRANSPOSE, LINEAR, find_chains, is_op
 
 __all__ = ["fold_bn", "BatchNormInTrainingMode"]
@@ -62,6 +63,7 @@ def _fold_one(gm: GraphModule, op: Node, bn: Node) -> bool:
         new_w, new_b = fuse_conv_bn_weights(weight, bias, mean, var, eps, bn_w, bn_b, transpose=transpose)
     _write_weight(gm, op, 1, new_w, "_folded_bn_weight_")
     _write_weight(gm, op, 2, new_b, "_folded_bn_bias_")
+    mark_value_of(op, bn)
     bn.replace_all_uses_with(op)
     gm.graph.erase_node(bn)
     return True

@@ -26,7 +26,7 @@ from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
-from pt2q.numeric_debugger import NodeSourceDebugInfo, anchor_nodes, debug_info, value_handle
+from pt2q.numeric_debugger import NodeSourceDebugInfo, debug_info, value_anchors, value_handle
 
 __all__ = ["ErrorStats", "LayerErrors", "measure_layer_errors", "match_handles"]
 
@@ -111,8 +111,8 @@ def match_handles(float_gm: GraphModule, quantized: GraphModule) -> dict[NodeSou
     differ), nodes are matched by their export names, which torch.export derives
     deterministically from the model's code.
     """
-    float_handles = set(anchor_nodes(float_gm))
-    q_handles = {h for n in quantized.graph.nodes if (h := debug_info(n)) is not None}
+    float_handles = set(value_anchors(float_gm))
+    q_handles = {h for n in quantized.graph.nodes for h in (debug_info(n), value_handle(n)) if h is not None}
     if float_handles & q_handles:
         return {h: h for h in q_handles if h in float_handles}
     by_name = {h.name: h for h in float_handles}
@@ -137,11 +137,12 @@ def measure_layer_errors(
     quantized_handles: Iterable[NodeSourceDebugInfo],
     sensitivity: bool = True,
 ) -> LayerErrors:
-    """Cumulative and local SQNR of every shared handle, and the output SQNR with only one
-    layer quantized for each of ``quantized_handles`` (quantized-graph handles)."""
+    """Cumulative and local SQNR of every float value the quantized graph computes too (keyed
+    by the float graph's handles), and the output SQNR with only one layer quantized for
+    each of ``quantized_handles`` (the quantized graph's value handles of those layers)."""
     to_float = match_handles(float_gm, quantized)
-    f_anchor = anchor_nodes(float_gm)
-    q_anchor = {to_float[h]: n for h, n in anchor_nodes(quantized).items() if h in to_float}
+    f_anchor = value_anchors(float_gm)
+    q_anchor = {to_float[h]: n for h, n in value_anchors(quantized).items() if h in to_float}
     q_handle = {n: to_float.get(h) for n in quantized.graph.nodes if (h := debug_info(n)) is not None}
     q_value = {n: to_float.get(h) for n in quantized.graph.nodes if (h := value_handle(n)) is not None}
     sensitive = [to_float[h] for h in quantized_handles if h in to_float] if sensitivity else []

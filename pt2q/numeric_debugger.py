@@ -32,6 +32,7 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
 from pt2q.qdq import QDQ_OPS
+from pt2q.quantization_notes import VALUE_OF_KEY
 
 __all__ = [
     "NUMERIC_DEBUG_HANDLE_KEY",
@@ -43,6 +44,8 @@ __all__ = [
     "generate_numeric_debug_handle",
     "debug_info",
     "value_handle",
+    "value_anchors",
+    "mark_value_of",
     "anchor_nodes",
     "prepare_for_propagation_comparison",
     "extract_results_from_loggers",
@@ -78,24 +81,55 @@ def debug_info(node: Node) -> Optional[NodeSourceDebugInfo]:
     return NodeSourceDebugInfo(source.name, source.graph_id)
 
 
-def value_handle(node: Node) -> Optional[NodeSourceDebugInfo]:
-    """The handle of the float value ``node`` carries: a quantize or dequantize carries its
-    input's value, whoever it was inserted for (an input's Q/DQ carries its consumer's
-    provenance, yet holds the producer's value)."""
+def _chain_source(node: Node) -> Node:
+    """The node whose value a chain of quantize/dequantize ops carries."""
     while node.op == "call_function" and node.target in QDQ_OPS and isinstance(node.args[0], Node):
         node = node.args[0]
-    return None if node.op == "get_attr" else debug_info(node)
+    return node
 
 
 def anchor_nodes(gm: GraphModule) -> dict[NodeSourceDebugInfo, Node]:
-    """For each handle, the last node in graph order that carries it and holds its value:
-    where the layer's value leaves it (its dequantized output, once quantized)."""
+    """For each handle, the last node in graph order that carries it and holds its output:
+    where the layer's value leaves it (its dequantized output, once quantized). An input's
+    Q/DQ carries its consumer's provenance but the producer's value, so it is no anchor."""
     anchors: dict[NodeSourceDebugInfo, Node] = {}
     for node in gm.graph.nodes:
-        handle = debug_info(node)
-        if handle is not None and node.op != "get_attr" and value_handle(node) == handle:
+        handle, source = debug_info(node), _chain_source(node)
+        if handle is not None and source.op != "get_attr" and debug_info(source) == handle:
             anchors[handle] = node
-    return anchors
+    return _in_graph_order(anchors)
+
+
+def _in_graph_order(anchors: dict[NodeSourceDebugInfo, Node]) -> dict[NodeSourceDebugInfo, Node]:
+    position = {n: i for i, n in enumerate(next(iter(anchors.values())).graph.nodes)} if anchors else {}
+    return dict(sorted(anchors.items(), key=lambda item: position[item[1]]))
+
+
+def mark_value_of(node: Node, source: Node) -> None:
+    """Record that ``node`` now computes the value ``source`` computed in the float graph
+    (a conv with the BatchNorm after it folded in computes the BatchNorm's output)."""
+    handle = value_handle(source)
+    if handle is not None:
+        node.meta[CUSTOM_KEY] = {**(node.meta.get(CUSTOM_KEY) or {}), VALUE_OF_KEY: [handle.name, handle.graph_id]}
+
+
+def value_handle(node: Node) -> Optional[NodeSourceDebugInfo]:
+    """The handle of the float value ``node`` holds: a Q/DQ holds its input's value, whoever
+    it was inserted for; a node marked by :func:`mark_value_of` holds that node's value."""
+    node = _chain_source(node)
+    if node.op == "get_attr":
+        return None
+    marked = (node.meta.get(CUSTOM_KEY) or {}).get(VALUE_OF_KEY)
+    return NodeSourceDebugInfo(marked[0], int(marked[1])) if marked else debug_info(node)
+
+
+def value_anchors(gm: GraphModule) -> dict[NodeSourceDebugInfo, Node]:
+    """For each float value, the last node in graph order that holds it (see :func:`value_handle`)."""
+    anchors: dict[NodeSourceDebugInfo, Node] = {}
+    for node in gm.graph.nodes:
+        if node.op not in ("get_attr", "placeholder", "output") and (handle := value_handle(node)) is not None:
+            anchors[handle] = node
+    return _in_graph_order(anchors)
 
 
 def generate_numeric_debug_handle(ep: ExportedProgram) -> None:

@@ -23,6 +23,7 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import constant_attr, get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
+from pt2q.numeric_debugger import mark_value_of
 from pt2q.provenance import copy_provenance
 from pt2q.pattern import CONV, CONV_TRANSPOSE, find_chains, is_op, match_chain
 from pt2q.spec import Q_ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
@@ -188,6 +189,7 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
         args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
         training_bias, args[2] = args[2], bias_attr
         conv.args = tuple(args)
+        mark_value_of(conv, bn)
         bn.replace_all_uses_with(conv)
         counter = _batch_counter(gm, bn)
         # erasing the BatchNorm frees the div/add above it, and the new bias frees the zero bias

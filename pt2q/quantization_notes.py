@@ -3,8 +3,8 @@ why a node stayed float.
 
 They live in ``node.meta["custom"]``, the one metadata dictionary ``torch.export`` copies
 through re-export and serializes in ``.pt2`` files, so a reloaded program still explains
-itself. Each write makes a new dictionary: passes share ``custom`` between nodes they copy
-provenance to.
+itself. Notes describe one node, so copying provenance to a new node leaves them behind;
+each write makes a new dictionary, as passes share ``custom`` between nodes.
 """
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ from torch.fx import GraphModule, Node
 
 from pt2q.spec import Q_ANNOTATION_KEY
 
-__all__ = ["OBSERVER_KEY", "FLOAT_REASON_KEY", "note", "set_note", "record_float_reasons"]
+__all__ = ["OBSERVER_KEY", "FLOAT_REASON_KEY", "VALUE_OF_KEY", "NOTE_KEYS", "note", "set_note", "record_float_reasons"]
 
 OBSERVER_KEY = "pt2q_observer"
 FLOAT_REASON_KEY = "pt2q_float_reason"
+VALUE_OF_KEY = "pt2q_value_of"  # see pt2q.numeric_debugger.mark_value_of
+NOTE_KEYS = (OBSERVER_KEY, FLOAT_REASON_KEY, VALUE_OF_KEY)
 
 
 def note(node: Node, key: str) -> Optional[str]:

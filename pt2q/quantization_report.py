@@ -32,7 +32,7 @@ from pt2q.numeric_debugger import NodeSourceDebugInfo, debug_info, value_handle
 from pt2q.qdq import DQ_OPS, Q_OPS
 from pt2q.quantization_notes import FLOAT_REASON_KEY, OBSERVER_KEY, note
 
-__all__ = ["TensorQuantization", "ReportRow", "QuantizationReport", "report"]
+__all__ = ["TensorQuantization", "ReportRow", "QuantizationReport", "report", "as_batches"]
 
 _CHOOSE = {torch.ops.quantized_decomposed.choose_qparams.tensor,
            torch.ops.quantized_decomposed.choose_qparams_symmetric.tensor}
@@ -86,6 +86,7 @@ class ReportRow:
     sensitivity_sqnr: Optional[float] = None
     cumulative_mse: Optional[float] = None
     max_abs_error: Optional[float] = None
+    runs_on: Optional[str] = None  # set by lowerings: where the node runs (e.g. "XNNPACK")
 
     @property
     def quantized(self) -> bool:
@@ -109,10 +110,12 @@ def _fmt(x: Optional[float]) -> str:
 class QuantizationReport:
     """The per-node table of :func:`report`; ``str()`` renders it, ``plot()`` charts it."""
 
-    def __init__(self, rows: Sequence[ReportRow], output_sqnr: Optional[float], batches: int) -> None:
+    def __init__(self, rows: Sequence[ReportRow], output_sqnr: Optional[float], batches: int,
+                 notes: Sequence[str] = ()) -> None:
         self.rows = list(rows)
         self.output_sqnr = output_sqnr
         self.batches = batches
+        self.notes = list(notes)
 
     def row(self, name: str) -> ReportRow:
         for r in self.rows:
@@ -134,9 +137,10 @@ class QuantizationReport:
         return sorted(scored, key=lambda r: getattr(r, by))[:n]
 
     def __str__(self) -> str:
-        head = ("node", "module", "op", "local", "cumul.", "sens.", "quantization")
-        body = [(r.name, r.module_path or "-", r.op, _fmt(r.local_sqnr), _fmt(r.cumulative_sqnr),
-                 _fmt(r.sensitivity_sqnr), r.how) for r in self.rows]
+        placed = any(r.runs_on for r in self.rows)
+        head = ("node", "module", "op", *(("runs on",) if placed else ()), "local", "cumul.", "sens.", "quantization")
+        body = [(r.name, r.module_path or "-", r.op, *((r.runs_on or "-",) if placed else ()), _fmt(r.local_sqnr),
+                 _fmt(r.cumulative_sqnr), _fmt(r.sensitivity_sqnr), r.how) for r in self.rows]
         widths = [max(len(str(line[i])) for line in [head, *body]) for i in range(len(head) - 1)]
         lines = ["  ".join(str(c).ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1]
                  for line in [head, *body]]
@@ -145,7 +149,7 @@ class QuantizationReport:
         summary = f"{n_q} of {len(self.rows)} nodes quantized"
         if self.output_sqnr is not None:
             summary += f"; output SQNR {_fmt(self.output_sqnr)} dB over {self.batches} batch(es) (SQNR columns in dB)"
-        return "\n".join([summary, *lines])
+        return "\n".join([summary, *self.notes, *lines])
 
     def __repr__(self) -> str:
         return f"QuantizationReport({len(self.rows)} rows, output_sqnr={_fmt(self.output_sqnr)})"
@@ -193,7 +197,8 @@ def _graph_module(model: Any, what: str) -> GraphModule:
     raise TypeError(f"pt2q.report: {what} must be a GraphModule or ExportedProgram, got {type(model).__name__}")
 
 
-def _batches(inputs: Any) -> list[tuple]:
+def as_batches(inputs: Any) -> list[tuple]:
+    """``inputs`` as a list of input tuples: one tuple (or tensor) is one batch."""
     if inputs is None:
         return []
     if isinstance(inputs, torch.Tensor):
@@ -288,7 +293,15 @@ def _describe(gm: GraphModule, members: list[Node]) -> tuple[TensorQuantization,
     return tuple(found)
 
 
-def _float_reason(members: list[Node], float_node: Optional[Node]) -> str:
+def _value_of(members: list[Node]) -> Optional[NodeSourceDebugInfo]:
+    """The float value a layer's result holds: its last operator's (Q/DQ excluded)."""
+    ops = [m for m in members if m.op == "call_function" and m.target not in _QUANT_MACHINERY]
+    return value_handle(ops[-1]) if ops else None
+
+
+def _float_reason(members: list[Node], float_node: Optional[Node], folded_into: Optional[str] = None) -> str:
+    if folded_into is not None:
+        return f"folded into {folded_into}"
     for n in [*members, *([float_node] if float_node is not None else [])]:
         if (reason := note(n, FLOAT_REASON_KEY)) is not None:
             return reason
@@ -317,7 +330,7 @@ def report(
     runs the float model once per quantized node and batch: turn it off for big models.
     """
     q_gm = _graph_module(quantized_model, "quantized_model")
-    batches = _batches(inputs)
+    batches = as_batches(inputs)
     f_gm = _float_graph(float_model, batches)
     handle_of = {n: h for n in q_gm.graph.nodes if (h := debug_info(n)) is not None}
     members: dict[NodeSourceDebugInfo, list[Node]] = {}
@@ -326,11 +339,14 @@ def report(
     to_float = match_handles(f_gm, q_gm) if f_gm is not None else {h: h for h in members}
     quantization = {h: _describe(q_gm, ms) for h, ms in members.items()}
 
+    # the float value each layer's result stands for (a conv with its BatchNorm folded: the BatchNorm's)
+    value_of = {h: _value_of(ms) for h, ms in members.items()}
     errors = LayerErrors()
     if f_gm is not None and batches:
         with torch.no_grad():
-            owned = [h for h, q in quantization.items() if _owns_quantization(q)]
+            owned = [value_of[h] for h, q in quantization.items() if _owns_quantization(q) and value_of[h] is not None]
             errors = measure_layer_errors(f_gm, q_gm, batches, owned, sensitivity)
+    folded_into = {v: h.name for h, v in value_of.items() if v is not None and v != h}
 
     # rows in the float graph's order (the quantized graph's when no float graph is given)
     from_float = {f: q for q, f in to_float.items()}
@@ -346,16 +362,18 @@ def report(
         shown = f_node if f_node is not None else (op_nodes or ms)[-1]
         quant = quantization.get(q_handle, ()) if q_handle is not None else ()
 
-        def db(table: dict) -> Optional[float]:
-            return table[f_handle].sqnr if f_handle in table else None
+        measured = to_float.get(value_of.get(q_handle)) if ms else None
 
-        cum = errors.cumulative.get(f_handle)
+        def db(table: dict) -> Optional[float]:
+            return table[measured].sqnr if measured in table else None
+
+        cum = errors.cumulative.get(measured)
         rows.append(ReportRow(
             name=f_handle.name,
             module_path=_module_path(shown),
             op=_op_name(shown),
             quantization=quant,
-            float_reason=None if _owns_quantization(quant) else _float_reason(ms, f_node),
+            float_reason=None if _owns_quantization(quant) else _float_reason(ms, f_node, folded_into.get(q_handle)),
             local_sqnr=db(errors.local),
             cumulative_sqnr=db(errors.cumulative),
             sensitivity_sqnr=db(errors.sensitivity),

@@ -144,7 +144,7 @@ def test_report_explains_what_stayed_float_and_how_the_rest_was_quantized() -> N
     assert r.output_sqnr is None and all(row.cumulative_sqnr is None for row in r.rows)
     assert_expected_inline("\n".join(f"{row.name}: {row.how}" for row in r.rows), """\
 conv2d: w:int8 per-channel(axis 0) s∈[0.00145,0.00151] (PerChannelMinMaxObserver); i:int8 s=0.0249 zp=6 (HistogramObserver)
-batch_norm: float: not in the quantized graph (removed by prepare, e.g. BatchNorm folded into its conv)
+batch_norm: float: folded into conv2d
 relu: o:int8 s=0.00728 zp=-128 (HistogramObserver)
 mean: i:int8 s=0.00728 zp=-128 (HistogramObserver, from relu); o:int8 s=0.00728 zp=-128 (HistogramObserver)
 argmax: float: its output is torch.int64, not a float tensor
@@ -193,3 +193,52 @@ def test_report_rejects_bad_arguments() -> None:
         pt2q.report(quantized, Mixed(), (torch.randn(2, 5),))
     with pytest.raises(KeyError, match="no row named 'conv9'"):
         pt2q.report(quantized, ep).row("conv9")
+
+
+def test_numeric_report_of_a_lowered_program() -> None:
+    """Handles survive lowering: each row says where its node runs; the model output is
+    measured on the .pte itself, per-node values on the Q/DQ program (and the report says so)."""
+    import warnings
+
+    from pt2q.lowering import numeric_report, to_executorch
+    from tests.zoo import calibration_batches, make
+
+    model, example = make("conv_bn_relu_stack")
+    batches = calibration_batches(example)
+    ep, quantized = _quantize(model, batches, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lowered = to_executorch(quantized, example)
+    r = numeric_report(lowered, ep, batches)
+    qdq = pt2q.report(quantized, ep, batches)
+    assert [row.how for row in r.rows] == [row.how for row in qdq.rows]
+    assert {row.name: row.runs_on for row in r.quantized_rows} == {row.name: "XNNPACK" for row in qdq.quantized_rows}
+    assert r.row("batch_norm").float_reason == "folded into conv2d" and r.row("batch_norm").runs_on is None
+    assert abs(r.runtime_output_sqnr - r.output_sqnr) < 1.0, (r.runtime_output_sqnr, r.output_sqnr)
+    assert r.output_sqnr > 35
+    text = str(r)
+    assert "output SQNR of the .pte on the ExecuTorch runtime" in text
+    assert "XNNPACK delegate returns only its outputs" in text
+
+
+def test_report_of_a_qat_model_measures_the_folded_conv() -> None:
+    """After QAT the BatchNorm is folded into the conv at convert: the conv's row is measured
+    against the float BatchNorm's output (what the folded conv computes now)."""
+    from tests.zoo import calibration_batches, make
+
+    model, example = make("conv_bn_relu_stack")
+    batches = calibration_batches(example)
+    ep = torch.export.export(model.train(), example)
+    prepared = pt2q.prepare_qat_pt2e(ep.module(), XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_qat=True)))
+    for b in batches:
+        prepared(*b)
+    pt2q.move_exported_model_to_eval(prepared)
+    quantized = pt2q.convert_pt2e(prepared)
+    r = pt2q.report(quantized, torch.export.export(model.eval(), example), batches)
+    assert r.row("batch_norm").float_reason == "folded into conv2d"
+    # measured 24.9 and 19.7 dB (the calibration passes in train mode also moved the BN statistics);
+    # compared with the float conv's own output, before its BatchNorm, they would be about 6 dB
+    for name in ("conv2d", "conv2d_1"):
+        assert r.row(name).cumulative_sqnr > 15, (name, r.row(name).cumulative_sqnr)
+    assert r.output_sqnr > 15
