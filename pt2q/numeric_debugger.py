@@ -47,6 +47,7 @@ __all__ = [
     "value_anchors",
     "mark_value_of",
     "anchor_nodes",
+    "module_path",
     "prepare_for_propagation_comparison",
     "extract_results_from_loggers",
     "compare_results",
@@ -287,7 +288,7 @@ class QuantizationComparisonResult:
         return f"QuantizationComparisonResult(mse_loss={self.mse_loss}, sqnr={self.sqnr})"
 
 
-def _module_path(stack: object) -> str:
+def module_path(stack: object) -> str:
     """The innermost module of an ``nn_module_stack`` ("" for the root), else ``str(stack)``."""
     if not isinstance(stack, dict):
         return str(stack)
@@ -338,9 +339,9 @@ def compare_results(ref_results: Results, actual_results: Results) -> dict[NodeS
         comparisons[handle] = NodeAccuracySummary(
             debug_info=handle,
             actual_node_name=actual_name or "",
-            actual_module_stack=_module_path(actual_stack),
+            actual_module_stack=module_path(actual_stack),
             ref_node_name=ref_name or "",
-            ref_module_stack=_module_path(ref_stack),
+            ref_module_stack=module_path(ref_stack),
             results=results,
         )
     return comparisons

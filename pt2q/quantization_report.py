@@ -28,7 +28,7 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import constant_attr
 from pt2q.layer_errors import LayerErrors, match_handles, measure_layer_errors
-from pt2q.numeric_debugger import NodeSourceDebugInfo, debug_info, value_handle
+from pt2q.numeric_debugger import NodeSourceDebugInfo, debug_info, module_path, value_handle
 from pt2q.qdq import DQ_OPS, Q_OPS
 from pt2q.quantization_notes import FLOAT_REASON_KEY, OBSERVER_KEY, note
 
@@ -232,11 +232,7 @@ def _op_name(node: Node) -> str:
 
 
 def _module_path(node: Node) -> str:
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    return path[len("L['self']."):] if path.startswith("L['self'].") else path
+    return module_path(node.meta.get("nn_module_stack") or {})
 
 
 def _qparams(gm: GraphModule, node: Node) -> tuple[Optional[int], Any, Any, torch.dtype]:
