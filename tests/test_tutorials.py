@@ -51,3 +51,23 @@ def test_x86_inductor():
     assert r["sqnr_lowered_vs_converted_db"] > 30  # oneDNN kernels agree with the Q/DQ reference
     assert "onednn.qconv_pointwise.default" in r["onednn_ops"]
     assert "onednn.qlinear_pointwise.default" in r["onednn_ops"]
+
+
+def test_debug_accuracy(tmp_path):
+    r = load_tutorial("debug_accuracy").main(fast=True, out_dir=tmp_path)
+    assert r["fp32_accuracy"] > 85
+    assert r["int8_accuracy"] < r["fp32_accuracy"] - 4  # measured: a 7.2-point drop
+    # sensitivity finds the layer with the planted outlier channel; the error shows downstream
+    assert (r["culprit"], r["culprit_module"]) == ("linear", "embed")
+    assert r["lowest_cumulative"] != r["culprit"] and r["lowest_cumulative_module"] in ("fc1", "fc2")
+    assert r["culprit_sensitivity_sqnr_db"] < 15 and r["output_sqnr_db"] < 15
+    assert r["lowapi_sqnr_db"]["linear"] > 25 > r["lowapi_sqnr_db"]["linear_2"]
+    # keeping embed float is not enough (fc1 quantizes its input); embed + fc1, or clipping, is
+    assert r["keep_float_modules"] == ["embed", "fc1"]
+    assert r["keep_culprit_float_accuracy"] < r["fp32_accuracy"] - 4
+    assert r["keep_float_accuracy"] > r["fp32_accuracy"] - 1.5  # measured: equal
+    assert r["percentile_accuracy"] > r["fp32_accuracy"] - 2  # measured: 0.3 below
+    assert r["keep_float_output_sqnr_db"] > 30 and r["percentile_output_sqnr_db"] > 18
+    assert r["percentile_lowest_cumulative_sqnr_db"] > r["lowest_cumulative_sqnr_db"] + 10
+    png = Path(r["png"])
+    assert png.parent == tmp_path and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
