@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -114,14 +115,32 @@ def mark_value_of(node: Node, source: Node) -> None:
         node.meta[CUSTOM_KEY] = {**(node.meta.get(CUSTOM_KEY) or {}), VALUE_OF_KEY: [handle.name, handle.graph_id]}
 
 
+_CHOOSE_QPARAMS = {torch.ops.quantized_decomposed.choose_qparams.tensor,
+                   torch.ops.quantized_decomposed.choose_qparams_symmetric.tensor}
+
+
+def _is_qparams(node: Node) -> bool:
+    """A run-time ``choose_qparams`` or one of its outputs."""
+    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], Node):
+        node = node.args[0]
+    return node.op == "call_function" and node.target in _CHOOSE_QPARAMS
+
+
 def value_handle(node: Node) -> Optional[NodeSourceDebugInfo]:
-    """The handle of the float value ``node`` holds: a Q/DQ holds its input's value, whoever
-    it was inserted for; a node marked by :func:`mark_value_of` holds that node's value."""
-    node = _chain_source(node)
-    if node.op == "get_attr":
+    """The handle of the float value ``node`` holds, if it holds one.
+
+    A layer's output Q/DQ holds the layer's (quantized) value. A Q/DQ a layer puts on its
+    *input* carries that layer's provenance: it is part of the layer (its input
+    quantization), not a value of the producer, so it holds none; nor do constants and
+    run-time qparams. A node marked by :func:`mark_value_of` holds that node's value.
+    """
+    source = _chain_source(node)
+    if source is not node and debug_info(node) != debug_info(source):
         return None
-    marked = (node.meta.get(CUSTOM_KEY) or {}).get(VALUE_OF_KEY)
-    return NodeSourceDebugInfo(marked[0], int(marked[1])) if marked else debug_info(node)
+    if source.op == "get_attr" or _is_qparams(source):
+        return None
+    marked = (source.meta.get(CUSTOM_KEY) or {}).get(VALUE_OF_KEY)
+    return NodeSourceDebugInfo(marked[0], int(marked[1])) if marked else debug_info(source)
 
 
 def value_anchors(gm: GraphModule) -> dict[NodeSourceDebugInfo, Node]:

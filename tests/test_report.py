@@ -242,3 +242,29 @@ def test_report_of_a_qat_model_measures_the_folded_conv() -> None:
     for name in ("conv2d", "conv2d_1"):
         assert r.row(name).cumulative_sqnr > 15, (name, r.row(name).cumulative_sqnr)
     assert r.output_sqnr > 15
+
+
+class Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 32), nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(self.embed(x))))
+
+
+def test_a_layer_owns_the_quantization_of_its_input() -> None:
+    """fc1 alone is quantized, its producer stays float: the Q/DQ on fc1's input is fc1's
+    error (in its local and sensitivity SQNR), and the float producer is charged nothing."""
+    batches = _batches((8, 16), n=3)
+    quantizer = XNNPACKQuantizer().set_module_name("fc1", get_symmetric_quantization_config(is_per_channel=True))
+    ep, quantized = _quantize(Chain(), batches, quantizer)
+    r = pt2q.report(quantized, ep, batches)
+    fc1 = r.row("linear_1")
+    assert [row.name for row in r.quantized_rows] == ["linear_1"]
+    assert [t.role for t in fc1.quantization] == ["weight", "input", "output"]
+    assert math.isinf(r.row("linear").cumulative_sqnr) and math.isinf(r.row("linear").local_sqnr)
+    assert fc1.local_sqnr == pytest.approx(fc1.cumulative_sqnr, rel=1e-9)
+    assert fc1.sensitivity_sqnr == pytest.approx(r.output_sqnr, rel=1e-9)
+    assert r.worst(1)[0] is fc1
