@@ -2,9 +2,11 @@
 
 A small conv+BatchNorm network is trained on scikit-learn's handwritten digits
 (bundled with scikit-learn, no download), then quantized with each quantizer of
-``QUANTIZERS`` twice: PTQ (``prepare_pt2e`` + calibration + ``convert_pt2e``) and QAT
-(``prepare_qat_pt2e`` + fine-tuning + ``convert_pt2e``). Prints a Markdown table of
-test-set accuracies. Usage: ``python benchmarks/accuracy.py [--epochs N] [--qat-epochs N]``.
+``QUANTIZERS`` (pt2q's XNNPACK and X86 Inductor quantizers, and torchao's flow with
+ExecuTorch's ``XNNPACKQuantizer`` as the reference) twice: PTQ (``prepare_pt2e`` +
+calibration + ``convert_pt2e``) and QAT (``prepare_qat_pt2e`` + fine-tuning +
+``convert_pt2e``). Prints a Markdown table of test-set accuracies.
+Usage: ``python -m benchmarks.accuracy [--epochs N] [--qat-epochs N]``.
 
 ``tests/test_qat.py`` runs the same code with fewer epochs.
 """
@@ -14,7 +16,8 @@ import argparse
 import copy
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from types import SimpleNamespace
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -31,11 +34,13 @@ BATCH = 64
 
 @dataclass(frozen=True)
 class QuantizerEntry:
-    """A backend quantizer under test: how to build it for PTQ and for QAT."""
+    """A backend quantizer under test: how to build it for PTQ and for QAT, and the PT2E API that runs it."""
 
     name: str
     ptq: Callable[[], Quantizer]
     qat: Callable[[], Quantizer]
+    # the flow's functions: prepare_pt2e, prepare_qat_pt2e, convert_pt2e, move_exported_model_to_eval
+    api: Callable[[], Any] = lambda: pt2q
 
 
 def _xnnpack() -> QuantizerEntry:
@@ -59,7 +64,29 @@ def _x86_inductor() -> Optional[QuantizerEntry]:
     return QuantizerEntry("X86 Inductor", make(False), make(True))
 
 
-QUANTIZERS: list[QuantizerEntry] = [e for e in (_xnnpack(), _x86_inductor()) if e is not None]
+def _torchao_xnnpack() -> QuantizerEntry:
+    """torchao's PT2E flow with ExecuTorch's XNNPACKQuantizer, the same config as :func:`_xnnpack` (imported lazily)."""
+
+    def make(is_qat: bool) -> Callable[[], Quantizer]:
+        def build() -> Quantizer:
+            from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as et
+
+            return et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
+
+        return build
+
+    def api() -> Any:
+        import torchao.quantization.pt2e as ao
+        from torchao.quantization.pt2e import quantize_pt2e
+
+        return SimpleNamespace(prepare_pt2e=quantize_pt2e.prepare_pt2e, prepare_qat_pt2e=quantize_pt2e.prepare_qat_pt2e,
+                               convert_pt2e=quantize_pt2e.convert_pt2e,
+                               move_exported_model_to_eval=ao.move_exported_model_to_eval)
+
+    return QuantizerEntry("torchao XNNPACK (per-channel)", make(False), make(True), api)
+
+
+QUANTIZERS: list[QuantizerEntry] = [e for e in (_xnnpack(), _torchao_xnnpack(), _x86_inductor()) if e is not None]
 
 
 class DigitsNet(nn.Module):
@@ -115,20 +142,22 @@ def _export(model: nn.Module, example: torch.Tensor) -> GraphModule:
     return torch.export.export(copy.deepcopy(model), (example,), dynamic_shapes=({0: batch},)).module()
 
 
-def post_training_quantize(model: nn.Module, quantizer: Quantizer, x: torch.Tensor, batches: int) -> GraphModule:
-    prepared = pt2q.prepare_pt2e(_export(model.eval(), x[:BATCH]), quantizer)
+def post_training_quantize(
+    model: nn.Module, quantizer: Quantizer, x: torch.Tensor, batches: int, api: Any = pt2q
+) -> GraphModule:
+    prepared = api.prepare_pt2e(_export(model.eval(), x[:BATCH]), quantizer)
     for i in range(batches):
         prepared(x[i * BATCH:(i + 1) * BATCH])
-    return pt2q.convert_pt2e(prepared)
+    return api.convert_pt2e(prepared)
 
 
 def quantization_aware_train(
-    model: nn.Module, quantizer: Quantizer, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float
+    model: nn.Module, quantizer: Quantizer, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, api: Any = pt2q
 ) -> GraphModule:
-    prepared = pt2q.prepare_qat_pt2e(_export(model.train(), x[:BATCH]), quantizer)
+    prepared = api.prepare_qat_pt2e(_export(model.train(), x[:BATCH]), quantizer)
     train(prepared, x, y, epochs, lr, seed=1)
-    pt2q.move_exported_model_to_eval(prepared)
-    return pt2q.convert_pt2e(prepared)
+    api.move_exported_model_to_eval(prepared)
+    return api.convert_pt2e(prepared)
 
 
 @dataclass
@@ -157,8 +186,9 @@ def measure(
     rows = []
     for entry in quantizers:
         t0 = time.perf_counter()
-        ptq = post_training_quantize(model, entry.ptq(), x_train, calibration_batches)
-        qat = quantization_aware_train(model, entry.qat(), x_train, y_train, qat_epochs, qat_lr)
+        api = entry.api()
+        ptq = post_training_quantize(model, entry.ptq(), x_train, calibration_batches, api)
+        qat = quantization_aware_train(model, entry.qat(), x_train, y_train, qat_epochs, qat_lr, api)
         rows.append(AccuracyRow(entry.name, fp32, accuracy(ptq, x_test, y_test), accuracy(qat, x_test, y_test),
                                 time.perf_counter() - t0))
     return rows

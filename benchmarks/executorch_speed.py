@@ -18,19 +18,13 @@ from typing import Sequence
 
 import torch
 
-import pt2q
 import pt2q.runtime as runtime
+from benchmarks.flows import calibration_batches, quantize, xnnpack_flows
 from pt2q.lowering import to_executorch
-from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
-__all__ = ["lower_variants", "executorch_latencies", "main"]
+__all__ = ["VARIANTS", "export_variants", "lower_to_pte", "lower_variants", "pte_latencies", "executorch_latencies", "main"]
 
 VARIANTS = ("fp32", "torchao_int8", "pt2q_int8")
-
-
-def _calibration(example_inputs: Sequence[torch.Tensor], n: int = 2) -> list[tuple[torch.Tensor, ...]]:
-    g = torch.Generator().manual_seed(1)
-    return [tuple(torch.randn(x.shape, generator=g) if x.is_floating_point() else x for x in example_inputs) for _ in range(n)]
 
 
 def _executorch_lower(program: torch.export.ExportedProgram) -> bytes:
@@ -41,52 +35,45 @@ def _executorch_lower(program: torch.export.ExportedProgram) -> bytes:
     return bytes(to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
 
 
-def _pt2q_int8(model: torch.nn.Module, example: tuple, batches: list[tuple]) -> bytes:
-    m = torch.export.export(copy.deepcopy(model), example).module()
-    m = pt2q.prepare_pt2e(m, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
-    for batch in batches:
-        m(*batch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return to_executorch(pt2q.convert_pt2e(m), example).buffer
+def lower_to_pte(name: str, program: torch.export.ExportedProgram) -> bytes:
+    """The ``.pte`` of variant ``name``: pt2q's own lowering for ``pt2q_int8``, ExecuTorch's for the others."""
+    if name == "pt2q_int8":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return to_executorch(program).buffer
+    return _executorch_lower(program)
 
 
-def _torchao_int8(model: torch.nn.Module, example: tuple, batches: list[tuple]) -> bytes:
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer as ExecuTorchXNNPACKQuantizer,
-        get_symmetric_quantization_config as executorch_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    m = torch.export.export(copy.deepcopy(model), example).module()
-    m = prepare_pt2e(m, ExecuTorchXNNPACKQuantizer().set_global(executorch_config(is_per_channel=True)))
-    for batch in batches:
-        m(*batch)
-    return _executorch_lower(torch.export.export(convert_pt2e(m), example))
+def export_variants(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, torch.export.ExportedProgram]:
+    """``fp32``, ``torchao_int8`` and ``pt2q_int8`` exported programs of ``model`` (same calibration data)."""
+    model = model.eval()
+    example = tuple(example_inputs)
+    batches = calibration_batches(example)
+    programs = {"fp32": torch.export.export(copy.deepcopy(model), example)}
+    for flow_name, flow in xnnpack_flows().items():
+        programs[f"{flow_name}_int8"] = torch.export.export(quantize(flow, model, example, batches), example)
+    return {name: programs[name] for name in VARIANTS}
 
 
 def lower_variants(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, bytes]:
     """The three ``.pte`` buffers of ``model``: ``fp32``, ``torchao_int8``, ``pt2q_int8``."""
-    model = model.eval()
-    example = tuple(example_inputs)
-    batches = _calibration(example)
-    return {
-        "fp32": _executorch_lower(torch.export.export(copy.deepcopy(model), example)),
-        "torchao_int8": _torchao_int8(model, example, batches),
-        "pt2q_int8": _pt2q_int8(model, example, batches),
-    }
+    return {name: lower_to_pte(name, program) for name, program in export_variants(model, example_inputs).items()}
 
 
-def _latencies(buffers: dict[str, bytes], example: tuple, runs: int, warmup: int, rounds: int = 3) -> dict[str, float]:
+def pte_latencies(buffers: dict[str, bytes], example: tuple, runs: int, warmup: int, rounds: int = 3) -> dict[str, float]:
+    """Single-thread latency (ms) of each ``.pte`` buffer: the best of ``rounds`` medians over ``runs`` calls.
+
+    Within a round the programs are called in turn, in a fresh random order each time
+    (``benchmarks.speed.interleaved_medians_ms``), so a burst of background load hits all alike.
+    """
+    from benchmarks.speed import interleaved_medians_ms
+
     runtime.set_num_threads(1)  # before loading: loaded programs hold on to the pool
     programs = {name: runtime.load(buf) for name, buf in buffers.items()}
     result = {name: float("inf") for name in programs}
-    # interleave the variants and keep each one's best median over the rounds, so a burst
-    # of background load does not land on one variant only
-    for _ in range(rounds):
-        for name, program in programs.items():
-            timing = runtime.time_program(program, *example, runs=runs, warmup=warmup)
-            result[name] = min(result[name], timing.median_ms)
+    for round_ in range(rounds):
+        medians = interleaved_medians_ms(programs, example, runs, warmup if round_ == 0 else 0)
+        result = {name: min(result[name], ms) for name, ms in medians.items()}
     return result
 
 
@@ -98,7 +85,7 @@ def executorch_latencies(
     Keys are ``fp32``, ``torchao_int8`` and ``pt2q_int8``; each value is the best of
     ``rounds`` interleaved medians over ``runs`` timed calls.
     """
-    return _latencies(lower_variants(model, example_inputs), tuple(example_inputs), runs, warmup, rounds)
+    return pte_latencies(lower_variants(model, example_inputs), tuple(example_inputs), runs, warmup, rounds)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -114,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|")
     for name, (model, example) in benchmark_models(small=args.small).items():
         buffers = lower_variants(model, example)
-        ms = _latencies(buffers, example, args.runs, warmup=5, rounds=args.rounds)
+        ms = pte_latencies(buffers, example, args.runs, warmup=5, rounds=args.rounds)
         print(
             f"| {name} | {ms['fp32']:.3f} | {ms['torchao_int8']:.3f} | {ms['pt2q_int8']:.3f} "
             f"| {ms['pt2q_int8'] / ms['torchao_int8']:.2f}x | {ms['fp32'] / ms['pt2q_int8']:.2f}x "

@@ -5,19 +5,18 @@ already-initialized observer fed a fresh batch drawn from the same distribution
 (activations, ``HistogramObserver`` as in the default config), and of a
 ``PerChannelMinMaxObserver`` fed the same weight every call (as a prepared model
 does), plus ``HistogramObserver.calculate_qparams``. One thread, as in
-``benchmarks/overhead.py``. Usage: ``python benchmarks/observers.py [--repeats N]``.
+``benchmarks/overhead.py``. Usage: ``python -m benchmarks.observers [--repeats N]``.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 from typing import Callable
 
 import torch
 
 import pt2q.observer as pt2q_obs
+from benchmarks.speed import median_ms
 
 SIZES = (1_000, 100_000, 1_000_000)
 ACT = dict(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine, eps=2**-12)
@@ -27,12 +26,7 @@ WEIGHT = dict(
 
 
 def _median_us(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6
+    return median_ms(fn, (), repeats, warmup=0) * 1e3
 
 
 def _histogram_call(mod, n: int, repeats: int) -> float:

@@ -5,51 +5,49 @@
   forward of the exported model, and the overhead above 1.
 
 Both flows use the same model and the XNNPACK per-channel config. Medians over repeats.
-Usage: ``python benchmarks/overhead.py [--quick]``.
+Usage: ``python -m benchmarks.overhead [--quick] [--models resnet18,...]``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import statistics
 import time
+from typing import Callable
 
 import torch
 
-import pt2q
+from benchmarks.flows import quantize, xnnpack_flows
 from benchmarks.models import benchmark_models
-from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
+from benchmarks.speed import median_ms
+
+__all__ = ["measure", "markdown_table", "main"]
 
 
-def _flows():
-    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as et
-    from torchao.quantization.pt2e import quantize_pt2e as ao
-
-    return {
-        "pt2q": (pt2q.prepare_pt2e, pt2q.convert_pt2e,
-                 lambda: XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))),
-        "torchao": (ao.prepare_pt2e, ao.convert_pt2e,
-                    lambda: et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True))),
-    }
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeats`` calls (no warm-up)."""
+    return median_ms(fn, (), repeats, warmup=0) / 1e3
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+@functools.cache
+def _warm_up() -> None:
+    """Quantize a tiny model once with each flow, so lazy imports and first-call caches are not timed."""
+    example = (torch.randn(2, 8),)
+    for flow in xnnpack_flows().values():
+        quantize(flow, torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval(), example, [example])
 
 
-def measure(model, example, repeats: int) -> dict[str, dict[str, float]]:
+def measure(model: torch.nn.Module, example: tuple, repeats: int) -> dict[str, dict[str, float]]:
+    """Per flow: median prepare+convert seconds, calibration-forward / fp32-forward ratio and its overhead."""
+    _warm_up()
     exported = torch.export.export(model, example)
     fp32 = exported.module()
     with torch.no_grad():
         fp32(*example)
         t_fp32 = _median_time(lambda: fp32(*example), repeats * 3)
     results = {}
-    for name, (prepare, convert, make_quantizer) in _flows().items():
+    for name, (prepare, convert, make_quantizer) in xnnpack_flows().items():
         prep_conv, calib = [], []
         for _ in range(repeats):
             gm = copy.deepcopy(exported).module()
@@ -68,6 +66,24 @@ def measure(model, example, repeats: int) -> dict[str, dict[str, float]]:
     return results
 
 
+def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One row per model from ``{model: measure(...)}``: times, calibration ratios and pt2q/torchao ratios."""
+    lines = [
+        "| model | pt2q prepare+convert s | torchao prepare+convert s | ratio pt2q/torchao "
+        "| pt2q calib/fp32 | torchao calib/fp32 | overhead ratio pt2q/torchao |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        ours, theirs = r["pt2q"], r["torchao"]
+        lines.append(
+            f"| {name} | {ours['prepare_convert_s']:.3f} | {theirs['prepare_convert_s']:.3f} "
+            f"| {ours['prepare_convert_s'] / theirs['prepare_convert_s']:.2f} "
+            f"| {ours['calib_ratio']:.2f} | {theirs['calib_ratio']:.2f} "
+            f"| {ours['calib_overhead'] / max(theirs['calib_overhead'], 1e-9):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small inputs, one repeat (for tests)")
@@ -76,22 +92,7 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(1)
     models = benchmark_models(small=args.quick)
     repeats = 1 if args.quick else 3
-    lines = [
-        "| model | pt2q prepare+convert s | torchao prepare+convert s | ratio pt2q/torchao "
-        "| pt2q calib/fp32 | torchao calib/fp32 | overhead ratio pt2q/torchao |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in args.models.split(","):
-        model, example = models[name]
-        r = measure(model, example, repeats)
-        ours, theirs = r["pt2q"], r["torchao"]
-        lines.append(
-            f"| {name} | {ours['prepare_convert_s']:.3f} | {theirs['prepare_convert_s']:.3f} "
-            f"| {ours['prepare_convert_s'] / theirs['prepare_convert_s']:.2f} "
-            f"| {ours['calib_ratio']:.2f} | {theirs['calib_ratio']:.2f} "
-            f"| {ours['calib_overhead'] / max(theirs['calib_overhead'], 1e-9):.2f} |"
-        )
-    table = "\n".join(lines)
+    table = markdown_table({name: measure(*models[name], repeats) for name in args.models.split(",")})
     print(table)
     return table
 

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from benchmarks.flows import Flow, calibration_batches, quantize
 from benchmarks.models import benchmark_models
 
 __all__ = [
@@ -76,17 +77,9 @@ def interleaved_medians_ms(
     return {name: statistics.median(times) for name, times in samples.items()}
 
 
-def _calibration(example: tuple) -> list[tuple]:
-    g = torch.Generator().manual_seed(0)
-    return [tuple(torch.randn(t.shape, generator=g) for t in example) for _ in range(CALIBRATION_BATCHES)]
-
-
 def _quantize(prepare: Callable, convert: Callable, quantizer: Any, model: nn.Module, example: tuple) -> nn.Module:
-    prepared = prepare(torch.export.export(copy.deepcopy(model), example).module(), quantizer)
-    with torch.no_grad():
-        for batch in _calibration(example):
-            prepared(*batch)
-    return convert(prepared)
+    batches = calibration_batches(example, CALIBRATION_BATCHES, seed=0)
+    return quantize(Flow(prepare, convert, lambda: quantizer), model, example, batches)
 
 
 def _pt2q_int8(model: nn.Module, example: tuple) -> Callable[..., Any]:
