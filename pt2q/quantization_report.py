@@ -174,13 +174,14 @@ class QuantizationReport:
         for i, (label, attr) in enumerate(series):
             heights = [min(getattr(r, attr), ceiling) if getattr(r, attr) is not None else 0.0 for r in rows]
             ax.bar([x + (i - 1) * width for x in range(len(rows))], heights, width, label=label)
-        ax.set_xticks(range(len(rows)), [r.name for r in rows], rotation=60, ha="right", fontsize=8)
+        labels = [f"{r.name}\n{r.module_path}" if r.module_path else r.name for r in rows]
+        ax.set_xticks(range(len(rows)), labels, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel("SQNR vs float (dB), higher is better")
         title = "per-layer SQNR"
         if self.output_sqnr is not None:
             title += f" (model output {_fmt(self.output_sqnr)} dB)"
         ax.set_title(title)
-        ax.legend()
+        fig.legend(loc="outside upper right", ncols=3, fontsize=8)
         if path is not None:
             fig.savefig(path, dpi=120)
         return fig

@@ -78,7 +78,8 @@ def test_sensitivity_finds_the_layer_that_causes_the_loss(tmp_path) -> None:
     fig = r.plot(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == [row.name for row in r.quantized_rows]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        f"{row.name}\n{row.module_path}" if row.module_path else row.name for row in r.quantized_rows]
     labels = [c.get_label() for c in ax.containers]
     assert labels == ["local", "cumulative", "sensitivity"]
     drawn = {label: [bar.get_height() for bar in c] for label, c in zip(labels, ax.containers)}

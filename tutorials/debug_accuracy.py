@@ -190,17 +190,18 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
     for summary in comparison.values():
         print(f"  {summary.ref_node_name:10} {summary.actual_module_stack or '-':6} {summary.sqnr:6.1f} dB")
 
-    # 5a. Keep the culprit in float. Alone, that changes nothing here: fc1, the next layer,
+    # 5a. Keep the culprit in float. Alone, that changes nothing here: the next layer
     #     quantizes its input (the same tensor, outlier included) itself, as every
-    #     quantized op does; its row in the new report shows the giant input scale.
+    #     quantized op does. The new report says so: the layer with the lowest
+    #     sensitivity now is fc1, and its row shows the giant input scale.
     #     Keeping fc1 float too fixes the model, at the cost of two float layers.
     keep_float = (culprit.module_path,)
     fix_a1 = quantize(exported, calibration, keep_float=keep_float)
     fix_a1_acc = accuracy(fix_a1, x_test, y_test)
-    report_a1 = pt2q.report(fix_a1, exported)  # no inputs: just what was quantized, and how
-    consumer = next(row for row in report_a1.rows if row.module_path == "fc1")
-    print(f"keep {culprit.module_path} float: {fix_a1_acc:.2f}%; {consumer.name} ({consumer.module_path}): "
-          f"{consumer.how}")
+    report_a1 = pt2q.report(fix_a1, exported, inputs)
+    consumer = report_a1.worst(1)[0]
+    print(f"keep {culprit.module_path} float: {fix_a1_acc:.2f}%; now the lowest sensitivity SQNR is at "
+          f"{consumer.name} ({consumer.module_path}) {consumer.sensitivity_sqnr:.1f} dB: {consumer.how}")
     keep_float += (consumer.module_path,)
     fix_a = quantize(exported, calibration, keep_float=keep_float)
     fix_a_acc = accuracy(fix_a, x_test, y_test)
