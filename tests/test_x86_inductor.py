@@ -393,6 +393,25 @@ def test_compiled_model_accuracy_and_inputs(name: str, compiled_zoo) -> None:
         assert sqnr(expected, out) > sqnr(expected, ref) - 1.0
 
 
+def test_compiled_model_validates_each_input_signature_once(compiled_zoo) -> None:
+    """The module's input checks (pre-hooks of ExportedProgram.module()) run once per new
+    input signature, not on every call; a bad input still gets the module's own error."""
+    _, example, converted, compiled, _ = compiled_zoo["conv_bn_relu_stack"]
+    calls = []
+    handle = converted.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape))
+    try:
+        for x in calibration_batches(example, n=3, seed=3):
+            compiled(*x)
+        assert len(calls) <= 1, calls  # not once per call (the fixture's run may have validated it)
+        calls.clear()
+        for _ in range(2):  # a shape the static export rejects: the module's own error, every time
+            with pytest.raises(Exception, match="input|shape|dim|size"):
+                compiled(torch.randn(2, 5))
+        assert len(calls) == 2
+    finally:
+        handle.remove()
+
+
 def _generated_code(fn: Callable, *args) -> tuple[object, str]:
     """Run ``fn`` and return what Inductor generated meanwhile (without resetting dynamo)."""
     from torch._inductor.graph import GraphLowering
