@@ -509,6 +509,26 @@ class X86InductorQuantizer(Quantizer):
     def validate(self, model: GraphModule) -> None:
         """Nothing beyond the core's annotation checks."""
 
+    def explain_unannotated(self, node: Node) -> Optional[str]:
+        """Which setting, or missing pattern, left ``node`` float (for ``pt2q.report``)."""
+        op = getattr(node.target, "__name__", str(node.target))
+        if not is_op(node, QUANTIZABLE_OPS):
+            return f"X86InductorQuantizer has no pattern for {op}"
+        owner = self._owner(node)
+        if owner is not None:
+            if self.module_name_qconfig[owner] is None:
+                return f"kept float by set_module_name_qconfig({owner!r}, None)"
+        elif node.target in self.operator_type_qconfig:
+            if self.operator_type_qconfig[node.target] is None:
+                return f"kept float by a None config for {op} (set_function_type_qconfig / set_module_type_qconfig)"
+        elif not is_op(node, DEFAULT_QUANTIZABLE_OPS):
+            return f"{op} is quantized only when configured for it (set_function_type_qconfig)"
+        elif self.global_config is None:
+            return "no config covers it (set_global(None) or never called)"
+        if is_op(node, INT8_IN_INT8_OUT_OPS):
+            return f"{op} runs in int8 only on a quantized input, and its input is not quantized"
+        return "no pattern matched it (its operands did not fit: e.g. a non-float input or a computed weight)"
+
     # --- helpers -------------------------------------------------------------------
 
     def _owner(self, node: Node) -> _Owner:

@@ -269,3 +269,24 @@ def test_a_layer_owns_the_quantization_of_its_input() -> None:
     assert fc1.local_sqnr == pytest.approx(fc1.cumulative_sqnr, rel=1e-9)
     assert fc1.sensitivity_sqnr == pytest.approx(r.output_sqnr, rel=1e-9)
     assert r.worst(1)[0] is fc1
+
+
+def test_x86_quantizer_explains_what_it_left_float() -> None:
+    from pt2q.quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.tanh(self.body(x))) @ torch.ones(2, 2)
+
+    batches = _batches((4, 8), n=2)
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    ep, quantized = _quantize(Net(), batches, quantizer.set_module_name_qconfig("head", None))
+    assert_expected_inline("\n".join(f"{r.name}: {r.float_reason}" for r in pt2q.report(quantized, ep).float_rows), """\
+tanh: X86InductorQuantizer has no pattern for tanh.default
+linear_1: kept float by set_module_name_qconfig('head', None)
+ones: X86InductorQuantizer has no pattern for ones.default
+matmul: matmul.default is quantized only when configured for it (set_function_type_qconfig)""")
