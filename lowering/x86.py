@@ -70,16 +70,22 @@ def int8_inference() -> Iterator[None]:
         inductor_config.freezing = frozen
 
 
-def _copy_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    def copy(x: Any) -> Any:
-        return x.clone() if isinstance(x, torch.Tensor) else x
+def _copy(x: Any) -> Any:
+    return x.clone() if isinstance(x, torch.Tensor) else x
 
-    return pytree.tree_map(copy, args), pytree.tree_map(copy, kwargs)
+
+def _copy_inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    if not kwargs and all(isinstance(a, torch.Tensor) for a in args):  # the common case, without pytree's cost
+        return tuple(a.clone() for a in args), kwargs
+    return pytree.tree_map(_copy, args), pytree.tree_map(_copy, kwargs)
 
 
 def _signature(args: tuple, kwargs: dict) -> Any:
+    """What the module's input checks depend on: the structure, shapes and dtypes of the inputs."""
+    if not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+        return tuple((a.shape, a.dtype) for a in args)
     leaves, spec = pytree.tree_flatten((args, kwargs))
-    return str(spec), tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else repr(x) for x in leaves)
+    return str(spec), tuple((x.shape, x.dtype) if isinstance(x, torch.Tensor) else repr(x) for x in leaves)
 
 
 class X86CompiledModel:
@@ -101,11 +107,15 @@ class X86CompiledModel:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         args, kwargs = _copy_inputs(args, kwargs)
         signature = _signature(args, kwargs)
-        with int8_inference():
-            if signature not in self._validated:
-                self.model(*args, **kwargs)  # the module's own checks, with their error messages
-                self._validated.add(signature)
-            return self._compiled(*args, **kwargs)
+        frozen, inductor_config.freezing = inductor_config.freezing, True  # int8_inference(), inlined: per-call cost
+        try:
+            with torch.no_grad():
+                if signature not in self._validated:
+                    self.model(*args, **kwargs)  # the module's own checks, with their error messages
+                    self._validated.add(signature)
+                return self._compiled(*args, **kwargs)
+        finally:
+            inductor_config.freezing = frozen
 
 
 def compile_quantized_for_x86(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 
 
 def load_tutorial(name: str):
+    if str(TUTORIALS) not in sys.path:  # as when run as a script: the tutorials import their shared digits.py
+        sys.path.insert(0, str(TUTORIALS))
     path = TUTORIALS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"tutorials_{name}", path)
     module = importlib.util.module_from_spec(spec)

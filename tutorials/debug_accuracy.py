@@ -32,25 +32,16 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 import pt2q
 from pt2q.observer import MinMaxObserver, MSEObserver, PercentileObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer
 
+from digits import accuracy, digits_data, train  # the tutorials' shared data, model and training loop
+
 
 # 1. Data, model, and the planted outlier channel ----------------------------------
-def digits_data():
-    """scikit-learn's 1797 8x8 digits scaled to [0, 1], split 80/20: x_train, y_train, x_test, y_test."""
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    split = int(0.8 * len(x))
-    return x[perm[:split]], y[perm[:split]], x[perm[split:]], y[perm[split:]]
-
-
 class DigitsNet(nn.Module):
     """conv-ReLU x2, max-pool, a linear embedding (no activation), a linear-ReLU, a classifier."""
 
@@ -65,24 +56,6 @@ class DigitsNet(nn.Module):
         y = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
         z = self.embed(torch.flatten(y, 1))
         return self.fc2(F.relu(self.fc1(z)))
-
-
-def train(model: nn.Module, x, y, epochs: int) -> nn.Module:
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
-def accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean()) * 100
 
 
 def add_outlier_channel(model: DigitsNet, x: torch.Tensor, factor: float = 200.0) -> DigitsNet:

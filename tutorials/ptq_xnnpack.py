@@ -21,60 +21,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from pt2q import convert_pt2e, prepare_pt2e
 from pt2q.lowering import to_executorch
 from pt2q import runtime
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
+from digits import DigitsNet, accuracy, digits_data, train  # the tutorials' shared data, model and training loop
+
 
 # 1. Data and model -----------------------------------------------------------------
-def digits_data():
-    """scikit-learn's 1797 8x8 digits scaled to [0, 1], split 80/20: x_train, y_train, x_test, y_test."""
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    split = int(0.8 * len(x))
-    return x[perm[:split]], y[perm[:split]], x[perm[split:]], y[perm[split:]]
-
-
-class DigitsNet(nn.Module):
-    """conv-BN-ReLU x2, max-pool, two linear layers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
-        self.fc1, self.fc2 = nn.Linear(32 * 4 * 4, 64), nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.max_pool2d(F.relu(self.bn2(self.conv2(y))), 2)
-        return self.fc2(F.relu(self.fc1(torch.flatten(y, 1))))
-
-
-def train(model: nn.Module, x, y, epochs: int) -> nn.Module:
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-    return model.eval()
-
-
-def accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean()) * 100
-
-
 def tensor_bytes(program: torch.export.ExportedProgram) -> int:
     """Bytes of the weights a program carries (parameters, buffers and constants)."""
     tensors = list(program.state_dict.values()) + list(program.constants.values())

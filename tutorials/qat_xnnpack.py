@@ -20,20 +20,11 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
 
 from pt2q import convert_pt2e, move_exported_model_to_eval, prepare_pt2e, prepare_qat_pt2e
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
-
-def digits_data():
-    """scikit-learn's 1797 8x8 digits scaled to [0, 1], split 80/20: x_train, y_train, x_test, y_test."""
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    split = int(0.8 * len(x))
-    return x[perm[:split]], y[perm[:split]], x[perm[split:]], y[perm[split:]]
+from digits import accuracy, digits_data, train_epochs  # the tutorials' shared data, model and training loop
 
 
 class DigitsNet(nn.Module):
@@ -50,23 +41,6 @@ class DigitsNet(nn.Module):
         y = F.relu(self.bn1(self.conv1(x)))
         y = F.max_pool2d(F.relu(self.bn2(self.conv2(y))), 2)
         return self.fc2(F.relu(self.fc1(self.drop(torch.flatten(y, 1)))))
-
-
-def train_epochs(model, x, y, epochs: int, lr: float) -> None:
-    """Adam on shuffled mini-batches. Works the same on an eager module and a QAT-prepared graph."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        perm = torch.randperm(len(x))
-        for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
-            opt.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-
-
-def accuracy(model, x, y) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean()) * 100
 
 
 def main(fast: bool = False) -> dict:
