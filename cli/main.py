@@ -106,10 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calibrate", type=int, default=8, metavar="N", help="random calibration batches (default 8)")
     q.add_argument("--target", choices=TARGETS, default="pt2")
     q.add_argument("--out", type=Path, help="output file (.pt2 or .pte); optional for --target x86")
+    q.add_argument("--report", action="store_true",
+                   help="print the per-layer report: how each node is quantized and its SQNR against fp32")
     q.set_defaults(handler=cmd_quantize)
 
     i = sub.add_parser("inspect", help="summarise a .pt2 or .pte file")
     i.add_argument("file", type=Path)
+    i.add_argument("--layers", action="store_true", help="per node of a .pt2: how it is quantized, or why it stayed float")
     i.set_defaults(handler=cmd_inspect)
 
     r = sub.add_parser("run", help="run a .pte on random inputs and time it")
@@ -288,6 +291,11 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     rows += [("SQNR Q/DQ vs fp32", f"{compare(quantized, model, *test).sqnr_db:.1f} dB")]
     rows += {"pt2": _save_pt2, "pte": _save_pte, "x86": _lower_x86}[args.target](model, quantized, inputs, test, args.out)
     print_table(f"pt2q quantize -> {args.target}", rows)
+    if args.report:
+        import pt2q
+
+        print(f"\nper-layer report ({args.calibrate} random batches; SQNR in dB against fp32)")
+        print(pt2q.report(quantized, model, [random_like(inputs) for _ in range(args.calibrate)]))
 
 
 def _save_pt2(
@@ -350,21 +358,28 @@ def pt2_stats(program: torch.export.ExportedProgram) -> dict[str, object]:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     path: Path = args.file
+    if path.suffix not in (".pt2", ".pte"):
+        raise CLIError(f"cannot inspect {path}: expected a .pt2 or .pte file")
+    if path.suffix == ".pte" and args.layers:
+        raise CLIError("--layers reads a .pt2 program (a .pte keeps no per-node quantization records)")
     if not path.is_file():
         raise CLIError(f"no such file: {path}")
     if path.suffix == ".pt2":
-        inspect_pt2(path)
-    elif path.suffix == ".pte":
-        inspect_pte(path)
+        inspect_pt2(path, args.layers)
     else:
-        raise CLIError(f"cannot inspect {path}: expected a .pt2 or .pte file")
+        inspect_pte(path)
 
 
-def inspect_pt2(path: Path) -> None:
+def inspect_pt2(path: Path, layers: bool = False) -> None:
     try:
         program = torch.export.load(str(path))
     except Exception as e:
         raise CLIError(f"cannot load {path} as a torch.export program: {e}") from e
+    if layers:
+        import pt2q
+
+        print(pt2q.report(program, None))
+        return
     stats = pt2_stats(program)
     share = stats["int8_bytes"] / stats["tensor_bytes"] if stats["tensor_bytes"] else 0.0
     print_table(f"{path} (torch.export program)", [

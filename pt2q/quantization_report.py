@@ -351,7 +351,14 @@ def report(
         order = [(f, from_float.get(f), n) for n in f_gm.graph.nodes
                  if n.op == "call_function" and (f := debug_info(n)) is not None]
     else:
-        order = [(h, h, None) for h, ms in members.items() if any(m.op == "call_function" for m in ms)]
+        position = {n: i for i, n in enumerate(q_gm.graph.nodes)}
+
+        def first_op(ms: list[Node]) -> int:
+            ops = [m for m in ms if m.op == "call_function" and m.target not in _QUANT_MACHINERY] or ms
+            return position[ops[0]]
+
+        order = [(h, h, None) for h, ms in sorted(members.items(), key=lambda item: first_op(item[1]))
+                 if any(m.op == "call_function" for m in ms)]
     rows = []
     for f_handle, q_handle, f_node in order:
         ms = members.get(q_handle, []) if q_handle is not None else []

@@ -160,6 +160,7 @@ def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "pte", "--out", "x.pt2"], "writes a .pte file"),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "x86"], "needs --quantizer x86"),
         (["inspect", "tiny.py"], "expected a .pt2 or .pte"),
+        (["inspect", "tiny.pte", "--layers"], "--layers reads a .pt2 program"),
         (["run", "tiny.pte", "--inputs", SHAPE, "--runs", "0"], "--runs must be at least 1"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -174,3 +175,24 @@ def test_more_bad_arguments_in_process(workdir: Path, monkeypatch, capfd, args: 
     err = capfd.readouterr().err
     assert exited.value.code != 0
     assert_one_error_line(subprocess.CompletedProcess(args, exited.value.code, "", err), says)
+
+
+def test_quantize_report_and_inspect_layers_in_process(workdir: Path, monkeypatch, capsys) -> None:
+    """`quantize --report` prints the per-layer table; `inspect --layers` reads it back from the .pt2."""
+    from pt2q.cli.main import main
+
+    monkeypatch.chdir(workdir)
+    assert main(["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--calibrate", "2",
+                 "--target", "pt2", "--out", "layers.pt2", "--report"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("per-layer report"):]
+    # a row per layer with three SQNR columns, measured on the random batches
+    for name, module in (("conv2d", "0"), ("relu", "1"), ("flatten", "2"), ("linear", "3")):
+        assert re.search(rf"\n{name}\s+{module}\s+\S+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\S+:int8", table), (name, table)
+    assert main(["inspect", "layers.pt2", "--layers"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.splitlines()[0] == "4 of 4 nodes quantized"
+    # read back from the file: the graph order, the qparams and the observers that chose them
+    assert [line.split()[0] for line in shown.splitlines()[3:]] == ["conv2d", "relu", "flatten", "linear"]
+    assert re.search(r"conv2d\s+0\s+conv2d\s+-\s+-\s+-\s+w:int8 per-channel\(axis 0\) .*\(PerChannelMinMaxObserver\); "
+                     r"i:int8 s=[\d.]+ zp=-?\d+ \(HistogramObserver\)", shown), shown
