@@ -27,6 +27,7 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import constant_attr
+from pt2q.insert_observers import is_observer_node
 from pt2q.layer_errors import LayerErrors, match_handles, measure_layer_errors
 from pt2q.numeric_debugger import NodeSourceDebugInfo, debug_info, module_path, value_handle
 from pt2q.qdq import DQ_OPS, Q_OPS
@@ -327,6 +328,10 @@ def report(
     runs the float model once per quantized node and batch: turn it off for big models.
     """
     q_gm = _graph_module(quantized_model, "quantized_model")
+    observers = [n.target for n in q_gm.graph.nodes if is_observer_node(n, q_gm)]
+    if observers:
+        raise ValueError(f"pt2q.report: quantized_model still holds observers ({', '.join(observers[:3])}"
+                         f"{', ...' if len(observers) > 3 else ''}): calibrate it and call convert_pt2e first")
     batches = as_batches(inputs)
     f_gm = _float_graph(float_model, batches)
     handle_of = {n: h for n in q_gm.graph.nodes if (h := debug_info(n)) is not None}

@@ -192,6 +192,9 @@ def test_report_rejects_bad_arguments() -> None:
         pt2q.report(quantized, Mixed())
     with pytest.raises(ValueError, match="could not export float_model"):
         pt2q.report(quantized, Mixed(), (torch.randn(2, 5),))
+    prepared = pt2q.prepare_pt2e(ep.module(), XNNPACKQuantizer().set_global(get_symmetric_quantization_config()))
+    with pytest.raises(ValueError, match="still holds observers .*call convert_pt2e first"):
+        pt2q.report(prepared, ep, batches)
     with pytest.raises(KeyError, match="no row named 'conv9'"):
         pt2q.report(quantized, ep).row("conv9")
 
