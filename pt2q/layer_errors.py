@@ -106,17 +106,25 @@ def _compatible(ref: Any, actual: Any) -> bool:
 def match_handles(float_gm: GraphModule, quantized: GraphModule) -> dict[NodeSourceDebugInfo, NodeSourceDebugInfo]:
     """Map the quantized graph's handles to the float graph's.
 
-    Handles match exactly when the quantized model came from this float graph (or its
-    ``ExportedProgram``); when the float model was exported separately (graph ids
-    differ), nodes are matched by their export names, which torch.export derives
-    deterministically from the model's code.
+    A handle matches itself when the quantized model came from this float graph (or its
+    ``ExportedProgram``). Otherwise (the float model was exported separately, so graph ids
+    differ) it matches the float handle of the same node name, which torch.export derives
+    deterministically from the model's code, when that name is unique. The choice is made
+    per handle: graph ids are addresses of graph objects and can be reused, so two
+    separate exports may share some of them by chance.
     """
     float_handles = set(value_anchors(float_gm))
+    by_name: dict[str, list[NodeSourceDebugInfo]] = {}
+    for h in float_handles:
+        by_name.setdefault(h.name, []).append(h)
     q_handles = {h for n in quantized.graph.nodes for h in (debug_info(n), value_handle(n)) if h is not None}
-    if float_handles & q_handles:
-        return {h: h for h in q_handles if h in float_handles}
-    by_name = {h.name: h for h in float_handles}
-    return {h: by_name[h.name] for h in q_handles if h.name in by_name}
+    matched = {}
+    for h in q_handles:
+        if h in float_handles:
+            matched[h] = h
+        elif len(by_name.get(h.name, ())) == 1:
+            matched[h] = by_name[h.name][0]
+    return matched
 
 
 def _descendants(node: Node) -> set[Node]:

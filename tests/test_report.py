@@ -293,3 +293,27 @@ tanh: X86InductorQuantizer has no pattern for tanh.default
 linear_1: kept float by set_module_name_qconfig('head', None)
 ones: X86InductorQuantizer has no pattern for ones.default
 matmul: matmul.default is quantized only when configured for it (set_function_type_qconfig)""")
+
+
+def test_handles_match_by_name_when_a_graph_id_collides() -> None:
+    """Graph ids are addresses of graph objects, so a separate export of the float model can
+    share one by chance: matching must still pair every node (per handle, by name where the
+    ids differ), not only the colliding one."""
+    from pt2q.layer_errors import match_handles
+    from pt2q.numeric_debugger import debug_info
+
+    ep, quantized, batches = _mixed()
+    torch.manual_seed(0)
+    separate = torch.export.export(Mixed().eval(), batches[0]).module()
+    relu_id = next(debug_info(n) for n in quantized.graph.nodes if n.name == "relu").graph_id
+    source = next(n for n in separate.graph.nodes if n.name == "relu").meta["from_node"][-1]
+    while source.from_node:
+        source = source.from_node[-1]
+    source.node_info.graph_id = relu_id  # the collision
+    matched = match_handles(separate, quantized)
+    assert {h.name for h in matched} >= {"conv2d", "batch_norm", "relu", "mean", "linear", "tanh", "linear_1", "add"}
+    assert all(q.name == f.name for q, f in matched.items())
+    expected, collided = pt2q.report(quantized, ep, batches), pt2q.report(quantized, separate, batches)
+    for a, b in zip(collided.rows, expected.rows):
+        assert (a.name, a.local_sqnr, a.cumulative_sqnr, a.sensitivity_sqnr) == pytest.approx(
+            (b.name, b.local_sqnr, b.cumulative_sqnr, b.sensitivity_sqnr), rel=1e-9)
