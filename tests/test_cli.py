@@ -130,8 +130,8 @@ def test_x86_target_and_demo(workdir: Path) -> None:
     assert re.search(r"latency x86 int8\s+\| [\d.]+ ms", x86.stdout), x86.stdout
     assert (workdir / "x86.pt2").is_file()
     assert demo.returncode == 0, demo.stderr
-    assert "| int8 (XNNPACK Q/DQ)" in demo.stdout
-    assert (workdir / "demo" / "demo_int8.pt2").is_file()
+    assert re.search(r"\| int8 XNNPACK\s+\| ExecuTorch \.pte", demo.stdout), demo.stdout
+    assert (workdir / "demo" / "demo_int8_xnnpack.pte").is_file()
 
 
 def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
