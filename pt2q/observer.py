@@ -86,6 +86,12 @@ class ObserverBase(ABC, nn.Module):
         self.is_dynamic = is_dynamic
         self.target_name = ""  # what is observed, e.g. "output of node 'conv2d'"; set by prepare
 
+    supports_dynamic: bool = True  # whether qparams may be chosen at run time (``is_dynamic``)
+
+    def _refuse_dynamic(self, is_dynamic: bool) -> None:
+        if is_dynamic and not self.supports_dynamic:
+            raise ValueError(f"{type(self).__name__} does not support dynamic quantization")
+
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor: ...
 
@@ -129,6 +135,7 @@ class UniformQuantizationObserverBase(ObserverBase):
         is_dynamic: bool = False,
         **unexpected: Any,
     ) -> None:
+        self._refuse_dynamic(is_dynamic)
         name = type(self).__name__
         qscheme = self.supported_qschemes[0] if qscheme is None else qscheme
         if qscheme not in self.supported_qschemes:
@@ -282,6 +289,7 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
     """Qparams per channel (along ``ch_axis``) from running per-channel min and max."""
 
     supported_qschemes = PER_CHANNEL_QSCHEMES
+    supports_dynamic = False
     min_val: Tensor
     max_val: Tensor
 
@@ -297,8 +305,6 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         is_dynamic: bool = False,
         **unexpected: Any,
     ) -> None:
-        if is_dynamic:
-            raise ValueError(f"{type(self).__name__} does not support dynamic quantization")
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps, is_dynamic, **unexpected)
         self.ch_axis = ch_axis
         self.register_buffer("min_val", torch.tensor([]))
@@ -391,6 +397,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
     """
 
     supported_qschemes = PER_TENSOR_QSCHEMES
+    supports_dynamic = False
     histogram: Tensor
     min_val: Tensor
     max_val: Tensor
@@ -407,8 +414,6 @@ class HistogramObserver(UniformQuantizationObserverBase):
         is_dynamic: bool = False,
         **unexpected: Any,
     ) -> None:
-        if is_dynamic:
-            raise ValueError("HistogramObserver does not support dynamic quantization")
         super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps, is_dynamic, **unexpected)
         self.bins = bins
         self.register_buffer("histogram", torch.zeros(bins))
@@ -461,6 +466,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
 class FixedQParamsObserver(ObserverBase):
     """Always returns the given ``scale`` and ``zero_point`` (e.g. for sigmoid's output)."""
 
+    supports_dynamic = False
     scale: Tensor
     zero_point: Tensor
 
@@ -475,8 +481,7 @@ class FixedQParamsObserver(ObserverBase):
         is_dynamic: bool = False,
     ) -> None:
         qscheme = torch.per_tensor_affine if qscheme is None else qscheme
-        if is_dynamic:
-            raise ValueError("FixedQParamsObserver does not support dynamic quantization")
+        self._refuse_dynamic(is_dynamic)
         if qscheme not in PER_TENSOR_QSCHEMES:
             raise ValueError(f"FixedQParamsObserver supports per-tensor qschemes only; got {qscheme}")
         super().__init__(dtype=dtype, is_dynamic=is_dynamic)
