@@ -1,4 +1,4 @@
-"""Which observer or fake quantizer a backend config uses for activations."""
+"""Which observer or fake quantizer a backend config uses for activations and for weights."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,9 +6,16 @@ from typing import Callable
 from torch import nn
 
 from pt2q.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
-from pt2q.observer import HistogramObserver, MovingAverageMinMaxObserver, PlaceholderObserver
+from pt2q.observer import (
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+)
 
-__all__ = ["activation_constructor"]
+__all__ = ["activation_constructor", "weight_constructor"]
 
 
 def activation_constructor(is_qat: bool, is_dynamic: bool) -> Callable[..., nn.Module]:
@@ -23,3 +30,12 @@ def activation_constructor(is_qat: bool, is_dynamic: bool) -> Callable[..., nn.M
     if is_qat:
         return FusedMovingAvgObsFakeQuantize.with_args(eps=2**-12)
     return (PlaceholderObserver if is_dynamic else HistogramObserver).with_args(eps=2**-12)
+
+
+def weight_constructor(is_qat: bool, is_per_channel: bool) -> Callable[..., nn.Module]:
+    """The weight observer/fake-quant constructor shared by the XNNPACK and x86 configs:
+    (per-channel) min/max for PTQ; for QAT, fused fake quantization over a moving-average one."""
+    if is_qat:
+        observer = MovingAveragePerChannelMinMaxObserver if is_per_channel else MovingAverageMinMaxObserver
+        return FusedMovingAvgObsFakeQuantize.with_args(eps=2**-12, observer=observer)
+    return (PerChannelMinMaxObserver if is_per_channel else MinMaxObserver).with_args(eps=2**-12)

@@ -50,12 +50,10 @@ from torch import nn
 from torch._ops import OpOverload
 from torch.fx import GraphModule, Node
 
-from pt2q.fake_quantize import FusedMovingAvgObsFakeQuantize
-from pt2q.observer import MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver
 from pt2q.pattern import find_chains, is_op, sole_user
 from pt2q.quantizer import Quantizer
 from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec, SharedQuantizationSpec
-from pt2q.quantizers.observer_choice import activation_constructor
+from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.annotators import (
     FilterFn,
     _weighted_inputs,
@@ -162,12 +160,6 @@ def _x86_config(is_qat: bool, is_dynamic: bool, reduce_range: bool) -> Quantizat
         is_dynamic=is_dynamic,
         observer_or_fake_quant_ctr=activation_constructor(is_qat, is_dynamic),
     )
-    weight_kwargs: dict[str, Any] = {"eps": 2**-12}
-    if is_qat:
-        weight_ctr: Any = FusedMovingAvgObsFakeQuantize
-        weight_kwargs["observer"] = MovingAveragePerChannelMinMaxObserver
-    else:
-        weight_ctr = PerChannelMinMaxObserver
     weight = QuantizationSpec(
         dtype=torch.int8,
         quant_min=-128,
@@ -175,7 +167,7 @@ def _x86_config(is_qat: bool, is_dynamic: bool, reduce_range: bool) -> Quantizat
         qscheme=torch.per_channel_symmetric,
         ch_axis=0,
         is_dynamic=False,
-        observer_or_fake_quant_ctr=weight_ctr.with_args(**weight_kwargs),
+        observer_or_fake_quant_ctr=weight_constructor(is_qat, is_per_channel=True),
     )
     return QuantizationConfig(input_activation=act, output_activation=act, weight=weight, bias=None, is_qat=is_qat)
 

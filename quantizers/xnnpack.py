@@ -34,17 +34,10 @@ from torch._ops import OpOverload, OpOverloadPacket
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import set_new_attr
-from pt2q.fake_quantize import FusedMovingAvgObsFakeQuantize
-from pt2q.observer import (
-    MinMaxObserver,
-    MovingAverageMinMaxObserver,
-    MovingAveragePerChannelMinMaxObserver,
-    PerChannelMinMaxObserver,
-)
 from pt2q.pattern import CONV_TRANSPOSE, LINEAR, is_op
 from pt2q.quantizer import Quantizer
 from pt2q.spec import QuantizationConfig, QuantizationSpec
-from pt2q.quantizers.observer_choice import activation_constructor
+from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.annotators import (
     ADAPTIVE_AVG_POOL2D_OPS,
     ADD_OPS,
@@ -144,13 +137,6 @@ def get_symmetric_quantization_config(
         is_dynamic=is_dynamic,
         observer_or_fake_quant_ctr=activation_constructor(is_qat, is_dynamic),
     )
-
-    weight_kwargs: dict[str, Any] = {"eps": 2**-12}
-    if is_qat:
-        weight_ctr: Any = FusedMovingAvgObsFakeQuantize
-        weight_kwargs["observer"] = MovingAveragePerChannelMinMaxObserver if is_per_channel else MovingAverageMinMaxObserver
-    else:
-        weight_ctr = PerChannelMinMaxObserver if is_per_channel else MinMaxObserver
     weight = QuantizationSpec(
         dtype=torch.int8,
         quant_min=weight_qmin,
@@ -158,7 +144,7 @@ def get_symmetric_quantization_config(
         qscheme=torch.per_channel_symmetric if is_per_channel else torch.per_tensor_symmetric,
         ch_axis=0,
         is_dynamic=False,
-        observer_or_fake_quant_ctr=weight_ctr.with_args(**weight_kwargs),
+        observer_or_fake_quant_ctr=weight_constructor(is_qat, is_per_channel),
     )
     return QuantizationConfig(
         input_activation=act,
