@@ -21,7 +21,7 @@ from pt2q.pattern import CONV_TRANSPOSE
 from pt2q.quantizer import ComposableQuantizer, Quantizer
 from pt2q.quantizers import ANNOTATORS, XNNPACKQuantizer, get_annotator, get_symmetric_quantization_config
 from pt2q.spec import Q_ANNOTATION_KEY, QuantizationConfig
-from tests.zoo import Functional
+from tests.zoo import AttentionBlock, Functional
 
 aten = torch.ops.aten
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # from deep-copying ExecuTorch's pattern graphs
@@ -136,23 +136,6 @@ class MLP(nn.Module):
         return self.fc3(F.relu(g)), g
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int = 32, heads: int = 4) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.ff1, self.ff2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(b, t, d)
-        x = x + self.proj(y)
-        return x + self.ff2(F.relu(self.ff1(x)))
-
-
 class ConvTranspose(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -238,7 +221,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], Callable[[], tuple], bool]] = {
     "depthwise": (Depthwise, lambda: (_r(2, 8, 8, 8),), False),
     "conv_variants": (ConvVariants, lambda: (_r(2, 4, 12), _r(1, 2, 5, 6, 6), _r(2, 1, 8, 8)), False),
     "mlp": (MLP, lambda: (_r(4, 32),), False),
-    "attention": (Attention, lambda: (_r(2, 6, 32),), False),
+    "attention": (functools.partial(AttentionBlock, scale_by_mul=True), lambda: (_r(2, 6, 32),), False),
     "conv_transpose": (ConvTranspose, lambda: (_r(2, 4, 8, 8), _r(2, 4, 10)), False),
     "binary": (Binary, lambda: (_r(2, 3, 4, 4), _r(2, 3, 4, 4)), False),
     "functional": (Functional, lambda: (_r(2, 3, 8, 8),), False),

@@ -80,9 +80,12 @@ class MLP(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, dim: int = 32, heads: int = 4) -> None:
+    """Self-attention and a feed-forward layer, each with a residual add. ``scale_by_mul``
+    scales the scores with ``* d**-0.5`` (a mul by a Python scalar) instead of ``/ d**0.5``."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, scale_by_mul: bool = False) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.scale_by_mul = heads, scale_by_mul
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.ff1, self.ff2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
@@ -91,7 +94,9 @@ class AttentionBlock(nn.Module):
         b, t, d = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
-        att = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
+        scores = q @ k.transpose(-2, -1)
+        scores = scores * (d // self.heads) ** -0.5 if self.scale_by_mul else scores / (d // self.heads) ** 0.5
+        att = torch.softmax(scores, dim=-1)
         y = (att @ v).transpose(1, 2).reshape(b, t, d)
         x = x + self.proj(y)
         return x + self.ff2(F.relu(self.ff1(x)))
