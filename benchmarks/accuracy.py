@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.fx import GraphModule
 
 import pt2q
+from pt2q.cli.demo import load_digits  # the digits split the demo uses (80/20, seed 0)
 from pt2q.quantizer import Quantizer
 
 __all__ = ["DigitsNet", "QuantizerEntry", "QUANTIZERS", "AccuracyRow", "load_digits", "measure", "markdown_table"]
@@ -103,18 +104,6 @@ class DigitsNet(nn.Module):
         y = F.relu(self.bn1(self.conv1(x)))
         y = F.max_pool2d(F.relu(self.bn2(self.conv2(y))), 2)
         return self.fc2(F.relu(self.fc1(self.drop(torch.flatten(y, 1)))))
-
-
-def load_digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1797 8x8 digits scaled to [0, 1], split 80/20 at random: x_train, y_train, x_test, y_test."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    data = sklearn_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    split = int(0.8 * len(x))
-    return x[perm[:split]], y[perm[:split]], x[perm[split:]], y[perm[split:]]
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int) -> None:
