@@ -5,8 +5,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 
 
