@@ -156,7 +156,7 @@ def measure_layer_errors(
     sensitive = [to_float[h] for h in quantized_handles if h in to_float] if sensitivity else []
     errors = LayerErrors()
     for batch in batches:
-        float_run = _Run(float_gm)
+        float_run = _Run(float_gm, record=None if sensitive else f_anchor.values())  # sensitivity restarts from any node
         float_out = float_run.run(*batch, enable_io_processing=True)
         f_values = float_run.values
         ref_out = _float_leaves(float_out)

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
-from pt2q.qdq import QDQ_OPS
-from pt2q.quantization_notes import VALUE_OF_KEY
+from pt2q.qdq import CHOOSE_QPARAMS_OPS, QDQ_OPS
+from pt2q.quantization_notes import VALUE_OF_KEY, note, set_note
 
 __all__ = [
     "NUMERIC_DEBUG_HANDLE_KEY",
@@ -112,18 +112,14 @@ def mark_value_of(node: Node, source: Node) -> None:
     (a conv with the BatchNorm after it folded in computes the BatchNorm's output)."""
     handle = value_handle(source)
     if handle is not None:
-        node.meta[CUSTOM_KEY] = {**(node.meta.get(CUSTOM_KEY) or {}), VALUE_OF_KEY: [handle.name, handle.graph_id]}
-
-
-_CHOOSE_QPARAMS = {torch.ops.quantized_decomposed.choose_qparams.tensor,
-                   torch.ops.quantized_decomposed.choose_qparams_symmetric.tensor}
+        set_note(node, VALUE_OF_KEY, [handle.name, handle.graph_id])
 
 
 def _is_qparams(node: Node) -> bool:
     """A run-time ``choose_qparams`` or one of its outputs."""
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], Node):
         node = node.args[0]
-    return node.op == "call_function" and node.target in _CHOOSE_QPARAMS
+    return node.op == "call_function" and node.target in CHOOSE_QPARAMS_OPS
 
 
 def value_handle(node: Node) -> Optional[NodeSourceDebugInfo]:
@@ -139,7 +135,7 @@ def value_handle(node: Node) -> Optional[NodeSourceDebugInfo]:
         return None
     if source.op == "get_attr" or _is_qparams(source):
         return None
-    marked = (source.meta.get(CUSTOM_KEY) or {}).get(VALUE_OF_KEY)
+    marked = note(source, VALUE_OF_KEY)
     return NodeSourceDebugInfo(marked[0], int(marked[1])) if marked else debug_info(source)
 
 

@@ -15,7 +15,7 @@ from pt2q.provenance import copy_provenance
 from pt2q.quantization_notes import OBSERVER_KEY, set_note
 from pt2q.spec import dtype_range, is_per_channel
 
-__all__ = ["replace_observers_with_qdq", "QDQ_OPS", "Q_OPS", "DQ_OPS", "UncalibratedModelError"]
+__all__ = ["replace_observers_with_qdq", "QDQ_OPS", "Q_OPS", "DQ_OPS", "CHOOSE_QPARAMS_OPS", "UncalibratedModelError"]
 
 qd = torch.ops.quantized_decomposed
 Q_OPS = {
@@ -35,6 +35,7 @@ _CHOOSE_QPARAMS = {
     torch.per_tensor_affine: qd.choose_qparams.tensor,
     torch.per_tensor_symmetric: qd.choose_qparams_symmetric.tensor,
 }
+CHOOSE_QPARAMS_OPS = frozenset(_CHOOSE_QPARAMS.values())  # run-time (dynamic) qparams
 
 
 class UncalibratedModelError(RuntimeError):

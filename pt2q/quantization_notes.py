@@ -8,7 +8,7 @@ each write makes a new dictionary, as passes share ``custom`` between nodes.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch.fx import GraphModule, Node
@@ -23,14 +23,15 @@ VALUE_OF_KEY = "pt2q_value_of"  # see pt2q.numeric_debugger.mark_value_of
 NOTE_KEYS = (OBSERVER_KEY, FLOAT_REASON_KEY, VALUE_OF_KEY)
 
 
-def note(node: Node, key: str) -> Optional[str]:
+def note(node: Node, key: str) -> Optional[Any]:
     """The note ``key`` on ``node``, if any."""
     custom = node.meta.get("custom")
     return custom.get(key) if isinstance(custom, dict) else None
 
 
-def set_note(node: Node, key: str, value: str) -> None:
-    """Write the note ``key`` on ``node`` (without touching dictionaries other nodes share)."""
+def set_note(node: Node, key: str, value: Any) -> None:
+    """Write the note ``key`` (a JSON-serializable value) on ``node`` (without touching
+    dictionaries other nodes share)."""
     node.meta["custom"] = {**(node.meta.get("custom") or {}), key: value}
 
 

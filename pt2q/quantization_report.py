@@ -30,14 +30,12 @@ from pt2q.attrs import constant_attr
 from pt2q.insert_observers import is_observer_node
 from pt2q.layer_errors import LayerErrors, match_handles, measure_layer_errors
 from pt2q.numeric_debugger import NodeSourceDebugInfo, debug_info, module_path, value_handle
-from pt2q.qdq import DQ_OPS, Q_OPS
+from pt2q.qdq import CHOOSE_QPARAMS_OPS, DQ_OPS, Q_OPS
 from pt2q.quantization_notes import FLOAT_REASON_KEY, OBSERVER_KEY, note
 
 __all__ = ["TensorQuantization", "ReportRow", "QuantizationReport", "report", "as_batches"]
 
-_CHOOSE = {torch.ops.quantized_decomposed.choose_qparams.tensor,
-           torch.ops.quantized_decomposed.choose_qparams_symmetric.tensor}
-_QUANT_MACHINERY = Q_OPS | DQ_OPS | _CHOOSE | {operator.getitem}
+_QUANT_MACHINERY = Q_OPS | DQ_OPS | CHOOSE_QPARAMS_OPS | {operator.getitem}
 _DTYPE_NAMES = {torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32"}
 
 
@@ -291,10 +289,29 @@ def _describe(gm: GraphModule, members: list[Node]) -> tuple[TensorQuantization,
     return tuple(found)
 
 
+def _op_nodes(members: list[Node]) -> list[Node]:
+    """A layer's operators, without the quantize/dequantize/qparams nodes around them."""
+    return [m for m in members if m.op == "call_function" and m.target not in _QUANT_MACHINERY]
+
+
 def _value_of(members: list[Node]) -> Optional[NodeSourceDebugInfo]:
-    """The float value a layer's result holds: its last operator's (Q/DQ excluded)."""
-    ops = [m for m in members if m.op == "call_function" and m.target not in _QUANT_MACHINERY]
+    """The float value a layer's result holds: its last operator's."""
+    ops = _op_nodes(members)
     return value_handle(ops[-1]) if ops else None
+
+
+def _row_order(f_gm: Optional[GraphModule], q_gm: GraphModule, members: dict[NodeSourceDebugInfo, list[Node]],
+               to_float: dict[NodeSourceDebugInfo, NodeSourceDebugInfo]) -> list[tuple[Any, Any, Optional[Node]]]:
+    """(float handle, quantized handle or None, float node or None) per row: the float graph's
+    operators in order, or without a float graph the quantized graph's layers by first operator."""
+    if f_gm is not None:
+        from_float = {f: q for q, f in to_float.items()}
+        return [(f, from_float.get(f), n) for n in f_gm.graph.nodes
+                if n.op == "call_function" and (f := debug_info(n)) is not None]
+    position = {n: i for i, n in enumerate(q_gm.graph.nodes)}
+    layers = [(h, ms) for h, ms in members.items() if any(m.op == "call_function" for m in ms)]
+    layers.sort(key=lambda item: position[(_op_nodes(item[1]) or item[1])[0]])
+    return [(h, h, None) for h, _ in layers]
 
 
 def _float_reason(members: list[Node], float_node: Optional[Node], folded_into: Optional[str] = None) -> str:
@@ -334,10 +351,10 @@ def report(
                          f"{', ...' if len(observers) > 3 else ''}): calibrate it and call convert_pt2e first")
     batches = as_batches(inputs)
     f_gm = _float_graph(float_model, batches)
-    handle_of = {n: h for n in q_gm.graph.nodes if (h := debug_info(n)) is not None}
-    members: dict[NodeSourceDebugInfo, list[Node]] = {}
-    for n, h in handle_of.items():
-        members.setdefault(h, []).append(n)
+    members: dict[NodeSourceDebugInfo, list[Node]] = {}  # each layer's nodes in the quantized graph
+    for n in q_gm.graph.nodes:
+        if (h := debug_info(n)) is not None:
+            members.setdefault(h, []).append(n)
     to_float = match_handles(f_gm, q_gm) if f_gm is not None else {h: h for h in members}
     quantization = {h: _describe(q_gm, ms) for h, ms in members.items()}
 
@@ -350,25 +367,10 @@ def report(
             errors = measure_layer_errors(f_gm, q_gm, batches, owned, sensitivity)
     folded_into = {v: h.name for h, v in value_of.items() if v is not None and v != h}
 
-    # rows in the float graph's order (the quantized graph's when no float graph is given)
-    from_float = {f: q for q, f in to_float.items()}
-    if f_gm is not None:
-        order = [(f, from_float.get(f), n) for n in f_gm.graph.nodes
-                 if n.op == "call_function" and (f := debug_info(n)) is not None]
-    else:
-        position = {n: i for i, n in enumerate(q_gm.graph.nodes)}
-
-        def first_op(ms: list[Node]) -> int:
-            ops = [m for m in ms if m.op == "call_function" and m.target not in _QUANT_MACHINERY] or ms
-            return position[ops[0]]
-
-        order = [(h, h, None) for h, ms in sorted(members.items(), key=lambda item: first_op(item[1]))
-                 if any(m.op == "call_function" for m in ms)]
     rows = []
-    for f_handle, q_handle, f_node in order:
+    for f_handle, q_handle, f_node in _row_order(f_gm, q_gm, members, to_float):
         ms = members.get(q_handle, []) if q_handle is not None else []
-        op_nodes = [m for m in ms if m.op == "call_function" and m.target not in _QUANT_MACHINERY]
-        shown = f_node if f_node is not None else (op_nodes or ms)[-1]
+        shown = f_node if f_node is not None else (_op_nodes(ms) or ms)[-1]
         quant = quantization.get(q_handle, ()) if q_handle is not None else ()
 
         measured = to_float.get(value_of.get(q_handle)) if ms else None
