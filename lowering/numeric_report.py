@@ -10,12 +10,12 @@ itself, through the ExecuTorch runtime.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
 import torch
 from torch.export import ExportedProgram
-from torch.utils import _pytree as pytree
 
 from pt2q.layer_errors import ErrorStats
 from pt2q.lowering.delegation_report import is_qdq_op
@@ -32,10 +32,6 @@ class LoweredReport(QuantizationReport):
     def __init__(self, base: QuantizationReport, rows: list, runtime_output_sqnr: Any, notes: list[str]) -> None:
         super().__init__(rows, base.output_sqnr, base.batches, notes)
         self.runtime_output_sqnr = runtime_output_sqnr
-
-
-def _float_leaves(value: Any) -> list[torch.Tensor]:
-    return [t for t in pytree.tree_leaves(value) if isinstance(t, torch.Tensor) and t.is_floating_point()]
 
 
 def numeric_report(lowered: LoweredProgram, float_model: Any, inputs: Any, *, sensitivity: bool = True) -> LoweredReport:
@@ -57,12 +53,11 @@ def numeric_report(lowered: LoweredProgram, float_model: Any, inputs: Any, *, se
     if base.batches:
         run_float = float_model.module() if isinstance(float_model, ExportedProgram) else float_model
         if not isinstance(run_float, torch.fx.GraphModule):
-            run_float = run_float.eval()
+            run_float = copy.deepcopy(run_float).eval()  # the caller's module keeps its mode
         program, stats = load(lowered.buffer), ErrorStats()
         with torch.no_grad():
             for batch in as_batches(inputs):
-                for ref, out in zip(_float_leaves(run_float(*batch)), _float_leaves(program(*batch))):
-                    stats.add(ref, out)
+                stats.add_outputs(run_float(*batch), program(*batch))
         runtime_sqnr = stats.sqnr
         notes.append(f"output SQNR of the .pte on the ExecuTorch runtime: {runtime_sqnr:.1f} dB "
                      f"(the Q/DQ program it was lowered from: {base.output_sqnr:.1f} dB)")

@@ -49,6 +49,11 @@ class ErrorStats:
         self.count += ref.numel()
         self.max_abs = max(self.max_abs, float(diff.abs().max())) if diff.numel() else self.max_abs
 
+    def add_outputs(self, reference: Any, actual: Any) -> None:
+        """Add the float tensors of two model outputs of the same structure, pairwise."""
+        for ref, act in zip(_float_leaves(reference), _float_leaves(actual)):
+            self.add(ref, act)
+
     @property
     def sqnr(self) -> float:
         if self.noise == 0.0:
@@ -159,13 +164,11 @@ def measure_layer_errors(
         float_run = _Run(float_gm, record=None if sensitive else f_anchor.values())  # sensitivity restarts from any node
         float_out = float_run.run(*batch, enable_io_processing=True)
         f_values = float_run.values
-        ref_out = _float_leaves(float_out)
         by_handle = {h: f_values[n] for h, n in f_anchor.items() if n in f_values}
 
         cumulative = _Run(quantized, record=q_anchor.values())
         q_out = cumulative.run(*batch, enable_io_processing=True)
-        for ref, act in zip(ref_out, _float_leaves(q_out)):
-            errors.output.add(ref, act)
+        errors.output.add_outputs(float_out, q_out)
 
         def feed(user: Node, arg: Node, value: Any) -> Any:
             # a value crossing from one layer into another comes from the float model
@@ -193,8 +196,6 @@ def measure_layer_errors(
             env = {n: v for n, v in f_values.items() if n not in downstream}
             env[f_node] = local
             out = _Run(float_gm, record=[]).run(*batch, initial_env=env, enable_io_processing=True)
-            stats = errors.sensitivity.setdefault(h, ErrorStats())
-            for ref, act in zip(ref_out, _float_leaves(out)):
-                stats.add(ref, act)
+            errors.sensitivity.setdefault(h, ErrorStats()).add_outputs(float_out, out)
         errors.batches += 1
     return errors
