@@ -10,14 +10,16 @@ Usage: ``python -m benchmarks.accuracy [--epochs N] [--qat-epochs N]``.
 
 ``tests/test_qat.py`` runs the same code with fewer epochs.
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -48,7 +50,9 @@ def _xnnpack() -> QuantizerEntry:
     from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
     def make(is_qat: bool) -> Callable[[], Quantizer]:
-        return lambda: XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
+        return lambda: XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat)
+        )
 
     return QuantizerEntry("XNNPACK (per-channel)", make(False), make(True))
 
@@ -72,7 +76,9 @@ def _torchao_xnnpack() -> QuantizerEntry:
         def build() -> Quantizer:
             from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as et
 
-            return et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat))
+            return et.XNNPACKQuantizer().set_global(
+                et.get_symmetric_quantization_config(is_per_channel=True, is_qat=is_qat)
+            )
 
         return build
 
@@ -80,9 +86,12 @@ def _torchao_xnnpack() -> QuantizerEntry:
         import torchao.quantization.pt2e as ao
         from torchao.quantization.pt2e import quantize_pt2e
 
-        return SimpleNamespace(prepare_pt2e=quantize_pt2e.prepare_pt2e, prepare_qat_pt2e=quantize_pt2e.prepare_qat_pt2e,
-                               convert_pt2e=quantize_pt2e.convert_pt2e,
-                               move_exported_model_to_eval=ao.move_exported_model_to_eval)
+        return SimpleNamespace(
+            prepare_pt2e=quantize_pt2e.prepare_pt2e,
+            prepare_qat_pt2e=quantize_pt2e.prepare_qat_pt2e,
+            convert_pt2e=quantize_pt2e.convert_pt2e,
+            move_exported_model_to_eval=ao.move_exported_model_to_eval,
+        )
 
     return QuantizerEntry("torchao XNNPACK (per-channel)", make(False), make(True), api)
 
@@ -114,7 +123,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: f
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), BATCH):
-            idx = perm[i:i + BATCH]
+            idx = perm[i : i + BATCH]
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
@@ -136,7 +145,7 @@ def post_training_quantize(
 ) -> GraphModule:
     prepared = api.prepare_pt2e(_export(model.eval(), x[:BATCH]), quantizer)
     for i in range(batches):
-        prepared(x[i * BATCH:(i + 1) * BATCH])
+        prepared(x[i * BATCH : (i + 1) * BATCH])
     return api.convert_pt2e(prepared)
 
 
@@ -178,8 +187,11 @@ def measure(
         api = entry.api()
         ptq = post_training_quantize(model, entry.ptq(), x_train, calibration_batches, api)
         qat = quantization_aware_train(model, entry.qat(), x_train, y_train, qat_epochs, qat_lr, api)
-        rows.append(AccuracyRow(entry.name, fp32, accuracy(ptq, x_test, y_test), accuracy(qat, x_test, y_test),
-                                time.perf_counter() - t0))
+        rows.append(
+            AccuracyRow(
+                entry.name, fp32, accuracy(ptq, x_test, y_test), accuracy(qat, x_test, y_test), time.perf_counter() - t0
+            )
+        )
     return rows
 
 

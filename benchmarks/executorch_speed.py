@@ -9,12 +9,13 @@ own ``to_edge_transform_and_lower`` + ``XnnpackPartitioner``.
 
     python -m benchmarks.executorch_speed [--small] [--runs N]
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -22,7 +23,15 @@ import pt2q.runtime as runtime
 from benchmarks.flows import calibration_batches, quantize, xnnpack_flows
 from pt2q.lowering import to_executorch
 
-__all__ = ["VARIANTS", "export_variants", "lower_to_pte", "lower_variants", "pte_latencies", "executorch_latencies", "main"]
+__all__ = [
+    "VARIANTS",
+    "export_variants",
+    "lower_to_pte",
+    "lower_variants",
+    "pte_latencies",
+    "executorch_latencies",
+    "main",
+]
 
 VARIANTS = ("fp32", "torchao_int8", "pt2q_int8")
 
@@ -44,7 +53,9 @@ def lower_to_pte(name: str, program: torch.export.ExportedProgram) -> bytes:
     return _executorch_lower(program)
 
 
-def export_variants(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, torch.export.ExportedProgram]:
+def export_variants(
+    model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]
+) -> dict[str, torch.export.ExportedProgram]:
     """``fp32``, ``torchao_int8`` and ``pt2q_int8`` exported programs of ``model`` (same calibration data)."""
     model = model.eval()
     example = tuple(example_inputs)
@@ -60,7 +71,9 @@ def lower_variants(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor
     return {name: lower_to_pte(name, program) for name, program in export_variants(model, example_inputs).items()}
 
 
-def pte_latencies(buffers: dict[str, bytes], example: tuple, runs: int, warmup: int, rounds: int = 3) -> dict[str, float]:
+def pte_latencies(
+    buffers: dict[str, bytes], example: tuple, runs: int, warmup: int, rounds: int = 3
+) -> dict[str, float]:
     """Single-thread latency (ms) of each ``.pte`` buffer: the best of ``rounds`` medians over ``runs`` calls.
 
     Within a round the programs are called in turn, in a fresh random order each time

@@ -1,4 +1,5 @@
 """Benchmark models with the shapes of well-known networks (random weights; no downloads)."""
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,9 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
         blocks, cin = [], 64
         for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
             blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
@@ -46,8 +49,11 @@ class InvertedResidual(nn.Module):
         if expand != 1:
             layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
         layers += [
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         ]
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
@@ -59,7 +65,15 @@ class InvertedResidual(nn.Module):
 class MobileNetV2(nn.Module):
     """MobileNetV2's layout (width 1.0): inverted residual blocks with depthwise convolutions."""
 
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    SETTINGS = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
     def __init__(self, num_classes: int = 1000) -> None:
         super().__init__()
@@ -127,6 +141,9 @@ def benchmark_models(small: bool = False) -> dict[str, tuple[nn.Module, tuple[to
     return {
         "resnet18": (ResNet18().eval(), (torch.randn(1, 3, side, side),)),
         "mobilenet_v2": (MobileNetV2().eval(), (torch.randn(1, 3, side, side),)),
-        "bert_encoder_12l": (BertEncoder(layers=2 if small else 12).eval(), (torch.randn(1, 32 if small else 128, 256),)),
+        "bert_encoder_12l": (
+            BertEncoder(layers=2 if small else 12).eval(),
+            (torch.randn(1, 32 if small else 128, 256),),
+        ),
         "mlp": (MLP().eval(), (torch.randn(8, 512),)),
     }

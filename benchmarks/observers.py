@@ -7,11 +7,12 @@ already-initialized observer fed a fresh batch drawn from the same distribution
 does), plus ``HistogramObserver.calculate_qparams``. One thread, as in
 ``benchmarks/overhead.py``. Usage: ``python -m benchmarks.observers [--repeats N]``.
 """
+
 from __future__ import annotations
 
 import argparse
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,6 +7,7 @@
 Both flows use the same model and the XNNPACK per-channel config. Medians over repeats.
 Usage: ``python -m benchmarks.overhead [--quick] [--models resnet18,...]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ import copy
 import functools
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -61,8 +62,11 @@ def measure(model: torch.nn.Module, example: tuple, repeats: int) -> dict[str, d
             convert(prepared)
             prep_conv.append(t_prepare + time.perf_counter() - t0)
         t_calib = statistics.median(calib)
-        results[name] = {"prepare_convert_s": statistics.median(prep_conv), "calib_ratio": t_calib / t_fp32,
-                         "calib_overhead": t_calib / t_fp32 - 1}
+        results[name] = {
+            "prepare_convert_s": statistics.median(prep_conv),
+            "calib_ratio": t_calib / t_fp32,
+            "calib_overhead": t_calib / t_fp32 - 1,
+        }
     return results
 
 

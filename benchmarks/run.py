@@ -13,6 +13,7 @@ numbers measured in this same run. Suites:
 
     python -m benchmarks.run [--small] [--suites speed,overhead,size,accuracy] [--models mlp,...] [--out PATH]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ import platform
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -57,10 +58,28 @@ class Settings:
     qat_epochs: int  # digits: QAT fine-tuning epochs
 
 
-FULL = Settings(False, ALL_MODELS, x86_runs=20, pte_runs=20, pte_rounds=3, overhead_repeats=3, sqnr_batches=4,
-                epochs=12, qat_epochs=4)
-SMALL = Settings(True, ("mlp", "resnet18"), x86_runs=5, pte_runs=5, pte_rounds=2, overhead_repeats=1,
-                 sqnr_batches=2, epochs=3, qat_epochs=1)
+FULL = Settings(
+    False,
+    ALL_MODELS,
+    x86_runs=20,
+    pte_runs=20,
+    pte_rounds=3,
+    overhead_repeats=3,
+    sqnr_batches=4,
+    epochs=12,
+    qat_epochs=4,
+)
+SMALL = Settings(
+    True,
+    ("mlp", "resnet18"),
+    x86_runs=5,
+    pte_runs=5,
+    pte_rounds=2,
+    overhead_repeats=1,
+    sqnr_batches=2,
+    epochs=3,
+    qat_epochs=1,
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +118,10 @@ def ratio_table(
 ) -> str:
     """Markdown table: one row per model, ``columns`` (key -> header) formatted with ``fmt``, then
     ``ratios`` (header -> (numerator key, denominator key)) to two decimals; missing cells are "–"."""
-    lines = ["| model | " + " | ".join([*columns.values(), *ratios]) + " |",
-             "|---|" + "---:|" * (len(columns) + len(ratios))]
+    lines = [
+        "| model | " + " | ".join([*columns.values(), *ratios]) + " |",
+        "|---|" + "---:|" * (len(columns) + len(ratios)),
+    ]
     for model, row in rows.items():
         cells = [fmt.format(row[key]) if key in row else "–" for key in columns]
         cells += [f"{row[a] / row[b]:.2f}" if a in row and b in row else "–" for a, b in ratios.values()]
@@ -127,59 +148,93 @@ def speed_suite(models: Models, variants: Variants, settings: Settings) -> list[
         except Exception as exc:  # one backend failing must not lose the other numbers
             _failed("x86 timing", name, exc)
         try:
-            pte[name] = pte_latencies(variants.ptes(name), example, settings.pte_runs, warmup=3, rounds=settings.pte_rounds)
+            pte[name] = pte_latencies(
+                variants.ptes(name), example, settings.pte_runs, warmup=3, rounds=settings.pte_rounds
+            )
         except Exception as exc:
             _failed("ExecuTorch timing", name, exc)
     x86_table = ratio_table(
         x86,
-        {BASELINE: "fp32 eager ms", "fp32 compiled (Inductor)": "fp32 Inductor ms",
-         "pt2q int8 (x86)": "pt2q int8 ms", "torchao int8 (x86)": "torchao int8 ms"},
-        {"speed-up pt2q": (BASELINE, "pt2q int8 (x86)"), "speed-up torchao": (BASELINE, "torchao int8 (x86)"),
-         "pt2q/torchao latency": ("pt2q int8 (x86)", "torchao int8 (x86)")},
+        {
+            BASELINE: "fp32 eager ms",
+            "fp32 compiled (Inductor)": "fp32 Inductor ms",
+            "pt2q int8 (x86)": "pt2q int8 ms",
+            "torchao int8 (x86)": "torchao int8 ms",
+        },
+        {
+            "speed-up pt2q": (BASELINE, "pt2q int8 (x86)"),
+            "speed-up torchao": (BASELINE, "torchao int8 (x86)"),
+            "pt2q/torchao latency": ("pt2q int8 (x86)", "torchao int8 (x86)"),
+        },
     )
     pte_table = ratio_table(
         pte,
         {"fp32": "fp32 .pte ms", "pt2q_int8": "pt2q int8 .pte ms", "torchao_int8": "torchao int8 .pte ms"},
-        {"speed-up pt2q": ("fp32", "pt2q_int8"), "speed-up torchao": ("fp32", "torchao_int8"),
-         "pt2q/torchao latency": ("pt2q_int8", "torchao_int8")},
+        {
+            "speed-up pt2q": ("fp32", "pt2q_int8"),
+            "speed-up torchao": ("fp32", "torchao_int8"),
+            "pt2q/torchao latency": ("pt2q_int8", "torchao_int8"),
+        },
     )
     return [
-        Section("Speed: x86 through Inductor", (
-            f"Median latency of one call (ms), one thread, batch of the example input. The four columns are timed "
-            f"in turn, in a fresh random order each round, over {settings.x86_runs} rounds after 3 warm-up calls. "
-            "int8: `X86InductorQuantizer` (pt2q's, resp. torchao's), calibrated on 2 random batches; pt2q lowered "
-            "with `compile_quantized_for_x86`, torchao with `torch.compile` + freezing. speed-up = fp32 eager / int8."
-        ), x86_table),
-        Section("Speed: ExecuTorch (XNNPACK delegate)", (
-            f"Median latency (ms) of a loaded `.pte`, ExecuTorch thread pool of 1: best of {settings.pte_rounds} "
-            f"medians, each over {settings.pte_runs} rounds in which the three programs are called in turn, in a "
-            "fresh random order (3 warm-up calls first). int8: XNNPACK "
-            "per-channel symmetric config, pt2q's flow + `pt2q.lowering.to_executorch` vs torchao's flow + "
-            "ExecuTorch's `to_edge_transform_and_lower`. speed-up = fp32 .pte / int8 .pte."
-        ), pte_table),
+        Section(
+            "Speed: x86 through Inductor",
+            (
+                f"Median latency of one call (ms), one thread, batch of the example input. The four columns are timed "
+                f"in turn, in a fresh random order each round, over {settings.x86_runs} rounds after 3 warm-up calls. "
+                "int8: `X86InductorQuantizer` (pt2q's, resp. torchao's), calibrated on 2 random batches; pt2q lowered "
+                "with `compile_quantized_for_x86`, torchao with `torch.compile` + freezing. speed-up = fp32 eager / int8."
+            ),
+            x86_table,
+        ),
+        Section(
+            "Speed: ExecuTorch (XNNPACK delegate)",
+            (
+                f"Median latency (ms) of a loaded `.pte`, ExecuTorch thread pool of 1: best of {settings.pte_rounds} "
+                f"medians, each over {settings.pte_runs} rounds in which the three programs are called in turn, in a "
+                "fresh random order (3 warm-up calls first). int8: XNNPACK "
+                "per-channel symmetric config, pt2q's flow + `pt2q.lowering.to_executorch` vs torchao's flow + "
+                "ExecuTorch's `to_edge_transform_and_lower`. speed-up = fp32 .pte / int8 .pte."
+            ),
+            pte_table,
+        ),
     ]
 
 
 def overhead_suite(models: Models, variants: Variants, settings: Settings) -> list[Section]:
     """prepare+convert time and calibration-forward cost, pt2q vs torchao (XNNPACK per-channel)."""
-    results = {name: overhead.measure(*models[name], settings.overhead_repeats) for name in _progress(models, "overhead")}
-    return [Section("Overhead: prepare + convert, calibration", (
-        f"Wall time of `prepare_pt2e` + `convert_pt2e` (export excluded; median of {settings.overhead_repeats}, "
-        "after one warm-up of each flow on a tiny model). calib/fp32: median time of a calibration forward of the "
-        "prepared model (3 calls per repeat, after the first) over the median fp32 forward of the exported model "
-        f"({3 * settings.overhead_repeats} calls). Overhead ratio = (pt2q calib/fp32 - 1) / (torchao calib/fp32 - 1), "
-        "noisy where a calibration forward costs about one fp32 forward. One thread, XNNPACK per-channel config."
-    ), overhead.markdown_table(results))]
+    results = {
+        name: overhead.measure(*models[name], settings.overhead_repeats) for name in _progress(models, "overhead")
+    }
+    return [
+        Section(
+            "Overhead: prepare + convert, calibration",
+            (
+                f"Wall time of `prepare_pt2e` + `convert_pt2e` (export excluded; median of {settings.overhead_repeats}, "
+                "after one warm-up of each flow on a tiny model). calib/fp32: median time of a calibration forward of the "
+                "prepared model (3 calls per repeat, after the first) over the median fp32 forward of the exported model "
+                f"({3 * settings.overhead_repeats} calls). Overhead ratio = (pt2q calib/fp32 - 1) / (torchao calib/fp32 - 1), "
+                "noisy where a calibration forward costs about one fp32 forward. One thread, XNNPACK per-channel config."
+            ),
+            overhead.markdown_table(results),
+        )
+    ]
 
 
 def size_suite(models: Models, variants: Variants, settings: Settings) -> list[Section]:
     """Saved .pt2 and .pte bytes of fp32, pt2q int8 and torchao int8."""
     results = {name: size.sizes(variants.programs(name), variants.ptes(name)) for name in _progress(models, "size")}
-    return [Section("Size on disk", (
-        "`.pt2`: bytes written by `torch.export.save` of the exported fp32 program and of the re-exported "
-        "converted int8 programs; `.pte`: bytes of the ExecuTorch program with the XNNPACK delegate. "
-        "XNNPACK per-channel config for both flows; KiB = 1024 bytes; sizes are deterministic (no repeats)."
-    ), size.markdown_table(results))]
+    return [
+        Section(
+            "Size on disk",
+            (
+                "`.pt2`: bytes written by `torch.export.save` of the exported fp32 program and of the re-exported "
+                "converted int8 programs; `.pte`: bytes of the ExecuTorch program with the XNNPACK delegate. "
+                "XNNPACK per-channel config for both flows; KiB = 1024 bytes; sizes are deterministic (no repeats)."
+            ),
+            size.markdown_table(results),
+        )
+    ]
 
 
 def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
@@ -194,35 +249,55 @@ def accuracy_suite(models: Models, variants: Variants, settings: Settings) -> li
     for name in _progress(models, "accuracy"):
         modules = {variant: program.module() for variant, program in variants.programs(name).items()}
         g = torch.Generator().manual_seed(2)
-        batches = [tuple(torch.randn(x.shape, generator=g) for x in models[name][1]) for _ in range(settings.sqnr_batches)]
+        batches = [
+            tuple(torch.randn(x.shape, generator=g) for x in models[name][1]) for _ in range(settings.sqnr_batches)
+        ]
         with torch.no_grad():
             out = {v: torch.cat([m(*b).flatten() for b in batches]) for v, m in modules.items()}
-        sqnr[name] = {"pt2q": sqnr_db(out["fp32"], out["pt2q_int8"]), "torchao": sqnr_db(out["fp32"], out["torchao_int8"]),
-                      "agree": sqnr_db(out["torchao_int8"], out["pt2q_int8"])}
-    lines = ["| model | pt2q int8 vs fp32 dB | torchao int8 vs fp32 dB | pt2q - torchao dB | pt2q vs torchao output dB |",
-             "|---|---:|---:|---:|---:|"]
-    lines += [f"| {n} | {r['pt2q']:.2f} | {r['torchao']:.2f} | {r['pt2q'] - r['torchao']:+.2f} | {r['agree']:.2f} |"
-              for n, r in sqnr.items()]
+        sqnr[name] = {
+            "pt2q": sqnr_db(out["fp32"], out["pt2q_int8"]),
+            "torchao": sqnr_db(out["fp32"], out["torchao_int8"]),
+            "agree": sqnr_db(out["torchao_int8"], out["pt2q_int8"]),
+        }
+    lines = [
+        "| model | pt2q int8 vs fp32 dB | torchao int8 vs fp32 dB | pt2q - torchao dB | pt2q vs torchao output dB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {n} | {r['pt2q']:.2f} | {r['torchao']:.2f} | {r['pt2q'] - r['torchao']:+.2f} | {r['agree']:.2f} |"
+        for n, r in sqnr.items()
+    ]
     rows = accuracy.measure(accuracy.QUANTIZERS, epochs=settings.epochs, qat_epochs=settings.qat_epochs)
     n_test = len(accuracy.load_digits()[3])
     digits = accuracy.markdown_table(rows, n_test)  # its caption line is replaced by the section's text
     return [
-        Section("Accuracy: SQNR against fp32", (
-            f"SQNR (dB, higher is better) of the int8 model's outputs against the fp32 model's on "
-            f"{settings.sqnr_batches} fresh random batches (the models have random weights, so this measures "
-            "numerics, not task accuracy). XNNPACK per-channel config, 2 calibration batches, quantized graphs "
-            "run in PyTorch (Q/DQ reference kernels). Last column: pt2q's output against torchao's (inf: bit-identical)."
-        ), "\n".join(lines)),
-        Section("Accuracy: digits (real data)", (
-            f"DigitsNet (conv-BN x2, 2 linear) trained {settings.epochs} epochs on scikit-learn's digits, then PTQ "
-            f"(8 calibration batches) and QAT ({settings.qat_epochs} epochs) with each quantizer; accuracy (%) on "
-            f"the {n_test} held-out test images; one run, fixed seeds."
-        ), "\n".join(line for line in digits.splitlines() if line.startswith("|"))),
+        Section(
+            "Accuracy: SQNR against fp32",
+            (
+                f"SQNR (dB, higher is better) of the int8 model's outputs against the fp32 model's on "
+                f"{settings.sqnr_batches} fresh random batches (the models have random weights, so this measures "
+                "numerics, not task accuracy). XNNPACK per-channel config, 2 calibration batches, quantized graphs "
+                "run in PyTorch (Q/DQ reference kernels). Last column: pt2q's output against torchao's (inf: bit-identical)."
+            ),
+            "\n".join(lines),
+        ),
+        Section(
+            "Accuracy: digits (real data)",
+            (
+                f"DigitsNet (conv-BN x2, 2 linear) trained {settings.epochs} epochs on scikit-learn's digits, then PTQ "
+                f"(8 calibration batches) and QAT ({settings.qat_epochs} epochs) with each quantizer; accuracy (%) on "
+                f"the {n_test} held-out test images; one run, fixed seeds."
+            ),
+            "\n".join(line for line in digits.splitlines() if line.startswith("|")),
+        ),
     ]
 
 
 SUITES: dict[str, Callable[[Models, Variants, Settings], list[Section]]] = {
-    "speed": speed_suite, "overhead": overhead_suite, "size": size_suite, "accuracy": accuracy_suite,
+    "speed": speed_suite,
+    "overhead": overhead_suite,
+    "size": size_suite,
+    "accuracy": accuracy_suite,
 }
 
 
@@ -251,30 +326,35 @@ def header(settings: Settings, models: Models, argv: Sequence[str], seconds: flo
         f"{n} ({sum(p.numel() for p in m.parameters()) / 1e6:.1f}M params, input {'x'.join(map(str, ex[0].shape))})"
         for n, (m, ex) in models.items()
     )
-    return "\n".join([
-        "# pt2q benchmark results",
-        "",
-        f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, "
-        f"VNNI: {'yes' if cpu_has_vnni() else 'no'}; Python {platform.python_version()}",
-        f"- Versions: torch {torch.__version__}, torchao {_version('torchao')}, executorch {_version('executorch')}, "
-        f"pt2q {_version('pt2q')}",
-        f"- Date: {datetime.date.today().isoformat()}; command: `{' '.join(['python -m benchmarks.run', *argv])}`; "
-        f"total {seconds / 60:.1f} min",
-        f"- Models ({'small' if settings.small else 'full'} sizes, random weights): {shapes}",
-        "- Method: every number below was measured in this one run, in one process with one thread "
-        "(`torch.set_num_threads(1)`, ExecuTorch thread pool of 1); latencies are medians as stated per table; "
-        "every ratio divides two numbers of the same run. The machine is shared, so absolute times are noisy; "
-        "ratios of interleaved measurements are the robust part.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# pt2q benchmark results",
+            "",
+            f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, "
+            f"VNNI: {'yes' if cpu_has_vnni() else 'no'}; Python {platform.python_version()}",
+            f"- Versions: torch {torch.__version__}, torchao {_version('torchao')}, executorch {_version('executorch')}, "
+            f"pt2q {_version('pt2q')}",
+            f"- Date: {datetime.date.today().isoformat()}; command: `{' '.join(['python -m benchmarks.run', *argv])}`; "
+            f"total {seconds / 60:.1f} min",
+            f"- Models ({'small' if settings.small else 'full'} sizes, random weights): {shapes}",
+            "- Method: every number below was measured in this one run, in one process with one thread "
+            "(`torch.set_num_threads(1)`, ExecuTorch thread pool of 1); latencies are medians as stated per table; "
+            "every ratio divides two numbers of the same run. The machine is shared, so absolute times are noisy; "
+            "ratios of interleaved measurements are the robust part.",
+            "",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> str:
     """Run the chosen suites, print the Markdown document and write it to ``--out``; return it."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", action="store_true",
-                        help=f"small inputs, 2-layer encoder, fewer repeats, models {','.join(SMALL.models)} (~2 min)")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help=f"small inputs, 2-layer encoder, fewer repeats, models {','.join(SMALL.models)} (~2 min)",
+    )
     parser.add_argument("--suites", default=",".join(SUITES), help="comma-separated subset of " + ",".join(SUITES))
     parser.add_argument("--models", default=None, help="comma-separated subset of " + ",".join(ALL_MODELS))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown file to write (default: %(default)s)")
@@ -294,12 +374,16 @@ def main(argv: Sequence[str] | None = None) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sections = [section for suite in tqdm(suites, desc="suites", file=sys.stderr)
-                        for section in SUITES[suite](models, variants, settings)]
+            sections = [
+                section
+                for suite in tqdm(suites, desc="suites", file=sys.stderr)
+                for section in SUITES[suite](models, variants, settings)
+            ]
     finally:
         torch.set_num_threads(threads)
-    document = header(settings, models, argv, time.perf_counter() - start) + "\n" + "\n".join(
-        s.markdown() for s in sections)
+    document = (
+        header(settings, models, argv, time.perf_counter() - start) + "\n" + "\n".join(s.markdown() for s in sections)
+    )
     print(document)
     args.out.write_text(document)
     return document

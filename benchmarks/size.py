@@ -7,11 +7,12 @@ symmetric config (``benchmarks/flows.py``). ``.pt2``: bytes written by
 
     python -m benchmarks.size [--small] [--models mlp,resnet18,...]
 """
+
 from __future__ import annotations
 
 import argparse
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -32,8 +33,10 @@ def pt2_bytes(program: torch.export.ExportedProgram) -> int:
 
 def sizes(programs: dict[str, torch.export.ExportedProgram], ptes: dict[str, bytes]) -> dict[str, dict[str, int]]:
     """``{".pt2" | ".pte": {variant: bytes}}`` from each variant's exported program and ``.pte`` buffer."""
-    return {".pt2": {name: pt2_bytes(program) for name, program in programs.items()},
-            ".pte": {name: len(buffer) for name, buffer in ptes.items()}}
+    return {
+        ".pt2": {name: pt2_bytes(program) for name, program in programs.items()},
+        ".pte": {name: len(buffer) for name, buffer in ptes.items()},
+    }
 
 
 def measure(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> dict[str, dict[str, int]]:

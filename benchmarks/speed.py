@@ -17,6 +17,7 @@ weights; int8 models calibrated on random inputs, which is fine for timing).
 
 Usage: ``python -m benchmarks.speed [--small] [--models resnet18,mobilenet_v2,bert_encoder_12l] [--runs N]``
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,8 @@ import random
 import statistics
 import time
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,8 +37,15 @@ from benchmarks.flows import Flow, calibration_batches, quantize
 from benchmarks.models import benchmark_models
 
 __all__ = [
-    "ColumnSet", "BASELINE", "median_ms", "interleaved_medians_ms", "x86_latencies", "column_sets", "measure",
-    "markdown_table", "main",
+    "ColumnSet",
+    "BASELINE",
+    "median_ms",
+    "interleaved_medians_ms",
+    "x86_latencies",
+    "column_sets",
+    "measure",
+    "markdown_table",
+    "main",
 ]
 
 ColumnSet = Callable[[nn.Module, tuple], dict[str, float]]

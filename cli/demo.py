@@ -1,6 +1,7 @@
 """The main job: train a small CNN on scikit-learn's digits, quantize it to int8 with each
 pt2q quantizer that applies, lower it to a real int8 runtime (ExecuTorch's XNNPACK ``.pte``,
 Inductor's oneDNN kernels on x86) and print fp32 vs int8 accuracy, size, latency and SQNR."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,6 @@ import pt2q
 from pt2q.qparams import sqnr
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
-
 BATCH = 40  # the test set's 360 images in 9 batches; .pte programs have static shapes
 
 
@@ -27,8 +27,12 @@ class DigitsNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(32 * 4 * 4, 64), nn.ReLU(), nn.Linear(64, 10))
@@ -57,7 +61,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int) -> nn
     for _ in tqdm(range(epochs), desc="train fp32", unit="epoch"):
         for i in range(0, len(x), 64):
             opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64]).backward()
+            nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
             opt.step()
     return model.eval()
 
@@ -82,7 +86,7 @@ def median_ms(fn, x: torch.Tensor, repeats: int = 20) -> float:
 def predict(fn, x: torch.Tensor) -> torch.Tensor:
     """Logits of ``fn`` over ``x`` in batches of ``BATCH`` (static-shape programs need the same batch)."""
     with torch.no_grad():
-        return torch.cat([fn(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+        return torch.cat([fn(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
 
 
 def saved_bytes(program: torch.export.ExportedProgram, path: Path) -> int:
@@ -107,8 +111,9 @@ class Row:
     ms: float
 
 
-def executorch_rows(model: nn.Module, example: tuple, calibration: list[torch.Tensor], x_test: torch.Tensor,
-                    out: Path) -> list[Row]:
+def executorch_rows(
+    model: nn.Module, example: tuple, calibration: list[torch.Tensor], x_test: torch.Tensor, out: Path
+) -> list[Row]:
     """fp32 and XNNPACK-int8 ``.pte`` programs run by the ExecuTorch runtime (empty without ExecuTorch)."""
     try:
         from pt2q.lowering import to_executorch
@@ -119,7 +124,10 @@ def executorch_rows(model: nn.Module, example: tuple, calibration: list[torch.Te
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     quantized = quantize(model, example, quantizer, calibration, "XNNPACK")
     rows = []
-    for name, program in (("fp32", torch.export.export(model, example)), ("int8 XNNPACK", torch.export.export(quantized, example))):
+    for name, program in (
+        ("fp32", torch.export.export(model, example)),
+        ("int8 XNNPACK", torch.export.export(quantized, example)),
+    ):
         path = out / f"demo_{name.split()[0]}{'_xnnpack' if name != 'fp32' else ''}.pte"
         to_executorch(program).save(path)
         pte = load(path)
@@ -164,7 +172,7 @@ def _run(args: argparse.Namespace) -> None:
     x_train, y_train, x_test, y_test = load_digits()
     model = train(DigitsNet(), x_train, y_train, args.epochs)
     example = (x_test[:BATCH],)
-    calibration = [x_train[i * BATCH:(i + 1) * BATCH] for i in range(args.calibration_batches)]
+    calibration = [x_train[i * BATCH : (i + 1) * BATCH] for i in range(args.calibration_batches)]
 
     fp32_path = args.out / "demo_fp32.pt2"
     saved_bytes(torch.export.export(model, example), fp32_path)
@@ -179,15 +187,23 @@ def _run(args: argparse.Namespace) -> None:
 
     reference = rows[0].logits
     fp32_bytes = {r.file.suffix: r.file.stat().st_size for r in rows if r.model == "fp32"}
-    print(f"\nDigitsNet on scikit-learn digits: accuracy on {len(x_test)} test images, latency of one batch of "
-          f"{BATCH} (single thread), programs in {args.out}/")
-    print("| model        | runs on           | accuracy % | file                  |   bytes | vs fp32 file | ms/batch | SQNR dB |")
-    print("|--------------|-------------------|------------|-----------------------|---------|--------------|----------|---------|")
+    print(
+        f"\nDigitsNet on scikit-learn digits: accuracy on {len(x_test)} test images, latency of one batch of "
+        f"{BATCH} (single thread), programs in {args.out}/"
+    )
+    print(
+        "| model        | runs on           | accuracy % | file                  |   bytes | vs fp32 file | ms/batch | SQNR dB |"
+    )
+    print(
+        "|--------------|-------------------|------------|-----------------------|---------|--------------|----------|---------|"
+    )
     for r in rows:
         acc = float((r.logits.argmax(1) == y_test).float().mean()) * 100
         size = r.file.stat().st_size
-        print(f"| {r.model:<12} | {r.runtime:<17} | {acc:>10.2f} | {r.file.name:<21} | {size:>7,} "
-              f"| {size / fp32_bytes[r.file.suffix]:>12.2f} | {r.ms:>8.3f} | {sqnr(reference, r.logits):>7.1f} |")
+        print(
+            f"| {r.model:<12} | {r.runtime:<17} | {acc:>10.2f} | {r.file.name:<21} | {size:>7,} "
+            f"| {size / fp32_bytes[r.file.suffix]:>12.2f} | {r.ms:>8.3f} | {sqnr(reference, r.logits):>7.1f} |"
+        )
     print("vs fp32 file: against the fp32 program of the same format (a small .pt2 is mostly its serialized graph).")
     if not any(r.file.suffix == ".pte" for r in rows):
         print("(no ExecuTorch rows: pip install executorch==1.5.1 to lower to .pte)")

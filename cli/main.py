@@ -8,6 +8,7 @@
 Bad arguments print one ``pt2q: error: ...`` line and exit with status 2
 (set ``PT2Q_TRACEBACK=1`` to see the traceback of an unexpected failure).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,9 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, NoReturn, Sequence
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import torch  # pt2q itself imports torch: a lazy import here would save nothing
 
@@ -90,7 +92,9 @@ def parse_quantizers(text: str) -> list[str]:
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in QUANTIZERS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown quantizer {','.join(unknown) or text!r} (choose from {', '.join(QUANTIZERS)})")
+        raise argparse.ArgumentTypeError(
+            f"unknown quantizer {','.join(unknown) or text!r} (choose from {', '.join(QUANTIZERS)})"
+        )
     return sorted(set(names), key=QUANTIZERS.index)
 
 
@@ -99,20 +103,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     q = sub.add_parser("quantize", help="export, quantize, calibrate and save a model")
-    q.add_argument("factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module; MODULE is dotted or a .py path")
-    q.add_argument("--quantizer", type=parse_quantizers, default=["xnnpack"], help=f"one or more of {','.join(QUANTIZERS)}")
-    q.add_argument("--example-inputs", type=parse_shapes, required=True, metavar="SHAPE[,SHAPE...]",
-                   help="one shape per model input, e.g. 1x3x32x32 or 1x16:int64 for token ids")
+    q.add_argument(
+        "factory", metavar="MODULE:FACTORY", help="callable returning an nn.Module; MODULE is dotted or a .py path"
+    )
+    q.add_argument(
+        "--quantizer", type=parse_quantizers, default=["xnnpack"], help=f"one or more of {','.join(QUANTIZERS)}"
+    )
+    q.add_argument(
+        "--example-inputs",
+        type=parse_shapes,
+        required=True,
+        metavar="SHAPE[,SHAPE...]",
+        help="one shape per model input, e.g. 1x3x32x32 or 1x16:int64 for token ids",
+    )
     q.add_argument("--calibrate", type=int, default=8, metavar="N", help="random calibration batches (default 8)")
     q.add_argument("--target", choices=TARGETS, default="pt2")
     q.add_argument("--out", type=Path, help="output file (.pt2 or .pte); optional for --target x86")
-    q.add_argument("--report", action="store_true",
-                   help="print the per-layer report: how each node is quantized and its SQNR against fp32")
+    q.add_argument(
+        "--report",
+        action="store_true",
+        help="print the per-layer report: how each node is quantized and its SQNR against fp32",
+    )
     q.set_defaults(handler=cmd_quantize)
 
     i = sub.add_parser("inspect", help="summarise a .pt2 or .pte file")
     i.add_argument("file", type=Path)
-    i.add_argument("--layers", action="store_true", help="per node of a .pt2: how it is quantized, or why it stayed float")
+    i.add_argument(
+        "--layers", action="store_true", help="per node of a .pt2: how it is quantized, or why it stayed float"
+    )
     i.set_defaults(handler=cmd_inspect)
 
     r = sub.add_parser("run", help="run a .pte on random inputs and time it")
@@ -284,12 +302,17 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     inputs = random_inputs(args.example_inputs)
     check_inputs(model, inputs, args.factory)
     quantized = quantize_model(model, inputs, args.quantizer, args.calibrate)
-    rows = [("model", args.factory), ("quantizers", ",".join(args.quantizer)),
-            ("example inputs", ", ".join(map(str, args.example_inputs))),
-            ("calibration batches", args.calibrate)]
+    rows = [
+        ("model", args.factory),
+        ("quantizers", ",".join(args.quantizer)),
+        ("example inputs", ", ".join(map(str, args.example_inputs))),
+        ("calibration batches", args.calibrate),
+    ]
     test = random_like(inputs)
     rows += [("SQNR Q/DQ vs fp32", f"{compare(quantized, model, *test).sqnr_db:.1f} dB")]
-    rows += {"pt2": _save_pt2, "pte": _save_pte, "x86": _lower_x86}[args.target](model, quantized, inputs, test, args.out)
+    rows += {"pt2": _save_pt2, "pte": _save_pte, "x86": _lower_x86}[args.target](
+        model, quantized, inputs, test, args.out
+    )
     print_table(f"pt2q quantize -> {args.target}", rows)
     if args.report:
         import pt2q
@@ -298,20 +321,19 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         print(pt2q.report(quantized, model, [random_like(inputs) for _ in range(args.calibrate)]))
 
 
-def _save_pt2(
-    model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path
-) -> Rows:
+def _save_pt2(model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path) -> Rows:
     program = torch.export.export(quantized, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(out))
     stats = pt2_stats(program)
-    return [("quantize / dequantize ops", f"{stats['quantize']} / {stats['dequantize']}"),
-            ("output", out), ("file size", _human(out.stat().st_size))]
+    return [
+        ("quantize / dequantize ops", f"{stats['quantize']} / {stats['dequantize']}"),
+        ("output", out),
+        ("file size", _human(out.stat().st_size)),
+    ]
 
 
-def _save_pte(
-    model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path
-) -> Rows:
+def _save_pte(model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path) -> Rows:
     from pt2q.lowering import to_executorch
     from pt2q.runtime import compare, load
 
@@ -335,8 +357,11 @@ def _lower_x86(
     with torch.no_grad():
         fp32_ms = time_program(model, *test, runs=20, max_seconds=5).median_ms
         int8_ms = time_program(lowered, *test, runs=20, max_seconds=5).median_ms
-    return rows + [("SQNR x86 int8 vs fp32", f"{compare(lowered, model, *test).sqnr_db:.1f} dB"),
-                   ("latency fp32 eager", f"{fp32_ms:.3f} ms"), ("latency x86 int8", f"{int8_ms:.3f} ms")]
+    return rows + [
+        ("SQNR x86 int8 vs fp32", f"{compare(lowered, model, *test).sqnr_db:.1f} dB"),
+        ("latency fp32 eager", f"{fp32_ms:.3f} ms"),
+        ("latency x86 int8", f"{int8_ms:.3f} ms"),
+    ]
 
 
 # ---------------------------------------------------------------- inspect
@@ -346,11 +371,14 @@ def pt2_stats(program: torch.export.ExportedProgram) -> dict[str, object]:
     """Op histogram, quantize/dequantize counts and tensor bytes (total and int8) of a program."""
     ops = collections.Counter(
         str(n.target).replace("aten.", "").replace(".default", "")
-        for n in program.graph.nodes if n.op == "call_function"
+        for n in program.graph.nodes
+        if n.op == "call_function"
     )
     quant = sum(c for op, c in ops.items() if "quantize_per" in op and "dequantize" not in op)
     dequant = sum(c for op, c in ops.items() if "dequantize_per" in op)
-    tensors = [t for t in list(program.state_dict.values()) + list(program.constants.values()) if isinstance(t, torch.Tensor)]
+    tensors = [
+        t for t in list(program.state_dict.values()) + list(program.constants.values()) if isinstance(t, torch.Tensor)
+    ]
     total = sum(t.numel() * t.element_size() for t in tensors)
     int8 = sum(t.numel() * t.element_size() for t in tensors if t.dtype in (torch.int8, torch.uint8))
     return {"ops": ops, "quantize": quant, "dequantize": dequant, "tensor_bytes": total, "int8_bytes": int8}
@@ -382,15 +410,18 @@ def inspect_pt2(path: Path, layers: bool = False) -> None:
         return
     stats = pt2_stats(program)
     share = stats["int8_bytes"] / stats["tensor_bytes"] if stats["tensor_bytes"] else 0.0
-    print_table(f"{path} (torch.export program)", [
-        ("file size", _human(path.stat().st_size)),
-        ("tensor bytes", _human(stats["tensor_bytes"])),
-        ("int8 share of tensor bytes", f"{share:.1%}"),
-        ("quantize ops", stats["quantize"]),
-        ("dequantize ops", stats["dequantize"]),
-        ("inputs", len(program.graph_signature.user_inputs)),
-        ("outputs", len(program.graph_signature.user_outputs)),
-    ])
+    print_table(
+        f"{path} (torch.export program)",
+        [
+            ("file size", _human(path.stat().st_size)),
+            ("tensor bytes", _human(stats["tensor_bytes"])),
+            ("int8 share of tensor bytes", f"{share:.1%}"),
+            ("quantize ops", stats["quantize"]),
+            ("dequantize ops", stats["dequantize"]),
+            ("inputs", len(program.graph_signature.user_inputs)),
+            ("outputs", len(program.graph_signature.user_outputs)),
+        ],
+    )
     print_table("ops", [(op, count) for op, count in stats["ops"].most_common()], header="count")
 
 
@@ -400,12 +431,15 @@ def inspect_pte(path: Path) -> None:
 
     methods = sorted(Runtime.get().load_program(path.read_bytes()).method_names)
     describe = lambda specs: ", ".join(f"{str(d).replace('torch.', '')}{list(s)}" for s, d in specs)  # noqa: E731
-    print_table(f"{path} (ExecuTorch program)", [
-        ("file size", _human(program.size)),
-        ("methods", ", ".join(methods)),
-        (f"{program.method} inputs", f"{len(program.input_specs)}: {describe(program.input_specs)}"),
-        (f"{program.method} outputs", f"{len(program.output_specs)}: {describe(program.output_specs)}"),
-    ])
+    print_table(
+        f"{path} (ExecuTorch program)",
+        [
+            ("file size", _human(program.size)),
+            ("methods", ", ".join(methods)),
+            (f"{program.method} inputs", f"{len(program.input_specs)}: {describe(program.input_specs)}"),
+            (f"{program.method} outputs", f"{len(program.output_specs)}: {describe(program.output_specs)}"),
+        ],
+    )
 
 
 # ---------------------------------------------------------------- run, demo
@@ -426,12 +460,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     except InputMismatchError as e:
         raise CLIError(str(e)) from e
     timing = time_program(program, *inputs, runs=args.runs, warmup=min(5, args.runs))
-    print_table(f"pt2q run {args.file}", [
-        ("inputs", ", ".join(map(str, specs))),
-        ("median latency", f"{timing.median_ms:.3f} ms"),
-        ("min latency", f"{timing.min_ms:.3f} ms"),
-        ("runs / threads", f"{timing.runs} / {timing.threads}"),
-    ])
+    print_table(
+        f"pt2q run {args.file}",
+        [
+            ("inputs", ", ".join(map(str, specs))),
+            ("median latency", f"{timing.median_ms:.3f} ms"),
+            ("min latency", f"{timing.min_ms:.3f} ms"),
+            ("runs / threads", f"{timing.runs} / {timing.threads}"),
+        ],
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -14,11 +14,13 @@ its output is quantized (XNNPACK then runs it on int8 codes); a quantized kernel
 ``int8`` (``int4`` for 4-bit tables); anything else is the float dtype it computes in. Weighted ops (linear, conv, embedding) carry the bytes and
 dtype of the weight the program stores for them.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Optional
 
 import torch
 from torch.export import ExportedProgram
@@ -179,7 +181,9 @@ class DelegationReport:
             f"({', '.join(f'{k}: {v} B' for k, v in sorted(self.weight_bytes.items())) or 'no weights'})"
         )
         if self.fallbacks:
-            lines.append("fallbacks (quantized patterns running in float): " + ", ".join(r.source for r in self.fallbacks))
+            lines.append(
+                "fallbacks (quantized patterns running in float): " + ", ".join(r.source for r in self.fallbacks)
+            )
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -187,6 +191,7 @@ class DelegationReport:
 
 
 # --- building it -----------------------------------------------------------------
+
 
 def _program_tensor(program: ExportedProgram, placeholder: Node) -> Optional[torch.Tensor]:
     """The parameter/buffer/constant a lifted placeholder stands for, if any."""
@@ -211,7 +216,11 @@ def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[
 
 
 def _reads_dequantized(node: Node) -> bool:
-    return any((op_name(a.target) or "").startswith(_DEQUANTIZE_PREFIX) for a in node.all_input_nodes if a.op == "call_function")
+    return any(
+        (op_name(a.target) or "").startswith(_DEQUANTIZE_PREFIX)
+        for a in node.all_input_nodes
+        if a.op == "call_function"
+    )
 
 
 def _feeds_quantize(node: Node) -> bool:
@@ -223,11 +232,15 @@ def _float_precision(node: Node) -> str:
     if isinstance(val, (tuple, list)) and val:
         val = val[0]
     if isinstance(val, torch.Tensor):
-        return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(val.dtype, str(val.dtype).replace("torch.", ""))
+        return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(
+            val.dtype, str(val.dtype).replace("torch.", "")
+        )
     return "fp32"
 
 
-def _row(program: ExportedProgram, node: Node, name: str, runs_on: str, precision: str, fallback: bool = False) -> OpPlacement:
+def _row(
+    program: ExportedProgram, node: Node, name: str, runs_on: str, precision: str, fallback: bool = False
+) -> OpPlacement:
     weight = _stored_weight(program, node, name)
     return OpPlacement(
         node=node.name,

@@ -21,13 +21,15 @@ The steps, all ExecuTorch's own machinery:
 5. A :class:`~pt2q.lowering.delegation_report.DelegationReport` of the result;
    quantized patterns left outside the delegate (they run in float) are warned about.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import nn
@@ -53,21 +55,23 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # Ops whose XNNPACK node requires its quantized input(s) and output to have the same
 # scale and zero point (XNNPACK's subgraph validation rejects the blob at load time otherwise).
-SAME_QPARAMS_OPS = frozenset({
-    "aten.cat",
-    "aten.max_pool2d",
-    "aten.max_pool2d_with_indices",
-    "aten.slice_copy",
-    "aten.clamp",
-    "aten.hardtanh",
-    "aten.relu",
-    "aten.view_copy",
-    "aten.permute_copy",
-    "aten.squeeze_copy",
-    "aten.unsqueeze_copy",
-    "aten.upsample_bilinear2d",
-    "aten.pixel_shuffle",
-})
+SAME_QPARAMS_OPS = frozenset(
+    {
+        "aten.cat",
+        "aten.max_pool2d",
+        "aten.max_pool2d_with_indices",
+        "aten.slice_copy",
+        "aten.clamp",
+        "aten.hardtanh",
+        "aten.relu",
+        "aten.view_copy",
+        "aten.permute_copy",
+        "aten.squeeze_copy",
+        "aten.unsqueeze_copy",
+        "aten.upsample_bilinear2d",
+        "aten.pixel_shuffle",
+    }
+)
 _OBSERVER_PREFIX = "activation_post_process_"
 
 
@@ -168,6 +172,7 @@ def _xnnpack_partitioner() -> Any:
 
 # --- input checks --------------------------------------------------------------
 
+
 def _observer_names(gm: nn.Module) -> list[str]:
     names = []
     for name, module in gm.named_modules():
@@ -185,7 +190,9 @@ def _not_converted(names: list[str]) -> LoweringError:
     )
 
 
-def _as_exported_program(program: Union[ExportedProgram, GraphModule], example_inputs: Optional[Sequence[Any]]) -> ExportedProgram:
+def _as_exported_program(
+    program: Union[ExportedProgram, GraphModule], example_inputs: Optional[Sequence[Any]]
+) -> ExportedProgram:
     if isinstance(program, ExportedProgram):
         return program
     if isinstance(program, nn.Module):
@@ -211,9 +218,14 @@ def _reject_weight_only_linears(program: ExportedProgram) -> None:
     """ExecuTorch 1.5.1's XNNPACK partitioner splits a linear whose weight is int8 but whose
     input is float into a "quantized" weight permute and a float addmm that reads the raw
     int8 codes: the .pte computes garbage without a word. Refuse such programs by node name."""
-    bad = [n.name for n in program.graph.nodes
-           if n.op == "call_function" and n.target in _LINEAR_TARGETS
-           and _is_dequantize(n.args[1]) and not _is_dequantize(n.args[0])]
+    bad = [
+        n.name
+        for n in program.graph.nodes
+        if n.op == "call_function"
+        and n.target in _LINEAR_TARGETS
+        and _is_dequantize(n.args[1])
+        and not _is_dequantize(n.args[0])
+    ]
     if bad:
         raise UnsupportedQuantizedPatternError(
             f"weight-only quantized linear(s) {', '.join(bad)} (int8 weight, float input): ExecuTorch "
@@ -263,6 +275,7 @@ def check_delegate_qparams(edge_program: ExportedProgram) -> list[str]:
 
 # --- 4-bit embeddings ------------------------------------------------------------
 
+
 def _with_fake_value(node: Node) -> Node:
     args, kwargs = pytree.tree_map_only(Node, lambda n: n.meta["val"], (node.args, node.kwargs))
     node.meta["val"] = node.target(*args, **kwargs)
@@ -291,10 +304,14 @@ def pack_embedding_4bit(gm: GraphModule) -> PassResult:
         if (axis, qmin, qmax, dtype) != (0, -8, 7, torch.int8) or weight.meta["val"].shape[-1] % 2:
             continue
         with gm.graph.inserting_before(node):
-            packed = _with_fake_value(gm.graph.call_function(edge.quant_fusion._pack_embedding_weight.default, (weight, 4)))
-            zp = _with_fake_value(gm.graph.call_function(
-                edge.dim_order_ops._to_dim_order_copy.default, (zero_points,), {"dtype": scales.meta["val"].dtype}
-            ))
+            packed = _with_fake_value(
+                gm.graph.call_function(edge.quant_fusion._pack_embedding_weight.default, (weight, 4))
+            )
+            zp = _with_fake_value(
+                gm.graph.call_function(
+                    edge.dim_order_ops._to_dim_order_copy.default, (zero_points,), {"dtype": scales.meta["val"].dtype}
+                )
+            )
             lookup = gm.graph.call_function(
                 edge.quantized_decomposed.embedding_4bit.default, (packed, scales, zp, -8, 7, node.args[1])
             )

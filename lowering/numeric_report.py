@@ -8,6 +8,7 @@ per-node SQNRs are measured on the Q/DQ program that was lowered (the reference 
 lowering tests hold XNNPACK to), and the model's output is measured on the ``.pte``
 itself, through the ExecuTorch runtime.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,7 +35,9 @@ class LoweredReport(QuantizationReport):
         self.runtime_output_sqnr = runtime_output_sqnr
 
 
-def numeric_report(lowered: LoweredProgram, float_model: Any, inputs: Any, *, sensitivity: bool = True) -> LoweredReport:
+def numeric_report(
+    lowered: LoweredProgram, float_model: Any, inputs: Any, *, sensitivity: bool = True
+) -> LoweredReport:
     """Per-node report of ``lowered`` (from ``to_executorch``) against ``float_model``.
 
     Rows are those of ``pt2q.report(lowered.exported_program, float_model, inputs)`` with
@@ -59,8 +62,12 @@ def numeric_report(lowered: LoweredProgram, float_model: Any, inputs: Any, *, se
             for batch in as_batches(inputs):
                 stats.add_outputs(run_float(*batch), program(*batch))
         runtime_sqnr = stats.sqnr
-        notes.append(f"output SQNR of the .pte on the ExecuTorch runtime: {runtime_sqnr:.1f} dB "
-                     f"(the Q/DQ program it was lowered from: {base.output_sqnr:.1f} dB)")
-        notes.append("per-node SQNRs are measured on the Q/DQ program: the XNNPACK delegate returns "
-                     "only its outputs, not the values of the ops inside it")
+        notes.append(
+            f"output SQNR of the .pte on the ExecuTorch runtime: {runtime_sqnr:.1f} dB "
+            f"(the Q/DQ program it was lowered from: {base.output_sqnr:.1f} dB)"
+        )
+        notes.append(
+            "per-node SQNRs are measured on the Q/DQ program: the XNNPACK delegate returns "
+            "only its outputs, not the values of the ops inside it"
+        )
     return LoweredReport(base, rows, runtime_sqnr, notes)

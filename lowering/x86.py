@@ -42,10 +42,12 @@ The ``torch.compile`` recipe, and the traps :class:`X86CompiledModel` takes care
 On CPUs without VNNI the int8 kernels saturate unless activations are 7-bit:
 ``get_default_x86_inductor_quantization_config`` chooses ``reduce_range`` for the CPU.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch._inductor.config as inductor_config
@@ -55,7 +57,13 @@ from torch.utils import _pytree as pytree
 __all__ = ["lower_pt2e_quantized_to_x86", "compile_quantized_for_x86", "X86CompiledModel", "int8_inference"]
 
 aten = torch.ops.aten
-_VIEW_OPS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.permute.default, aten.expand.default}
+_VIEW_OPS = {
+    aten.view.default,
+    aten.reshape.default,
+    aten._unsafe_view.default,
+    aten.permute.default,
+    aten.expand.default,
+}
 
 
 @contextlib.contextmanager
@@ -132,6 +140,7 @@ def compile_quantized_for_x86(
 
 
 # --- FX-level lowering --------------------------------------------------------------------
+
 
 def _cia_decompositions() -> dict:
     """Decompose only composite-implicit ops (linear -> addmm, ...), the form Inductor's patterns expect."""

@@ -9,6 +9,7 @@ The flow, as in ``torchao.quantization.pt2e``::
     m = convert_pt2e(m)
     print(report(m, float_model, calibration_data))   # what was quantized, and where accuracy is lost
 """
+
 from pt2q.convert import convert_pt2e
 from pt2q.learnable_fake_quantize import (
     LearnableFakeQuantize,
@@ -23,6 +24,7 @@ from pt2q.numeric_debugger import (
     prepare_for_propagation_comparison,
 )
 from pt2q.prepare import prepare_pt2e, prepare_qat_pt2e
+from pt2q.quantization_report import QuantizationReport, report
 from pt2q.quantizer import (
     ComposableQuantizer,
     DerivedQuantizationSpec,
@@ -35,7 +37,6 @@ from pt2q.quantizer import (
     Quantizer,
     SharedQuantizationSpec,
 )
-from pt2q.quantization_report import QuantizationReport, report
 from pt2q.train_eval import (
     allow_exported_model_train_eval,
     move_exported_model_to_eval,

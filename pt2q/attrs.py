@@ -1,4 +1,5 @@
 """Reading, adding and pruning the tensors a GraphModule holds as attributes."""
+
 from __future__ import annotations
 
 import torch

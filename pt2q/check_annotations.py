@@ -1,4 +1,5 @@
 """Reject annotations no observer could honour, naming the node and saying what to fix."""
+
 from __future__ import annotations
 
 from typing import Optional

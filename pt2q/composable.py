@@ -1,4 +1,5 @@
 """``ComposableQuantizer``: run several quantizers over one model, in order."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -1,4 +1,5 @@
 """``convert_pt2e``: observers become quantize/dequantize ops, weights become integers."""
+
 from __future__ import annotations
 
 import torch
@@ -45,4 +46,3 @@ def convert_pt2e(
     remove_unused_attributes(model)
     model.meta.update(original_meta)
     return disallow_eval_train(model)
-

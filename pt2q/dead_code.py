@@ -1,4 +1,5 @@
 """Erasing nodes together with the pure producers only they used."""
+
 from __future__ import annotations
 
 from torch.fx import GraphModule, Node

@@ -1,7 +1,9 @@
 """The observer behind a ``DerivedQuantizationSpec``: qparams computed from other observers."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import Tensor, nn

@@ -1,4 +1,5 @@
 """Give every consumer of a dequantize its own copy, so each quantized op sees a DQ -> op pattern."""
+
 from __future__ import annotations
 
 from torch.fx import GraphModule

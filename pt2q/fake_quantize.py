@@ -3,11 +3,13 @@
 Names, arguments and numerics follow ``torchao.quantization.pt2e.fake_quantize``.
 Like observers, fake quantizers have ``has_statistics`` and ``target_name``.
 """
+
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn

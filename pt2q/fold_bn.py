@@ -1,4 +1,5 @@
 """Fold eval-mode BatchNorm into the convolution or linear layer that feeds it."""
+
 from __future__ import annotations
 
 import torch

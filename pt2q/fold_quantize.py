@@ -1,4 +1,5 @@
 """Quantize constant weights ahead of time: ``quantize(constant)`` becomes an integer constant."""
+
 from __future__ import annotations
 
 from typing import Any

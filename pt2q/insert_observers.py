@@ -1,7 +1,9 @@
 """Build one observer (or fake quantizer) per sharing group and insert it into the graph."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import nn

@@ -14,12 +14,13 @@ its quantized version, over a set of input batches:
 
 All three are SQNRs with the float value as signal, accumulated over batches.
 """
+
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch.fx import GraphModule, Interpreter, Node
@@ -104,8 +105,12 @@ def _float_leaves(out: Any) -> list[torch.Tensor]:
 
 
 def _compatible(ref: Any, actual: Any) -> bool:
-    return (isinstance(ref, torch.Tensor) and isinstance(actual, torch.Tensor)
-            and ref.shape == actual.shape and ref.dtype == actual.dtype)
+    return (
+        isinstance(ref, torch.Tensor)
+        and isinstance(actual, torch.Tensor)
+        and ref.shape == actual.shape
+        and ref.dtype == actual.dtype
+    )
 
 
 def match_handles(float_gm: GraphModule, quantized: GraphModule) -> dict[NodeSourceDebugInfo, NodeSourceDebugInfo]:
@@ -161,7 +166,9 @@ def measure_layer_errors(
     sensitive = [to_float[h] for h in quantized_handles if h in to_float] if sensitivity else []
     errors = LayerErrors()
     for batch in batches:
-        float_run = _Run(float_gm, record=None if sensitive else f_anchor.values())  # sensitivity restarts from any node
+        float_run = _Run(
+            float_gm, record=None if sensitive else f_anchor.values()
+        )  # sensitivity restarts from any node
         float_out = float_run.run(*batch, enable_io_processing=True)
         f_values = float_run.values
         by_handle = {h: f_values[n] for h, n in f_anchor.items() if n in f_values}

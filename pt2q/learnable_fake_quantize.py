@@ -14,9 +14,11 @@ so an optimizer built right after ``prepare_qat_pt2e`` already holds them and
 ``state_dict()`` always has them; whether they were initialized is a buffer, so
 a checkpoint taken before or after the first batch loads back as it was saved.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -56,7 +58,9 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     ) -> None:
         super().__init__()
         if quant_min >= quant_max:
-            raise ValueError(f"LearnableFakeQuantize: quant_min ({quant_min}) must be less than quant_max ({quant_max})")
+            raise ValueError(
+                f"LearnableFakeQuantize: quant_min ({quant_min}) must be less than quant_max ({quant_max})"
+            )
         self.quant_min = quant_min
         self.quant_max = quant_max
         self.use_grad_scaling = use_grad_scaling
@@ -182,4 +186,3 @@ def disable_range_learning(mod: nn.Module) -> None:
     """``model.apply(disable_range_learning)`` freezes the qparams of every ``LearnableFakeQuantize``."""
     if isinstance(mod, LearnableFakeQuantize):
         mod.disable_range_learning()
-

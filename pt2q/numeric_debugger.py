@@ -18,14 +18,15 @@ dequantized output), which is the value torchao's comparison ends up with too. B
 these propagated ("cumulative") errors, :func:`pt2q.report` measures each layer's own
 (local) error and its effect on the final output (sensitivity).
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -181,8 +182,9 @@ class OutputLogger(torch.nn.Module):
 
     _is_impure = True  # keep dead-code elimination away
 
-    def __init__(self, debug_info: NodeSourceDebugInfo, node_name: Optional[str] = None,
-                 nn_module_stack: Optional[object] = None) -> None:
+    def __init__(
+        self, debug_info: NodeSourceDebugInfo, node_name: Optional[str] = None, nn_module_stack: Optional[object] = None
+    ) -> None:
         super().__init__()
         self.debug_info = debug_info
         self.node_name = node_name
@@ -223,7 +225,8 @@ def extract_results_from_loggers(model: GraphModule) -> Results:
     by ``prepare_for_propagation_comparison`` and run at least once."""
     return {
         m.debug_info: (m.node_name, m.nn_module_stack, m.stats)
-        for m in model.modules() if isinstance(m, OutputLogger) and m.stats
+        for m in model.modules()
+        if isinstance(m, OutputLogger) and m.stats
     }
 
 
@@ -275,7 +278,9 @@ class QuantizationComparisonResult:
             if not isinstance(value, (torch.Tensor, list, tuple, dict)):
                 raise ValueError(f"`{field}` must be a Tensor, list, tuple or dict, got {type(value).__name__}")
         if not _same_shapes(self.actual, self.ref):
-            raise ValueError(f"cannot compare values of shapes {_shape(self.ref)} (ref) and {_shape(self.actual)} (actual)")
+            raise ValueError(
+                f"cannot compare values of shapes {_shape(self.ref)} (ref) and {_shape(self.actual)} (actual)"
+            )
 
     def loss(self, loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> object:
         """``loss_function(actual, ref)`` on each tensor (same structure as the values)."""
@@ -310,7 +315,7 @@ def module_path(stack: object) -> str:
     if not stack:
         return ""
     path = list(stack.values())[-1][0]
-    return path[len("L['self']."):] if path.startswith("L['self'].") else path
+    return path[len("L['self'].") :] if path.startswith("L['self'].") else path
 
 
 @dataclass(frozen=True)

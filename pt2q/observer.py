@@ -6,13 +6,15 @@ each for ``calculate_qparams()``. Names, arguments and numerics follow
 pt2q adds ``has_statistics``, ``target_name`` (used in error messages), errors on
 non-finite calibration data, and a much cheaper ``forward``.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
 import weakref
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn

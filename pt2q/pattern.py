@@ -6,14 +6,31 @@ overloads. ``conv -> batch_norm -> relu`` matches when the conv's only user is
 the batch_norm, which reads it as its first argument, and likewise for relu.
 Matching walks the graph once and never traces example programs, so it is cheap.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Collection, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Optional
 
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-__all__ = ["Step", "is_op", "sole_user", "match_chain", "find_chains", "arg_producers", "CONV", "CONV1D", "CONV2D", "CONV3D", "CONV_TRANSPOSE", "LINEAR", "BATCH_NORM", "RELU"]
+__all__ = [
+    "Step",
+    "is_op",
+    "sole_user",
+    "match_chain",
+    "find_chains",
+    "arg_producers",
+    "CONV",
+    "CONV1D",
+    "CONV2D",
+    "CONV3D",
+    "CONV_TRANSPOSE",
+    "LINEAR",
+    "BATCH_NORM",
+    "RELU",
+]
 
 Step = Collection[Callable]
 

@@ -1,4 +1,5 @@
 """``prepare_pt2e``: fold BatchNorm, annotate with a Quantizer, insert observers."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Carrying a node's provenance (module stack, stack trace, source) over to nodes made for it."""
+
 from __future__ import annotations
 
 from torch.fx import Node

@@ -13,6 +13,7 @@ rewrites each annotated ``conv -> batch_norm`` into::
 ``batch_norm(conv(x, w*scale)/scale + b)`` equals ``conv(x, w*scale) + b'`` where
 ``b' = (b - mean) * scale + beta``; the quantized ``w*scale`` is already in place.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,8 @@ from torch.fx import GraphModule, Node
 from pt2q.attrs import constant_attr, get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
 from pt2q.numeric_debugger import mark_value_of
-from pt2q.provenance import copy_provenance
 from pt2q.pattern import CONV, CONV_TRANSPOSE, find_chains, is_op, match_chain
+from pt2q.provenance import copy_provenance
 from pt2q.spec import Q_ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
 
 __all__ = ["simulate_conv_bn_folding", "fold_trained_conv_bn"]
@@ -62,6 +63,7 @@ def _channel_shape(conv: Node, weight_rank: int, for_weight: bool) -> list[int]:
 
 def _remap_specs(gm: GraphModule, old: tuple[Node, Node], new: tuple[Node, Node]) -> None:
     """Point shared/derived specs that named edge ``old`` at ``new``."""
+
     def fix(spec):
         if isinstance(spec, SharedQuantizationSpec) and spec.edge_or_node == old:
             return SharedQuantizationSpec(new)
@@ -82,7 +84,9 @@ def _simulate_one(gm: GraphModule, conv: Node, bn: Node) -> None:
     bn_weight, bn_var, eps = bn.args[1], bn.args[4], bn.args[_BN_EPS]
     rank = weight.meta["val"].dim() if "val" in weight.meta else get_attr_value(gm, weight.target).dim()
     with g.inserting_before(conv):
-        std = copy_provenance(g.call_function(aten.sqrt.default, (g.call_function(aten.add.Tensor, (bn_var, eps)),)), conv)
+        std = copy_provenance(
+            g.call_function(aten.sqrt.default, (g.call_function(aten.add.Tensor, (bn_var, eps)),)), conv
+        )
         if bn_weight is None:  # BatchNorm(affine=False)
             scale = copy_provenance(g.call_function(aten.reciprocal.default, (std,)), conv)
         else:
@@ -141,7 +145,9 @@ def _divides_by_bn_scale(div: Node, bn: Node) -> bool:
         std = scale.args[1]
     else:
         return False
-    return is_op(std, {aten.sqrt.default}) and is_op(std.args[0], {aten.add.Tensor}) and std.args[0].args[0] is bn.args[4]
+    return (
+        is_op(std, {aten.sqrt.default}) and is_op(std.args[0], {aten.add.Tensor}) and std.args[0].args[0] is bn.args[4]
+    )
 
 
 def _batch_counter(gm: GraphModule, bn: Node) -> Optional[Node]:
@@ -198,4 +204,3 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
             erase_with_dead_inputs(gm, [training_bias])
     gm.recompile()
     return gm
-

@@ -1,4 +1,5 @@
 """Replace observer calls with ``quantized_decomposed`` quantize/dequantize ops."""
+
 from __future__ import annotations
 
 import operator
@@ -87,7 +88,9 @@ def _dynamic_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype
     scale = g.call_function(operator.getitem, (choose, 0))
     zero_point = g.call_function(operator.getitem, (choose, 1))
     q = g.call_function(qd.quantize_per_tensor.tensor, (node.args[0], scale, zero_point, qmin, qmax, dtype))
-    dq = g.call_function(qd.dequantize_per_tensor.tensor, (q, scale, zero_point, qmin, qmax, dtype), _out_dtype_kwargs(node))
+    dq = g.call_function(
+        qd.dequantize_per_tensor.tensor, (q, scale, zero_point, qmin, qmax, dtype), _out_dtype_kwargs(node)
+    )
     for n in (choose, scale, zero_point):
         _port_meta(n, node)
     return q, dq
@@ -104,8 +107,11 @@ def replace_observers_with_qdq(gm: GraphModule) -> GraphModule:
     """Turn each observer call into ``quantize -> dequantize`` with the observer's qparams (in place)."""
     observer_nodes = [n for n in gm.graph.nodes if is_observer_node(n, gm)]
     uncalibrated = sorted(
-        {gm.get_submodule(n.target).target_name or n.name for n in observer_nodes
-         if not getattr(gm.get_submodule(n.target), "has_statistics", True)}
+        {
+            gm.get_submodule(n.target).target_name or n.name
+            for n in observer_nodes
+            if not getattr(gm.get_submodule(n.target), "has_statistics", True)
+        }
     )
     if uncalibrated:
         shown = ", ".join(uncalibrated[:5]) + (f" and {len(uncalibrated) - 5} more" if len(uncalibrated) > 5 else "")

@@ -4,13 +4,15 @@ Everything here is a pure function on tensors. The numerics follow
 ``torchao.quantization.pt2e`` (and ``quantized_decomposed`` for quantize /
 dequantize) operation for operation, so results are bit-identical to theirs.
 """
+
 from __future__ import annotations
 
 import bisect
 import itertools
 import math
 import struct
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
+from typing import Optional, Union
 
 import torch
 from torch import Tensor

@@ -6,9 +6,11 @@ through re-export and serializes in ``.pt2`` files, so a reloaded program still 
 itself. Notes describe one node, so copying provenance to a new node leaves them behind;
 each write makes a new dictionary, as passes share ``custom`` between nodes.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch.fx import GraphModule, Node

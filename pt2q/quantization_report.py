@@ -11,6 +11,7 @@ granularity, qparams, observer), or the reason it stayed float, and, given input
 local, cumulative and sensitivity SQNR (:mod:`pt2q.layer_errors`). SQNRs are in dB with
 the float model's values as the signal; ``inf`` means bit-identical.
 """
+
 from __future__ import annotations
 
 import copy
@@ -68,7 +69,9 @@ class TensorQuantization:
         else:
             qp = f"s={self.scale:.3g} zp={self.zero_point}"
         extra = [x for x in (self.observer, f"from {self.source}" if self.source else None) if x]
-        return f"{self.role[0] if self.role != 'bias' else 'b'}:{dtype} {qp}" + (f" ({', '.join(extra)})" if extra else "")
+        return f"{self.role[0] if self.role != 'bias' else 'b'}:{dtype} {qp}" + (
+            f" ({', '.join(extra)})" if extra else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,9 @@ def _fmt(x: Optional[float]) -> str:
 class QuantizationReport:
     """The per-node table of :func:`report`; ``str()`` renders it, ``plot()`` charts it."""
 
-    def __init__(self, rows: Sequence[ReportRow], output_sqnr: Optional[float], batches: int,
-                 notes: Sequence[str] = ()) -> None:
+    def __init__(
+        self, rows: Sequence[ReportRow], output_sqnr: Optional[float], batches: int, notes: Sequence[str] = ()
+    ) -> None:
         self.rows = list(rows)
         self.output_sqnr = output_sqnr
         self.batches = batches
@@ -138,11 +142,23 @@ class QuantizationReport:
     def __str__(self) -> str:
         placed = any(r.runs_on for r in self.rows)
         head = ("node", "module", "op", *(("runs on",) if placed else ()), "local", "cumul.", "sens.", "quantization")
-        body = [(r.name, r.module_path or "-", r.op, *((r.runs_on or "-",) if placed else ()), _fmt(r.local_sqnr),
-                 _fmt(r.cumulative_sqnr), _fmt(r.sensitivity_sqnr), r.how) for r in self.rows]
+        body = [
+            (
+                r.name,
+                r.module_path or "-",
+                r.op,
+                *((r.runs_on or "-",) if placed else ()),
+                _fmt(r.local_sqnr),
+                _fmt(r.cumulative_sqnr),
+                _fmt(r.sensitivity_sqnr),
+                r.how,
+            )
+            for r in self.rows
+        ]
         widths = [max(len(str(line[i])) for line in [head, *body]) for i in range(len(head) - 1)]
-        lines = ["  ".join(str(c).ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1]
-                 for line in [head, *body]]
+        lines = [
+            "  ".join(str(c).ljust(w) for c, w in zip(line[:-1], widths)) + "  " + line[-1] for line in [head, *body]
+        ]
         lines.insert(1, "-" * min(max(len(x) for x in lines), 120))
         n_q = len(self.quantized_rows)
         summary = f"{n_q} of {len(self.rows)} nodes quantized"
@@ -207,14 +223,18 @@ def as_batches(inputs: Any) -> list[tuple]:
         return [tuple(b) for b in inputs]
     if isinstance(inputs, (list, tuple)):
         return [tuple(inputs)]
-    raise TypeError(f"pt2q.report: inputs must be a tuple of tensors or a list of such tuples, got {type(inputs).__name__}")
+    raise TypeError(
+        f"pt2q.report: inputs must be a tuple of tensors or a list of such tuples, got {type(inputs).__name__}"
+    )
 
 
 def _float_graph(float_model: Any, batches: list[tuple]) -> Optional[GraphModule]:
     if float_model is None or isinstance(float_model, (GraphModule, ExportedProgram)):
         return None if float_model is None else _graph_module(float_model, "float_model")
     if not isinstance(float_model, nn.Module):
-        raise TypeError(f"pt2q.report: float_model must be an nn.Module, GraphModule or ExportedProgram, got {type(float_model).__name__}")
+        raise TypeError(
+            f"pt2q.report: float_model must be an nn.Module, GraphModule or ExportedProgram, got {type(float_model).__name__}"
+        )
     if not batches:
         raise ValueError("pt2q.report: an eager float_model needs inputs (it is exported with the first batch)")
     try:
@@ -227,7 +247,7 @@ def _op_name(node: Node) -> str:
     target = node.target
     if isinstance(target, torch._ops.OpOverload):
         name = target.name().split("::")[-1]
-        return name[:-len(".default")] if name.endswith(".default") else name
+        return name[: -len(".default")] if name.endswith(".default") else name
     return getattr(target, "__name__", str(target))
 
 
@@ -238,8 +258,10 @@ def _module_path(node: Node) -> str:
 def _qparams(gm: GraphModule, node: Node) -> tuple[Optional[int], Any, Any, torch.dtype]:
     """(per-channel axis, scale, zero point, dtype) of a Q/DQ node."""
     dtype = node.args[-1]
-    if node.target in (torch.ops.quantized_decomposed.quantize_per_channel.default,
-                       torch.ops.quantized_decomposed.dequantize_per_channel.default):
+    if node.target in (
+        torch.ops.quantized_decomposed.quantize_per_channel.default,
+        torch.ops.quantized_decomposed.dequantize_per_channel.default,
+    ):
         return int(node.args[3]), constant_attr(gm, node.args[1]), constant_attr(gm, node.args[2]), dtype
     scale, zp = node.args[1], node.args[2]
     if isinstance(scale, Node):  # dynamic: chosen at run time
@@ -300,14 +322,21 @@ def _value_of(members: list[Node]) -> Optional[NodeSourceDebugInfo]:
     return value_handle(ops[-1]) if ops else None
 
 
-def _row_order(f_gm: Optional[GraphModule], q_gm: GraphModule, members: dict[NodeSourceDebugInfo, list[Node]],
-               to_float: dict[NodeSourceDebugInfo, NodeSourceDebugInfo]) -> list[tuple[Any, Any, Optional[Node]]]:
+def _row_order(
+    f_gm: Optional[GraphModule],
+    q_gm: GraphModule,
+    members: dict[NodeSourceDebugInfo, list[Node]],
+    to_float: dict[NodeSourceDebugInfo, NodeSourceDebugInfo],
+) -> list[tuple[Any, Any, Optional[Node]]]:
     """(float handle, quantized handle or None, float node or None) per row: the float graph's
     operators in order, or without a float graph the quantized graph's layers by first operator."""
     if f_gm is not None:
         from_float = {f: q for q, f in to_float.items()}
-        return [(f, from_float.get(f), n) for n in f_gm.graph.nodes
-                if n.op == "call_function" and (f := debug_info(n)) is not None]
+        return [
+            (f, from_float.get(f), n)
+            for n in f_gm.graph.nodes
+            if n.op == "call_function" and (f := debug_info(n)) is not None
+        ]
     position = {n: i for i, n in enumerate(q_gm.graph.nodes)}
     layers = [(h, ms) for h, ms in members.items() if any(m.op == "call_function" for m in ms)]
     layers.sort(key=lambda item: position[(_op_nodes(item[1]) or item[1])[0]])
@@ -347,8 +376,10 @@ def report(
     q_gm = _graph_module(quantized_model, "quantized_model")
     observers = [n.target for n in q_gm.graph.nodes if is_observer_node(n, q_gm)]
     if observers:
-        raise ValueError(f"pt2q.report: quantized_model still holds observers ({', '.join(observers[:3])}"
-                         f"{', ...' if len(observers) > 3 else ''}): calibrate it and call convert_pt2e first")
+        raise ValueError(
+            f"pt2q.report: quantized_model still holds observers ({', '.join(observers[:3])}"
+            f"{', ...' if len(observers) > 3 else ''}): calibrate it and call convert_pt2e first"
+        )
     batches = as_batches(inputs)
     f_gm = _float_graph(float_model, batches)
     members: dict[NodeSourceDebugInfo, list[Node]] = {}  # each layer's nodes in the quantized graph
@@ -379,17 +410,21 @@ def report(
             return table[measured].sqnr if measured in table else None
 
         cum = errors.cumulative.get(measured)
-        rows.append(ReportRow(
-            name=f_handle.name,
-            module_path=_module_path(shown),
-            op=_op_name(shown),
-            quantization=quant,
-            float_reason=None if _owns_quantization(quant) else _float_reason(ms, f_node, folded_into.get(q_handle)),
-            local_sqnr=db(errors.local),
-            cumulative_sqnr=db(errors.cumulative),
-            sensitivity_sqnr=db(errors.sensitivity),
-            cumulative_mse=cum.mse if cum else None,
-            max_abs_error=cum.max_abs if cum else None,
-        ))
+        rows.append(
+            ReportRow(
+                name=f_handle.name,
+                module_path=_module_path(shown),
+                op=_op_name(shown),
+                quantization=quant,
+                float_reason=None
+                if _owns_quantization(quant)
+                else _float_reason(ms, f_node, folded_into.get(q_handle)),
+                local_sqnr=db(errors.local),
+                cumulative_sqnr=db(errors.cumulative),
+                sensitivity_sqnr=db(errors.sensitivity),
+                cumulative_mse=cum.mse if cum else None,
+                max_abs_error=cum.max_abs if cum else None,
+            )
+        )
     output_sqnr = errors.output.sqnr if errors.batches else None
     return QuantizationReport(rows, output_sqnr, errors.batches)

@@ -1,4 +1,5 @@
 """The ``Quantizer`` interface a backend implements, and the public spec names."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -8,10 +9,10 @@ import torch
 from torch.fx import GraphModule, Node
 
 from pt2q.spec import (
+    Q_ANNOTATION_KEY,
     DerivedQuantizationSpec,
     EdgeOrNode,
     FixedQParamsQuantizationSpec,
-    Q_ANNOTATION_KEY,
     QuantizationAnnotation,
     QuantizationConfig,
     QuantizationSpec,
@@ -47,12 +48,10 @@ class Quantizer(ABC):
         return model
 
     @abstractmethod
-    def annotate(self, model: GraphModule) -> GraphModule:
-        ...
+    def annotate(self, model: GraphModule) -> GraphModule: ...
 
     @abstractmethod
-    def validate(self, model: GraphModule) -> None:
-        ...
+    def validate(self, model: GraphModule) -> None: ...
 
     def prepare_obs_or_fq_callback(
         self, model: GraphModule, edge_or_node_to_obs_or_fq: dict[EdgeOrNode, torch.nn.Module]

@@ -18,6 +18,7 @@ seen are stored: ``2 * channels * bins`` float64 counts, about 2**mantissa_bits
 bins per power of two spanned (~6000 for data up to 2**15).
 Within a bin, values are taken as uniformly spread.
 """
+
 from __future__ import annotations
 
 from abc import abstractmethod
@@ -230,11 +231,14 @@ class MSEObserver(_ClippingObserver):
         """The candidate (lo, hi) [G, C] pair with the least expected error, per channel: [C] each."""
         scale, zero_point = self._calculate_qparams(lo, hi)
         step = max(1, _MAX_ELEMENTS // (lo.shape[1] * (self.quant_max - self.quant_min + 1)))
-        errors = torch.cat([
-            expected_squared_error(edges, counts, scale[i : i + step], zero_point[i : i + step],
-                                   self.quant_min, self.quant_max)
-            for i in range(0, scale.shape[0], step)
-        ])
+        errors = torch.cat(
+            [
+                expected_squared_error(
+                    edges, counts, scale[i : i + step], zero_point[i : i + step], self.quant_min, self.quant_max
+                )
+                for i in range(0, scale.shape[0], step)
+            ]
+        )
         best = errors.argmin(0, keepdim=True)  # the first of equal minima
         return lo.gather(0, best).squeeze(0), hi.gather(0, best).squeeze(0)
 

@@ -18,12 +18,14 @@ reproduce the ``quantized_decomposed`` kernels bit for bit. Operators without a 
 ``graph.call_function``; no example program is traced, and everything is plain ATen
 (plus torch's ``out_dtype`` higher-order op), so the result exports, saves and loads.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401  registers torch.ops.quantized_decomposed
@@ -155,8 +157,15 @@ class _QDQ:
 def _static_affine(gm: GraphModule, node: Node) -> Optional[_Affine]:
     if node.target in (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default):
         source, scale, zero_point, qmin, qmax, dtype = node.args[:6]
-        return _Affine(source, torch.tensor([float(scale)], dtype=torch.float64),
-                       torch.tensor([int(zero_point)]), qmin, qmax, dtype, None)
+        return _Affine(
+            source,
+            torch.tensor([float(scale)], dtype=torch.float64),
+            torch.tensor([int(zero_point)]),
+            qmin,
+            qmax,
+            dtype,
+            None,
+        )
     source, scale, zero_point, axis, qmin, qmax, dtype = node.args[:7]
     if not all(isinstance(a, Node) and a.op == "get_attr" for a in (scale, zero_point)):
         return None
@@ -172,7 +181,9 @@ def _collapse(t: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> Cons
     return t.to(dtype).reshape(shape)
 
 
-def _fixed_point(multipliers: Sequence[torch.Tensor], out: _Affine, relu: bool, shape: Sequence[int]) -> Optional[_Requant]:
+def _fixed_point(
+    multipliers: Sequence[torch.Tensor], out: _Affine, relu: bool, shape: Sequence[int]
+) -> Optional[_Requant]:
     """Express each multiplier as ``m / 2**shift`` with one shift; the largest ``m`` lies in [2**30, 2**31]."""
     shift = min(31 - math.frexp(max(float(m.max()) for m in multipliers))[1], 62)
     if shift < 1:  # a multiplier of 2**30 or more: no sensible quantization gives one
@@ -182,13 +193,19 @@ def _fixed_point(multipliers: Sequence[torch.Tensor], out: _Affine, relu: bool, 
     return _Requant(fixed, shift, zero_point, max(out.qmin, zero_point) if relu else out.qmin, out.qmax, out.dtype)
 
 
-def _carry_weighted(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...], spatial_dims: int) -> Optional[_Weighted]:
+def _carry_weighted(
+    gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...], spatial_dims: int
+) -> Optional[_Weighted]:
     op, q = chain[0], chain[-1]
     x, w, out = _static_affine(gm, dqs[0]), _static_affine(gm, dqs[1]), _static_affine(gm, q)
     bias = op.args[2] if len(op.args) > 2 else None
     if (
-        x is None or w is None or out is None or op.kwargs
-        or any(a.dtype not in _8BIT for a in (x, w, out)) or w.axis not in (None, 0)
+        x is None
+        or w is None
+        or out is None
+        or op.kwargs
+        or any(a.dtype not in _8BIT for a in (x, w, out))
+        or w.axis not in (None, 0)
         or not (bias is None or (isinstance(bias, Node) and bias.op == "get_attr"))
     ):
         return None
@@ -202,8 +219,16 @@ def _carry_weighted(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, .
     if requant is None:
         return None
     weight_shape = (-1,) + (1,) * (spatial_dims + 1)
-    return _Weighted(op.target, x.source, int(x.zero_point), w.source,
-                     _collapse(w.zero_point, weight_shape, torch.int16), bias_i32, tuple(op.args[3:]), requant)
+    return _Weighted(
+        op.target,
+        x.source,
+        int(x.zero_point),
+        w.source,
+        _collapse(w.zero_point, weight_shape, torch.int16),
+        bias_i32,
+        tuple(op.args[3:]),
+        requant,
+    )
 
 
 def _carry_dynamic_linear(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> Optional[_DynamicLinear]:
@@ -211,8 +236,15 @@ def _carry_dynamic_linear(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[N
     w = _static_affine(gm, dqs[1])
     if w is None or op.kwargs or w.dtype not in _8BIT or x.args[5] not in _8BIT or w.axis not in (None, 0):
         return None
-    return _DynamicLinear(x.args[0], x.args[1], x.args[2], w.source, _collapse(w.zero_point, (-1, 1), torch.int16),
-                          _collapse(w.scale, (-1,), torch.float32), op.args[2] if len(op.args) > 2 else None)
+    return _DynamicLinear(
+        x.args[0],
+        x.args[1],
+        x.args[2],
+        w.source,
+        _collapse(w.zero_point, (-1, 1), torch.int16),
+        _collapse(w.scale, (-1,), torch.float32),
+        op.args[2] if len(op.args) > 2 else None,
+    )
 
 
 def _carry_rescaled(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> Optional[_Rescaled]:
@@ -223,7 +255,7 @@ def _carry_rescaled(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, .
     requant = _fixed_point([a.scale / out.scale for a in ins], out, relu=len(chain) == 3, shape=(-1,))
     if requant is None:
         return None
-    return _Rescaled(tuple((a.source, int(a.zero_point)) for a in ins), tuple(op.args[len(dqs):]), requant)
+    return _Rescaled(tuple((a.source, int(a.zero_point)) for a in ins), tuple(op.args[len(dqs) :]), requant)
 
 
 def _rank(gm: GraphModule, node: Node) -> int:
@@ -301,7 +333,7 @@ def _integer_add(gm: GraphModule, c: _Rescaled) -> Node:
 
 
 def _integer_max_pool2d(gm: GraphModule, c: _Rescaled) -> Node:
-    (x, zero_point), = c.operands
+    ((x, zero_point),) = c.operands
     pooled = _call(gm, aten.max_pool2d.default, _widen(gm, x, zero_point), *c.op_args)
     return _requantize(gm, [pooled], c.out)
 
@@ -360,16 +392,28 @@ _STATIC = {0: _DQ, 1: _DQ_WEIGHT}
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite("linear", (_LINEAR, _Q), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
     Rewrite("linear_relu", (_LINEAR, RELU, _Q), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
-    Rewrite("dynamic_linear", (_LINEAR,), {0: _DQ_DYNAMIC, 1: _DQ_WEIGHT}, _carry_dynamic_linear, _integer_dynamic_linear),
+    Rewrite(
+        "dynamic_linear", (_LINEAR,), {0: _DQ_DYNAMIC, 1: _DQ_WEIGHT}, _carry_dynamic_linear, _integer_dynamic_linear
+    ),
     Rewrite("conv2d", (_CONV2D, _Q), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
     Rewrite("conv2d_relu", (_CONV2D, RELU, _Q), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
     Rewrite("add", (_ADD, _Q), {0: _DQ, 1: _DQ}, _carry_rescaled, _integer_add),
     Rewrite("add_relu", (_ADD, RELU, _Q), {0: _DQ, 1: _DQ}, _carry_rescaled, _integer_add),
     Rewrite("max_pool2d", (_MAX_POOL2D, _Q), {0: _DQ}, _carry_rescaled, _integer_max_pool2d),
-    Rewrite("quantize", ({qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor, qd.quantize_per_channel.default},),
-            {}, _carry_qdq, _reference_quantize),
-    Rewrite("dequantize", ({qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor, qd.dequantize_per_channel.default},),
-            {}, _carry_qdq, _reference_dequantize),
+    Rewrite(
+        "quantize",
+        ({qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor, qd.quantize_per_channel.default},),
+        {},
+        _carry_qdq,
+        _reference_quantize,
+    ),
+    Rewrite(
+        "dequantize",
+        ({qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor, qd.dequantize_per_channel.default},),
+        {},
+        _carry_qdq,
+        _reference_dequantize,
+    ),
 )
 
 

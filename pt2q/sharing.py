@@ -11,6 +11,7 @@ output is a member. Members join a group when
 
 Groups are a union-find over members; the result is a group id per member.
 """
+
 from __future__ import annotations
 
 from torch.fx import GraphModule

@@ -3,11 +3,13 @@
 A ``Quantizer`` writes these on ``node.meta["quantization_annotation"]``;
 ``prepare_pt2e`` turns them into observers or fake quantizers.
 """
+
 from __future__ import annotations
 
 from abc import ABC
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor

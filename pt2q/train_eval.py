@@ -5,6 +5,7 @@ an exported module would silently do nothing. pt2q makes ``.eval()``/``.train()`
 raise and offers functions that rewrite the flags in place, keeping each op's
 own dropout ``p``, BatchNorm ``momentum`` and ``eps``.
 """
+
 from __future__ import annotations
 
 import types
@@ -26,8 +27,14 @@ _TRAIN_FLAG_ARG = {
     **{
         op.default: (2, "train")
         for op in (
-            _aten.dropout, _aten.dropout_, _aten.feature_dropout, _aten.feature_dropout_,
-            _aten.alpha_dropout, _aten.alpha_dropout_, _aten.feature_alpha_dropout, _aten.feature_alpha_dropout_,
+            _aten.dropout,
+            _aten.dropout_,
+            _aten.feature_dropout,
+            _aten.feature_dropout_,
+            _aten.alpha_dropout,
+            _aten.alpha_dropout_,
+            _aten.feature_alpha_dropout,
+            _aten.feature_alpha_dropout_,
         )
     },
     _aten.batch_norm.default: (5, "training"),
@@ -61,7 +68,7 @@ def _set_training(model: GraphModule, training: bool) -> GraphModule:
             continue
         index, keyword = flag
         if len(node.args) > index and node.args[index] != training:
-            node.args = node.args[:index] + (training,) + node.args[index + 1:]
+            node.args = node.args[:index] + (training,) + node.args[index + 1 :]
             changed = True
         elif keyword in node.kwargs and node.kwargs[keyword] != training:
             node.kwargs = {**node.kwargs, keyword: training}

@@ -7,6 +7,7 @@ int8 kernels, ``EmbeddingQuantizer`` for weight-only embedding tables (ExecuTorc
 ``embedding_byte``); the operator annotators they are built from are
 registered by name in ``ANNOTATORS`` for other quantizers to reuse.
 """
+
 from pt2q.quantizers.annotators import (
     ANNOTATORS,
     Annotator,
@@ -19,12 +20,12 @@ from pt2q.quantizers.annotators import (
     register_annotator,
 )
 from pt2q.quantizers.embedding import EmbeddingQuantizer, get_embedding_quantization_config
+from pt2q.quantizers.x86_inductor import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 from pt2q.quantizers.xnnpack import (
     XNNPACKQuantizer,
     get_symmetric_quantization_config,
     get_weight_only_quantization_config,
 )
-from pt2q.quantizers.x86_inductor import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 __all__ = [
     "XNNPACKQuantizer",

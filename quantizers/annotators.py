@@ -25,10 +25,12 @@ propagation honour ``filter_fn``; ``adaptive_avg_pool2d`` is matched by operator
 so the functional form counts too; a transposed conv kept with BatchNorm for QAT
 has its weight quantized per output channel (axis 1), as without BatchNorm.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Optional
 
 import torch
 from torch.fx import GraphModule, Node
@@ -86,28 +88,30 @@ _CONV_BN_OPS = {
 
 # Ops whose output keeps the quantization parameters of their (first) input:
 # they move, select or clamp values without creating new ones.
-SHARE_QPARAMS_OPS = frozenset({
-    aten.relu.default,
-    aten.hardtanh.default,
-    aten.hardtanh_.default,
-    aten.max_pool2d.default,
-    aten.mean.default,
-    aten.mean.dim,
-    aten.permute.default,
-    aten.permute_copy.default,
-    aten.transpose.int,
-    aten.squeeze.dim,
-    aten.squeeze_copy.dim,
-    aten.adaptive_avg_pool2d.default,
-    aten.view_copy.default,
-    aten.view.default,
-    aten.reshape.default,
-    aten.slice.Tensor,
-    aten.slice_copy.Tensor,
-    aten.flatten.using_ints,
-    aten.dropout.default,  # identity once deployed (eval)
-    aten.dropout_.default,
-})
+SHARE_QPARAMS_OPS = frozenset(
+    {
+        aten.relu.default,
+        aten.hardtanh.default,
+        aten.hardtanh_.default,
+        aten.max_pool2d.default,
+        aten.mean.default,
+        aten.mean.dim,
+        aten.permute.default,
+        aten.permute_copy.default,
+        aten.transpose.int,
+        aten.squeeze.dim,
+        aten.squeeze_copy.dim,
+        aten.adaptive_avg_pool2d.default,
+        aten.view_copy.default,
+        aten.view.default,
+        aten.reshape.default,
+        aten.slice.Tensor,
+        aten.slice_copy.Tensor,
+        aten.flatten.using_ints,
+        aten.dropout.default,  # identity once deployed (eval)
+        aten.dropout_.default,
+    }
+)
 
 # histc, which HistogramObserver relies on, fails past this magnitude
 _HISTC_UPPER_BOUND = 3.4028235e15
@@ -133,6 +137,7 @@ def get_annotator(name: str) -> Annotator:
 
 # --- reading a config ---------------------------------------------------------------
 
+
 def get_input_act_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
     return None if config is None else config.input_activation
 
@@ -156,6 +161,7 @@ def is_dynamic_config(config: Optional[QuantizationConfig]) -> bool:
 
 
 # --- marking nodes -----------------------------------------------------------------
+
 
 def is_annotated(nodes: Iterable[Optional[Node]]) -> bool:
     """True if any of ``nodes`` was already claimed by a pattern (``_annotated=True``)."""
@@ -204,6 +210,7 @@ def _rank(node: object) -> Optional[int]:
 
 # --- linear ------------------------------------------------------------------------
 
+
 def _conv_weight_qspec(config: Optional[QuantizationConfig], transposed: bool) -> Optional[QuantizationSpecBase]:
     """The weight spec; a transposed conv's weight is (in, out/groups, ...): its channel axis is 1."""
     spec = get_weight_qspec(config)
@@ -228,7 +235,9 @@ def _weighted_inputs(
 
 
 @register_annotator("linear")
-def annotate_linear(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_linear(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``linear``: input, weight and bias specs on the edges, output spec on the result."""
     partitions = []
     for node in list(gm.graph.nodes):
@@ -242,7 +251,9 @@ def annotate_linear(gm: GraphModule, config: Optional[QuantizationConfig], filte
 
 
 @register_annotator("linear_relu")
-def annotate_linear_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_linear_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``linear -> relu``: linear's inputs as in ``"linear"``, the output spec on the relu."""
     partitions = []
     for linear, relu in find_chains(gm, [LINEAR, RELU]):
@@ -259,6 +270,7 @@ def annotate_linear_relu(gm: GraphModule, config: Optional[QuantizationConfig], 
 
 # --- convolution -------------------------------------------------------------------
 
+
 def _conv_transpose_groups(conv: Node) -> int:
     # conv_transposeNd(input, weight, bias, stride, padding, output_padding, groups, dilation)
     groups = _arg(conv, 6, conv.kwargs.get("groups", 1))
@@ -269,7 +281,9 @@ def _conv_ops(transposed: bool) -> Step:
     return CONV_TRANSPOSE if transposed else CONV_OPS
 
 
-def _annotate_conv(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], transposed: bool) -> list[list[Node]]:
+def _annotate_conv(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], transposed: bool
+) -> list[list[Node]]:
     dynamic = is_dynamic_config(config)
     partitions = []
     for conv in list(gm.graph.nodes):
@@ -302,7 +316,9 @@ def _dynamic_conv_supported(conv: Node, transposed: bool) -> bool:
     return True
 
 
-def _annotate_conv_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], transposed: bool) -> list[list[Node]]:
+def _annotate_conv_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], transposed: bool
+) -> list[list[Node]]:
     partitions = []
     for conv, relu in find_chains(gm, [_conv_ops(transposed), RELU]):
         inputs, params = _weighted_inputs(conv, config, transposed)
@@ -338,54 +354,71 @@ def _annotate_conv_bn(
 
 
 @register_annotator("conv")
-def annotate_conv(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv{1,2,3}d`` not followed by a relu: input, weight, bias and output specs."""
     return _annotate_conv(gm, config, filter_fn, transposed=False)
 
 
 @register_annotator("conv_relu")
-def annotate_conv_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv -> relu``: conv inputs, the output spec on the relu."""
     return _annotate_conv_relu(gm, config, filter_fn, transposed=False)
 
 
 @register_annotator("conv_bn")
-def annotate_conv_bn(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_bn(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv -> batch_norm`` (QAT): conv inputs, the output spec on the batch_norm."""
     return _annotate_conv_bn(gm, config, filter_fn, transposed=False, relu=False)
 
 
 @register_annotator("conv_bn_relu")
-def annotate_conv_bn_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_bn_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv -> batch_norm -> relu`` (QAT): conv inputs, the output spec on the relu."""
     return _annotate_conv_bn(gm, config, filter_fn, transposed=False, relu=True)
 
 
 @register_annotator("conv_transpose")
-def annotate_conv_transpose(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_transpose(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv_transpose{1,2,3}d`` (one group) not followed by a relu."""
     return _annotate_conv(gm, config, filter_fn, transposed=True)
 
 
 @register_annotator("conv_transpose_relu")
-def annotate_conv_transpose_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_transpose_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv_transpose -> relu`` (one group)."""
     return _annotate_conv_relu(gm, config, filter_fn, transposed=True)
 
 
 @register_annotator("conv_transpose_bn")
-def annotate_conv_transpose_bn(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_transpose_bn(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv_transpose -> batch_norm`` (QAT)."""
     return _annotate_conv_bn(gm, config, filter_fn, transposed=True, relu=False)
 
 
 @register_annotator("conv_transpose_bn_relu")
-def annotate_conv_transpose_bn_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_transpose_bn_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv_transpose -> batch_norm -> relu`` (QAT)."""
     return _annotate_conv_bn(gm, config, filter_fn, transposed=True, relu=True)
 
 
 # --- add / mul ---------------------------------------------------------------------
+
 
 def _is_float32_tensor(node: Node) -> bool:
     val = node.meta.get("val")
@@ -399,7 +432,9 @@ def _is_large_scalar(gm: GraphModule, node: Node) -> bool:
     return value.numel() == 1 and abs(value.item()) > _HISTC_UPPER_BOUND
 
 
-def _binary_inputs(gm: GraphModule, op: Node, config: Optional[QuantizationConfig]) -> Optional[dict[Node, Optional[QuantizationSpecBase]]]:
+def _binary_inputs(
+    gm: GraphModule, op: Node, config: Optional[QuantizationConfig]
+) -> Optional[dict[Node, Optional[QuantizationSpecBase]]]:
     """Specs for the tensor operands of add/mul, or None if one cannot be observed."""
     inputs: dict[Node, Optional[QuantizationSpecBase]] = {}
     for arg in op.args[:2]:
@@ -411,7 +446,9 @@ def _binary_inputs(gm: GraphModule, op: Node, config: Optional[QuantizationConfi
     return inputs
 
 
-def _annotate_binary(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], ops: Step) -> list[list[Node]]:
+def _annotate_binary(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], ops: Step
+) -> list[list[Node]]:
     partitions = []
     for node in list(gm.graph.nodes):
         if not is_op(node, ops) or is_annotated([node]) or not _accepts(filter_fn, node):
@@ -424,7 +461,9 @@ def _annotate_binary(gm: GraphModule, config: Optional[QuantizationConfig], filt
     return partitions
 
 
-def _annotate_binary_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], ops: Step) -> list[list[Node]]:
+def _annotate_binary_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], ops: Step
+) -> list[list[Node]]:
     partitions = []
     for op, relu in find_chains(gm, [ops, RELU]):
         if is_annotated([relu, op]) or not _accepts(filter_fn, op):
@@ -439,30 +478,39 @@ def _annotate_binary_relu(gm: GraphModule, config: Optional[QuantizationConfig],
 
 
 @register_annotator("add")
-def annotate_add(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_add(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``add``: both float32 tensor operands and the output (skipped if an operand is not float32)."""
     return _annotate_binary(gm, config, filter_fn, ADD_OPS)
 
 
 @register_annotator("add_relu")
-def annotate_add_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_add_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``add -> relu``: the add's operands, the output spec on the relu."""
     return _annotate_binary_relu(gm, config, filter_fn, ADD_OPS)
 
 
 @register_annotator("mul")
-def annotate_mul(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_mul(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``mul``: both float32 tensor operands and the output."""
     return _annotate_binary(gm, config, filter_fn, MUL_OPS)
 
 
 @register_annotator("mul_relu")
-def annotate_mul_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_mul_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``mul -> relu``: the mul's operands, the output spec on the relu."""
     return _annotate_binary_relu(gm, config, filter_fn, MUL_OPS)
 
 
 # --- ops whose output shares its input's qparams ------------------------------------
+
 
 def _has_annotated_output(node: Node) -> bool:
     ann = node.meta.get(Q_ANNOTATION_KEY)
@@ -483,7 +531,9 @@ def _traces_to_annotated_output(node: Node) -> bool:
 
 
 @register_annotator("cat")
-def annotate_cat(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_cat(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``cat``: all inputs and the output share one set of qparams.
 
     The group is rooted at the first input already known to be quantized (else
@@ -505,7 +555,9 @@ def annotate_cat(gm: GraphModule, config: Optional[QuantizationConfig], filter_f
 
 
 @register_annotator("adaptive_avg_pool2d")
-def annotate_adaptive_avg_pool2d(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_adaptive_avg_pool2d(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``adaptive_avg_pool2d``: output shares the input's qparams.
 
     The input edge shares its producer's output spec when that is annotated, and
@@ -545,6 +597,8 @@ def propagate_annotation(gm: GraphModule, filter_fn: Optional[FilterFn] = None) 
 
 
 @register_annotator("propagate_annotation")
-def _propagate_annotation(gm: GraphModule, config: Optional[QuantizationConfig] = None, filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def _propagate_annotation(
+    gm: GraphModule, config: Optional[QuantizationConfig] = None, filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """:func:`propagate_annotation` under the common annotator signature (``config`` is unused)."""
     return propagate_annotation(gm, filter_fn)

@@ -10,6 +10,7 @@ first, and ``255 * 127 * 2`` does not fit: results saturate and accuracy collaps
 ``ONEDNN_MAX_CPU_ISA`` (or the older ``DNNL_MAX_CPU_ISA``) caps the instructions
 oneDNN uses, so a capped process saturates even on a VNNI CPU; it is honoured here.
 """
+
 from __future__ import annotations
 
 import functools

@@ -16,6 +16,7 @@ zero point, the layout ExecuTorch's quantized embedding kernels read::
 The indices and the looked-up vectors stay as they are: the kernel dequantizes
 only the rows it reads.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,11 +25,11 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 
+from pt2q.attrs import get_attr_value
 from pt2q.observer import PerChannelMinMaxObserver
 from pt2q.quantizer import Quantizer
-from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec
-from pt2q.attrs import get_attr_value
 from pt2q.quantizers.annotators import FilterFn, get_annotator, is_annotated, mark_annotated, register_annotator
+from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec
 
 __all__ = ["EmbeddingQuantizer", "get_embedding_quantization_config", "annotate_embedding", "EMBEDDING_OPS"]
 
@@ -66,7 +67,9 @@ def _embedding_weight(node: Node) -> Optional[Node]:
 
 
 @register_annotator("embedding")
-def annotate_embedding(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_embedding(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``embedding(weight, indices)``: the config's weight spec on the table; indices and output stay float.
 
     Only tables stored in the model (``get_attr``) are quantized; a table computed

@@ -1,7 +1,8 @@
 """Which observer or fake quantizer a backend config uses for activations and for weights."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

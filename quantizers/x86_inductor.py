@@ -37,12 +37,14 @@ not by the module that produced them, so ``F.relu``/``torch.add`` fuse like
 torchao raises; a module-name config asks each pattern's anchor (conv, linear,
 ...) rather than every node of the pattern.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import warnings
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +54,6 @@ from torch.fx import GraphModule, Node
 
 from pt2q.pattern import find_chains, is_op, sole_user
 from pt2q.quantizer import Quantizer
-from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec, SharedQuantizationSpec
-from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.annotators import (
     FilterFn,
     _weighted_inputs,
@@ -65,6 +65,14 @@ from pt2q.quantizers.annotators import (
     register_annotator,
 )
 from pt2q.quantizers.cpu_capability import cpu_has_vnni
+from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
+from pt2q.spec import (
+    Q_ANNOTATION_KEY,
+    QuantizationAnnotation,
+    QuantizationConfig,
+    QuantizationSpec,
+    SharedQuantizationSpec,
+)
 
 __all__ = [
     "X86InductorQuantizer",
@@ -84,14 +92,20 @@ RELU = {aten.relu.default, aten.relu_.default}
 BATCH_NORM = {aten.batch_norm.default}
 # hardtanh covers nn.ReLU6 (hardtanh(0, 6)); relu has the shared "conv_relu" annotator
 CONV_UNARY = {
-    aten.hardtanh.default, aten.hardtanh_.default,
-    aten.hardswish.default, aten.hardswish_.default,
-    aten.silu.default, aten.silu_.default,
+    aten.hardtanh.default,
+    aten.hardtanh_.default,
+    aten.hardswish.default,
+    aten.hardswish_.default,
+    aten.silu.default,
+    aten.silu_.default,
 }
 LINEAR_UNARY = {
-    aten.leaky_relu.default, aten.leaky_relu_.default,
-    aten.tanh.default, aten.tanh_.default,
-    aten.gelu.default, aten.gelu_.default,
+    aten.leaky_relu.default,
+    aten.leaky_relu_.default,
+    aten.tanh.default,
+    aten.tanh_.default,
+    aten.gelu.default,
+    aten.gelu_.default,
 }
 MAX_POOL2D, AVG_POOL2D = aten.max_pool2d.default, aten.avg_pool2d.default
 ADAPTIVE_AVG_POOL2D, CAT, FLATTEN = aten.adaptive_avg_pool2d.default, aten.cat.default, aten.flatten.using_ints
@@ -104,13 +118,22 @@ QUANTIZABLE_OPS = DEFAULT_QUANTIZABLE_OPS | {MATMUL}
 
 # What set_function_type_qconfig / set_module_type_qconfig accept, and the operator each means.
 _OPERATOR_OF: dict[Any, OpOverload] = {
-    nn.Conv1d: CONV1D, F.conv1d: CONV1D,
-    nn.Conv2d: CONV2D, F.conv2d: CONV2D,
-    nn.Linear: LINEAR, F.linear: LINEAR,
-    nn.MaxPool2d: MAX_POOL2D, F.max_pool2d: MAX_POOL2D,
-    nn.AvgPool2d: AVG_POOL2D, F.avg_pool2d: AVG_POOL2D,
-    nn.AdaptiveAvgPool2d: ADAPTIVE_AVG_POOL2D, F.adaptive_avg_pool2d: ADAPTIVE_AVG_POOL2D,
-    torch.cat: CAT, torch.flatten: FLATTEN, torch.matmul: MATMUL, torch.mul: MUL,
+    nn.Conv1d: CONV1D,
+    F.conv1d: CONV1D,
+    nn.Conv2d: CONV2D,
+    F.conv2d: CONV2D,
+    nn.Linear: LINEAR,
+    F.linear: LINEAR,
+    nn.MaxPool2d: MAX_POOL2D,
+    F.max_pool2d: MAX_POOL2D,
+    nn.AvgPool2d: AVG_POOL2D,
+    F.avg_pool2d: AVG_POOL2D,
+    nn.AdaptiveAvgPool2d: ADAPTIVE_AVG_POOL2D,
+    F.adaptive_avg_pool2d: ADAPTIVE_AVG_POOL2D,
+    torch.cat: CAT,
+    torch.flatten: FLATTEN,
+    torch.matmul: MATMUL,
+    torch.mul: MUL,
 }
 
 
@@ -179,8 +202,11 @@ def _inputs_only(config: QuantizationConfig) -> QuantizationConfig:
 
 # --- x86-specific annotators ----------------------------------------------------------------
 
+
 def _set(node: Node, inputs: Optional[dict] = None, output: Any = None) -> None:
-    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=dict(inputs or {}), output_qspec=output, _annotated=True)
+    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+        input_qspec_map=dict(inputs or {}), output_qspec=output, _annotated=True
+    )
 
 
 def _accepts(filter_fn: Optional[FilterFn], node: Node) -> bool:
@@ -237,39 +263,55 @@ def _annotate_weighted_binary(
 
 
 @register_annotator("x86_conv_add")
-def annotate_conv_add(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_add(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv2d -> add``: conv inputs and the add's other operand (oneDNN adds it in int8)."""
     return _annotate_weighted_binary(gm, config, filter_fn, {CONV2D}, with_relu=False, quantize_extra=True)
 
 
 @register_annotator("x86_conv_add_relu")
-def annotate_conv_add_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_add_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv2d -> add -> relu``: as ``x86_conv_add``, the relu fused after."""
     return _annotate_weighted_binary(gm, config, filter_fn, {CONV2D}, with_relu=True, quantize_extra=True)
 
 
 @register_annotator("x86_linear_add")
-def annotate_linear_add(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_linear_add(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``linear -> add``: linear inputs only; the other operand is accumulated in float."""
     return _annotate_weighted_binary(gm, config, filter_fn, {LINEAR}, with_relu=False, quantize_extra=False)
 
 
 @register_annotator("x86_linear_add_relu")
-def annotate_linear_add_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_linear_add_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``linear -> add -> relu``: as ``x86_linear_add``, the relu fused after."""
     return _annotate_weighted_binary(gm, config, filter_fn, {LINEAR}, with_relu=True, quantize_extra=False)
 
 
 @register_annotator("x86_conv_bn_add")
-def annotate_conv_bn_add(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_bn_add(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """QAT ``conv2d -> batch_norm -> add``: conv inputs, the other operand, the add's output."""
-    return _annotate_weighted_binary(gm, config, filter_fn, {CONV2D}, with_relu=False, quantize_extra=True, through_bn=True)
+    return _annotate_weighted_binary(
+        gm, config, filter_fn, {CONV2D}, with_relu=False, quantize_extra=True, through_bn=True
+    )
 
 
 @register_annotator("x86_conv_bn_add_relu")
-def annotate_conv_bn_add_relu(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_bn_add_relu(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """QAT ``conv2d -> batch_norm -> add -> relu``: output spec on the relu."""
-    return _annotate_weighted_binary(gm, config, filter_fn, {CONV2D}, with_relu=True, quantize_extra=True, through_bn=True)
+    return _annotate_weighted_binary(
+        gm, config, filter_fn, {CONV2D}, with_relu=True, quantize_extra=True, through_bn=True
+    )
 
 
 def _annotate_weighted_unary(
@@ -290,25 +332,33 @@ def _annotate_weighted_unary(
 
 
 @register_annotator("x86_conv_unary")
-def annotate_conv_unary(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_unary(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``conv2d -> hardtanh/relu6/hardswish/silu`` (relu: the shared ``conv_relu``)."""
     return _annotate_weighted_unary(gm, config, filter_fn, [{CONV2D}, CONV_UNARY])
 
 
 @register_annotator("x86_conv_bn_unary")
-def annotate_conv_bn_unary(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_conv_bn_unary(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """QAT ``conv2d -> batch_norm -> hardtanh/relu6/hardswish/silu``."""
     return _annotate_weighted_unary(gm, config, filter_fn, [{CONV2D}, BATCH_NORM, CONV_UNARY])
 
 
 @register_annotator("x86_linear_unary")
-def annotate_linear_unary(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_linear_unary(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``linear -> leaky_relu/tanh/gelu`` (relu: the shared ``linear_relu``)."""
     return _annotate_weighted_unary(gm, config, filter_fn, [{LINEAR}, LINEAR_UNARY])
 
 
 @register_annotator("matmul")
-def annotate_matmul(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_matmul(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``matmul``: every tensor operand gets the input spec; the output spec, if any, the result."""
     partitions = []
     for node in list(gm.graph.nodes):
@@ -321,7 +371,9 @@ def annotate_matmul(gm: GraphModule, config: Optional[QuantizationConfig], filte
 
 
 @register_annotator("x86_int8_passthrough")
-def annotate_int8_passthrough(gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def annotate_int8_passthrough(
+    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
+) -> list[list[Node]]:
     """``max_pool2d`` / ``avg_pool2d`` / ``flatten``: input spec on the input, output shares it.
 
     The ``adaptive_avg_pool2d`` annotator's idea for the other ops oneDNN runs on int8.
@@ -415,7 +467,7 @@ OperatorType = Union[OpOverload, Callable, type]
 def _module_paths(node: Node) -> set[str]:
     prefix = "L['self']."
     stack = node.meta.get("nn_module_stack") or {}
-    return {path[len(prefix):] if path.startswith(prefix) else path for path, _ in stack.values()}
+    return {path[len(prefix) :] if path.startswith(prefix) else path for path, _ in stack.values()}
 
 
 class X86InductorQuantizer(Quantizer):
@@ -443,15 +495,21 @@ class X86InductorQuantizer(Quantizer):
     def get_global_quantization_config(self) -> Optional[QuantizationConfig]:
         return self.global_config
 
-    def set_function_type_qconfig(self, function_type: OperatorType, quantization_config: Optional[QuantizationConfig]) -> X86InductorQuantizer:
+    def set_function_type_qconfig(
+        self, function_type: OperatorType, quantization_config: Optional[QuantizationConfig]
+    ) -> X86InductorQuantizer:
         """Config for the patterns anchored at a function's operator (``F.conv2d``, ``torch.matmul``, ...)."""
         return self._set_operator(function_type, quantization_config)
 
-    def set_module_type_qconfig(self, module_type: OperatorType, quantization_config: Optional[QuantizationConfig]) -> X86InductorQuantizer:
+    def set_module_type_qconfig(
+        self, module_type: OperatorType, quantization_config: Optional[QuantizationConfig]
+    ) -> X86InductorQuantizer:
         """Config for the operator a module type runs (``nn.Linear``: every ``linear``, as in torchao)."""
         return self._set_operator(module_type, quantization_config)
 
-    def set_module_name_qconfig(self, module_name: str, quantization_config: Optional[QuantizationConfig]) -> X86InductorQuantizer:
+    def set_module_name_qconfig(
+        self, module_name: str, quantization_config: Optional[QuantizationConfig]
+    ) -> X86InductorQuantizer:
         """Config for every supported pattern inside submodule ``module_name`` (matmul included).
 
         ``None`` keeps that submodule in float. When names nest, the one set first wins.
@@ -463,7 +521,9 @@ class X86InductorQuantizer(Quantizer):
     def _set_operator(self, kind: OperatorType, config: Optional[QuantizationConfig]) -> X86InductorQuantizer:
         op = kind if isinstance(kind, OpOverload) else _OPERATOR_OF.get(kind)
         if op not in QUANTIZABLE_OPS:
-            warnings.warn(f"X86InductorQuantizer cannot set a config for {kind}; it quantizes {sorted(map(str, QUANTIZABLE_OPS))}")
+            warnings.warn(
+                f"X86InductorQuantizer cannot set a config for {kind}; it quantizes {sorted(map(str, QUANTIZABLE_OPS))}"
+            )
             return self
         if not self._mode_clash(config, str(op)):
             self.operator_type_qconfig[op] = config
@@ -527,7 +587,9 @@ class X86InductorQuantizer(Quantizer):
         paths = _module_paths(node)
         return next((name for name in self.module_name_qconfig if name in paths), None)
 
-    def _annotate_stage(self, model: GraphModule, config: Optional[QuantizationConfig], owned: FilterFn, ops: frozenset) -> None:
+    def _annotate_stage(
+        self, model: GraphModule, config: Optional[QuantizationConfig], owned: FilterFn, ops: frozenset
+    ) -> None:
         """Fusion patterns, then int8-in/int8-out propagation, for the anchors in ``ops`` that ``owned`` accepts."""
         if config is None:
             return

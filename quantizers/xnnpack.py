@@ -23,11 +23,13 @@ Where pt2q differs from ExecuTorch, on purpose:
 * ``transform_for_annotation`` only turns scalars into tensors for float add/mul,
   so integer arithmetic keeps its dtype.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch._ops import OpOverload, OpOverloadPacket
@@ -36,8 +38,6 @@ from torch.fx import GraphModule, Node
 from pt2q.attrs import set_new_attr
 from pt2q.pattern import CONV_TRANSPOSE, LINEAR, is_op
 from pt2q.quantizer import Quantizer
-from pt2q.spec import QuantizationConfig, QuantizationSpec
-from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.annotators import (
     ADAPTIVE_AVG_POOL2D_OPS,
     ADD_OPS,
@@ -50,6 +50,8 @@ from pt2q.quantizers.annotators import (
     is_dynamic_config,
     propagate_annotation,
 )
+from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
+from pt2q.spec import QuantizationConfig, QuantizationSpec
 
 __all__ = [
     "XNNPACKQuantizer",
@@ -207,7 +209,7 @@ _Owner = Optional[tuple[str, Any]]  # ("name", module_name) | ("type", module_ty
 
 def _module_path(path: str) -> str:
     prefix = "L['self']."
-    return path[len(prefix):] if path.startswith(prefix) else path
+    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def _type_name(tp: Any) -> str:
@@ -239,7 +241,9 @@ class XNNPACKQuantizer(Quantizer):
         self.global_config = quantization_config
         return self
 
-    def set_operator_type(self, operator_type: OperatorType, quantization_config: Optional[QuantizationConfig]) -> XNNPACKQuantizer:
+    def set_operator_type(
+        self, operator_type: OperatorType, quantization_config: Optional[QuantizationConfig]
+    ) -> XNNPACKQuantizer:
         """Config for the patterns anchored at ``operator_type`` (e.g. ``torch.ops.aten.linear.default``).
 
         As in ExecuTorch this selects patterns, not single nodes: the conv
@@ -248,7 +252,9 @@ class XNNPACKQuantizer(Quantizer):
         self.operator_type_config[operator_type] = quantization_config
         return self
 
-    def set_module_type(self, module_type: Callable, quantization_config: Optional[QuantizationConfig]) -> XNNPACKQuantizer:
+    def set_module_type(
+        self, module_type: Callable, quantization_config: Optional[QuantizationConfig]
+    ) -> XNNPACKQuantizer:
         """Config for everything inside modules of ``module_type`` (``None``: keep them float)."""
         self.module_type_config[module_type] = quantization_config
         return self
@@ -312,7 +318,9 @@ class XNNPACKQuantizer(Quantizer):
                 setter = "set_module_name" if kind == "name" else "set_module_type"
                 return f"kept float by {setter}({key if kind == 'name' else _type_name(key)!r}, None)"
         else:
-            by_op = [self.operator_type_config[o] for o in self.operator_type_config if any(p.covers(o) for p in patterns)]
+            by_op = [
+                self.operator_type_config[o] for o in self.operator_type_config if any(p.covers(o) for p in patterns)
+            ]
             if by_op and by_op[0] is None:
                 return f"kept float by set_operator_type({op}, None)"
             config = by_op[0] if by_op else self.global_config

@@ -1,9 +1,11 @@
 """How close a lowered program's outputs are to a reference: max abs diff, SQNR, bit-exactness."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Union
 
 import torch
 

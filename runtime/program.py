@@ -11,13 +11,15 @@ friends resolve. The ``.pte`` header is checked before ExecuTorch sees the bytes
 inputs are checked against the method's signature before it runs, so a corrupt file
 or a wrong input gives an error that says what is wrong.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import torch
 
@@ -27,8 +29,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # ExecuTorch ScalarType codes (the same numbering as c10::ScalarType)
 _SCALAR_TYPES = {
-    0: torch.uint8, 1: torch.int8, 2: torch.int16, 3: torch.int32, 4: torch.int64,
-    5: torch.float16, 6: torch.float32, 7: torch.float64, 11: torch.bool, 15: torch.bfloat16,
+    0: torch.uint8,
+    1: torch.int8,
+    2: torch.int16,
+    3: torch.int32,
+    4: torch.int64,
+    5: torch.float16,
+    6: torch.float32,
+    7: torch.float64,
+    11: torch.bool,
+    15: torch.bfloat16,
 }
 _FILE_IDENTIFIER_AT = slice(4, 8)
 _EXTENDED_HEADER_AT = 8
@@ -36,7 +46,7 @@ _EXTENDED_HEADER_AT = 8
 
 # Loaded programs keep pointers into ExecuTorch's thread pool: resizing it while one is
 # alive would leave them dangling (see pt2q.runtime.timing.set_num_threads).
-_LIVE: "weakref.WeakSet[Program]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[Program] = weakref.WeakSet()
 
 
 def live_programs() -> int:
@@ -139,7 +149,9 @@ class Program:
             if got == want:
                 raise RuntimeError(f"{self.source} failed to run: {e}") from e
             # smaller than planned: fine for a dynamic-shape program, an error for a static one
-            raise InputMismatchError(f"{self.source} failed to run on inputs of shape {got} (expects {want}): {e}") from e
+            raise InputMismatchError(
+                f"{self.source} failed to run on inputs of shape {got} (expects {want}): {e}"
+            ) from e
 
     def __call__(self, *inputs: torch.Tensor) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
         outputs = self.run(inputs)

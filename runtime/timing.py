@@ -4,12 +4,14 @@ ExecuTorch's thread pool (which XNNPACK uses) is process-wide and loaded program
 on to it, so its size is set with :func:`set_num_threads` *before* loading the programs
 to time; :func:`time_program` reports the size it ran with.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import statistics
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 

@@ -1,10 +1,12 @@
 """Test utilities: run a model through pt2q's or torchao's PT2E flow, and describe Q/DQ graphs."""
+
 from __future__ import annotations
 
 import collections
 import copy
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.fx import GraphModule
@@ -13,9 +15,14 @@ import pt2q
 
 qd = torch.ops.quantized_decomposed
 QDQ_TARGETS = {
-    qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor, qd.quantize_per_channel.default,
-    qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor, qd.dequantize_per_channel.default,
-    qd.choose_qparams.tensor, qd.choose_qparams_symmetric.tensor,
+    qd.quantize_per_tensor.default,
+    qd.quantize_per_tensor.tensor,
+    qd.quantize_per_channel.default,
+    qd.dequantize_per_tensor.default,
+    qd.dequantize_per_tensor.tensor,
+    qd.dequantize_per_channel.default,
+    qd.choose_qparams.tensor,
+    qd.choose_qparams_symmetric.tensor,
 }
 
 
@@ -46,7 +53,9 @@ def _arg_value(gm: GraphModule, arg: Any) -> Any:
             value = gm
             for part in arg.target.split("."):
                 value = getattr(value, part)
-            return tuple(value.flatten().tolist()) if value.numel() < 4096 else ("tensor", tuple(value.shape), value.dtype)
+            return (
+                tuple(value.flatten().tolist()) if value.numel() < 4096 else ("tensor", tuple(value.shape), value.dtype)
+            )
         return "node"
     return arg
 
@@ -64,4 +73,3 @@ def saved_size(gm: GraphModule, example: tuple) -> int:
     buf = io.BytesIO()
     torch.export.save(torch.export.export(gm, example), buf)
     return buf.getbuffer().nbytes
-

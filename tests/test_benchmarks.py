@@ -1,4 +1,5 @@
 """The benchmark entry point (benchmarks/run.py) in --small mode on the MLP: structure of its tables, never wall time."""
+
 from __future__ import annotations
 
 import re
@@ -9,10 +10,25 @@ import pytest
 pytest.importorskip("executorch")
 pytest.importorskip("torchao")
 
-SIZE_COLUMNS = ["model", "format", "fp32 KiB", "pt2q int8 KiB", "torchao int8 KiB", "pt2q/fp32", "torchao/fp32",
-                "pt2q/torchao"]
-OVERHEAD_COLUMNS = ["model", "pt2q prepare+convert s", "torchao prepare+convert s", "ratio pt2q/torchao",
-                    "pt2q calib/fp32", "torchao calib/fp32", "overhead ratio pt2q/torchao"]
+SIZE_COLUMNS = [
+    "model",
+    "format",
+    "fp32 KiB",
+    "pt2q int8 KiB",
+    "torchao int8 KiB",
+    "pt2q/fp32",
+    "torchao/fp32",
+    "pt2q/torchao",
+]
+OVERHEAD_COLUMNS = [
+    "model",
+    "pt2q prepare+convert s",
+    "torchao prepare+convert s",
+    "ratio pt2q/torchao",
+    "pt2q calib/fp32",
+    "torchao calib/fp32",
+    "overhead ratio pt2q/torchao",
+]
 
 
 def _tables(document: str) -> dict[str, list[dict[str, str]]]:

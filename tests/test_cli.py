@@ -1,4 +1,5 @@
 """The ``pt2q`` command, driven through its console entry point in a subprocess."""
+
 from __future__ import annotations
 
 import re
@@ -45,8 +46,7 @@ def pt2q_many(
 ) -> list[subprocess.CompletedProcess]:
     """Run several ``pt2q`` commands at once (each pays torch's import time) and wait for all."""
     procs = [
-        subprocess.Popen([*launcher, *args], cwd=cwd, text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen([*launcher, *args], cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for args in commands
     ]
     results = []
@@ -75,15 +75,31 @@ def workdir(tmp_path_factory) -> Path:
 def test_console_script_imports_a_dotted_module_from_the_working_directory(workdir: Path) -> None:
     script = shutil.which("pt2q")
     assert script, "pip install -e . should install the pt2q command"
-    (done,) = pt2q_many([["quantize", "tiny:make", "--example-inputs", SHAPE, "--calibrate", "1", "--out", "dotted.pt2"]],
-                        cwd=workdir, launcher=(script,))
+    (done,) = pt2q_many(
+        [["quantize", "tiny:make", "--example-inputs", SHAPE, "--calibrate", "1", "--out", "dotted.pt2"]],
+        cwd=workdir,
+        launcher=(script,),
+    )
     assert done.returncode == 0, done.stderr
     assert (workdir / "dotted.pt2").is_file()
 
 
 def test_quantize_to_pt2_with_composed_quantizers_then_inspect(workdir: Path) -> None:
-    done = pt2q("quantize", "tiny.py:both", "--quantizer", "xnnpack,embedding", "--example-inputs", f"{SHAPE},1x6:int64",
-                "--calibrate", "2", "--target", "pt2", "--out", "tiny.pt2", cwd=workdir)
+    done = pt2q(
+        "quantize",
+        "tiny.py:both",
+        "--quantizer",
+        "xnnpack,embedding",
+        "--example-inputs",
+        f"{SHAPE},1x6:int64",
+        "--calibrate",
+        "2",
+        "--target",
+        "pt2",
+        "--out",
+        "tiny.pt2",
+        cwd=workdir,
+    )
     assert done.returncode == 0, done.stderr
     assert (workdir / "tiny.pt2").is_file()
     assert re.search(r"quantizers\s+\| embedding,xnnpack", done.stdout), done.stdout
@@ -100,16 +116,30 @@ def test_quantize_to_pt2_with_composed_quantizers_then_inspect(workdir: Path) ->
 
 
 def test_quantize_to_pte_then_inspect_and_run(workdir: Path) -> None:
-    done = pt2q("quantize", "tiny.py:make", "--example-inputs", SHAPE, "--calibrate", "2",
-                "--target", "pte", "--out", "tiny.pte", cwd=workdir)
+    done = pt2q(
+        "quantize",
+        "tiny.py:make",
+        "--example-inputs",
+        SHAPE,
+        "--calibrate",
+        "2",
+        "--target",
+        "pte",
+        "--out",
+        "tiny.pte",
+        cwd=workdir,
+    )
     assert done.returncode == 0, done.stderr
     assert (workdir / "tiny.pte").is_file()
 
-    shown, ran, mismatched = pt2q_many([
-        ["inspect", "tiny.pte"],
-        ["run", "tiny.pte", "--inputs", SHAPE, "--runs", "5"],
-        ["run", "tiny.pte", "--inputs", "2x3x9x9"],
-    ], cwd=workdir)
+    shown, ran, mismatched = pt2q_many(
+        [
+            ["inspect", "tiny.pte"],
+            ["run", "tiny.pte", "--inputs", SHAPE, "--runs", "5"],
+            ["run", "tiny.pte", "--inputs", "2x3x9x9"],
+        ],
+        cwd=workdir,
+    )
     assert shown.returncode == 0, shown.stderr
     assert re.search(r"methods\s+\| forward", shown.stdout)
     assert re.search(r"forward inputs\s+\| 1: float32\[1, 3, 8, 8\]", shown.stdout), shown.stdout
@@ -120,11 +150,26 @@ def test_quantize_to_pte_then_inspect_and_run(workdir: Path) -> None:
 
 
 def test_x86_target_and_demo(workdir: Path) -> None:
-    x86, demo = pt2q_many([
-        ["quantize", "tiny.py:make", "--quantizer", "x86", "--example-inputs", SHAPE, "--calibrate", "2",
-         "--target", "x86", "--out", "x86.pt2"],
-        ["demo", "--out", "demo", "--epochs", "1", "--calibration-batches", "2"],
-    ], cwd=workdir)
+    x86, demo = pt2q_many(
+        [
+            [
+                "quantize",
+                "tiny.py:make",
+                "--quantizer",
+                "x86",
+                "--example-inputs",
+                SHAPE,
+                "--calibrate",
+                "2",
+                "--target",
+                "x86",
+                "--out",
+                "x86.pt2",
+            ],
+            ["demo", "--out", "demo", "--epochs", "1", "--calibration-batches", "2"],
+        ],
+        cwd=workdir,
+    )
     assert x86.returncode == 0, x86.stderr
     assert re.search(r"SQNR x86 int8 vs fp32\s+\| [\d.]+ dB", x86.stdout), x86.stdout
     assert re.search(r"latency x86 int8\s+\| [\d.]+ ms", x86.stdout), x86.stdout
@@ -136,7 +181,10 @@ def test_x86_target_and_demo(workdir: Path) -> None:
 
 def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
     cases = [
-        (["quantize", "tiny.py:make", "--quantizer", "xnnpack,int4", "--example-inputs", SHAPE, "--out", "x.pt2"], "unknown quantizer"),
+        (
+            ["quantize", "tiny.py:make", "--quantizer", "xnnpack,int4", "--example-inputs", SHAPE, "--out", "x.pt2"],
+            "unknown quantizer",
+        ),
         (["quantize", "tiny.py:nope", "--example-inputs", SHAPE, "--out", "x.pt2"], "factory 'nope' not found"),
         (["quantize", "tiny.py:make", "--example-inputs", "1x5x8x8", "--out", "x.pt2"], "do not fit"),
         (["inspect", "missing.pt2"], "no such file"),
@@ -157,7 +205,10 @@ def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
         (["quantize", "tiny.py:make", "--example-inputs", "1x8:int8", "--out", "x.pt2"], "invalid dtype"),
         (["quantize", "tiny.py:both", "--example-inputs", SHAPE, "--out", "x.pt2"], "do not fit"),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE], "--out is required"),
-        (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "pte", "--out", "x.pt2"], "writes a .pte file"),
+        (
+            ["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "pte", "--out", "x.pt2"],
+            "writes a .pte file",
+        ),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "x86"], "needs --quantizer x86"),
         (["inspect", "tiny.py"], "expected a .pt2 or .pte"),
         (["inspect", "tiny.pte", "--layers"], "--layers reads a .pt2 program"),
@@ -182,10 +233,26 @@ def test_quantize_report_and_inspect_layers_in_process(workdir: Path, monkeypatc
     from pt2q.cli.main import main
 
     monkeypatch.chdir(workdir)
-    assert main(["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--calibrate", "2",
-                 "--target", "pt2", "--out", "layers.pt2", "--report"]) == 0
+    assert (
+        main(
+            [
+                "quantize",
+                "tiny.py:make",
+                "--example-inputs",
+                SHAPE,
+                "--calibrate",
+                "2",
+                "--target",
+                "pt2",
+                "--out",
+                "layers.pt2",
+                "--report",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    table = out[out.index("per-layer report"):]
+    table = out[out.index("per-layer report") :]
     # a row per layer with three SQNR columns, measured on the random batches
     for name, module in (("conv2d", "0"), ("relu", "1"), ("flatten", "2"), ("linear", "3")):
         assert re.search(rf"\n{name}\s+{module}\s+\S+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\S+:int8", table), (name, table)
@@ -194,5 +261,8 @@ def test_quantize_report_and_inspect_layers_in_process(workdir: Path, monkeypatc
     assert shown.splitlines()[0] == "4 of 4 nodes quantized"
     # read back from the file: the graph order, the qparams and the observers that chose them
     assert [line.split()[0] for line in shown.splitlines()[3:]] == ["conv2d", "relu", "flatten", "linear"]
-    assert re.search(r"conv2d\s+0\s+conv2d\s+-\s+-\s+-\s+w:int8 per-channel\(axis 0\) .*\(PerChannelMinMaxObserver\); "
-                     r"i:int8 s=[\d.]+ zp=-?\d+ \(HistogramObserver\)", shown), shown
+    assert re.search(
+        r"conv2d\s+0\s+conv2d\s+-\s+-\s+-\s+w:int8 per-channel\(axis 0\) .*\(PerChannelMinMaxObserver\); "
+        r"i:int8 s=[\d.]+ zp=-?\d+ \(HistogramObserver\)",
+        shown,
+    ), shown

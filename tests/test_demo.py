@@ -1,4 +1,5 @@
 """The README's main job runs end to end: int8 programs on real runtimes keep fp32's accuracy."""
+
 from __future__ import annotations
 
 import re
@@ -11,11 +12,20 @@ from pt2q.cli import demo
 def test_demo_quantizes_lowers_and_prints_the_table(tmp_path, capsys) -> None:
     demo.main(["--out", str(tmp_path), "--epochs", "4", "--calibration-batches", "8"])
     out = capsys.readouterr().out
-    rows = {(m.group(1).strip(), m.group(2).strip()): m.groups()[2:] for m in re.finditer(
-        r"^\| (fp32|int8 \w+)\s*\| ([^|]+)\|\s*([\d.]+) \| (\S+)\s*\|\s*([\d,]+) \|\s*([\d.]+) \|\s*([\d.]+) \|\s*([\d.inf]+) \|",
-        out, re.M)}
-    assert set(rows) == {("fp32", "PyTorch eager"), ("fp32", "ExecuTorch .pte"), ("int8 XNNPACK", "ExecuTorch .pte"),
-                         ("int8 x86", "Inductor + oneDNN")}, out
+    rows = {
+        (m.group(1).strip(), m.group(2).strip()): m.groups()[2:]
+        for m in re.finditer(
+            r"^\| (fp32|int8 \w+)\s*\| ([^|]+)\|\s*([\d.]+) \| (\S+)\s*\|\s*([\d,]+) \|\s*([\d.]+) \|\s*([\d.]+) \|\s*([\d.inf]+) \|",
+            out,
+            re.M,
+        )
+    }
+    assert set(rows) == {
+        ("fp32", "PyTorch eager"),
+        ("fp32", "ExecuTorch .pte"),
+        ("int8 XNNPACK", "ExecuTorch .pte"),
+        ("int8 x86", "Inductor + oneDNN"),
+    }, out
     fp32_acc = float(rows["fp32", "PyTorch eager"][0])
     assert fp32_acc > 90
     for key in (("int8 XNNPACK", "ExecuTorch .pte"), ("int8 x86", "Inductor + oneDNN")):

@@ -14,6 +14,7 @@
   in the graph, float matmuls. ExecuTorch's portable kernels reproduce it (to float rounding);
   the XNNPACK delegate (ExecuTorch 1.5.1) computes it wrong, so to_executorch refuses it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -119,7 +120,11 @@ def _describe_input(node: Any) -> str:
     if node.target == qd.dequantize_per_tensor.tensor:
         q = node.args[0]
         scale_src = q.args[1].args[0] if isinstance(q.args[1], Node) and q.args[1].target is operator.getitem else None
-        if q.target == qd.quantize_per_tensor.tensor and scale_src is not None and scale_src.target == qd.choose_qparams.tensor:
+        if (
+            q.target == qd.quantize_per_tensor.tensor
+            and scale_src is not None
+            and scale_src.target == qd.choose_qparams.tensor
+        ):
             return f"dyn {node.args[-1]}".replace("torch.", "")
     if node.target == qd.dequantize_per_channel.default:
         axis, qmin, qmax, dtype = node.args[3:7]
@@ -131,8 +136,14 @@ def linear_summary(gm: GraphModule) -> str:
     """One line per linear: module, input, weight, whether the output is quantized."""
     lines = []
     for node in _calls(gm, aten.linear.default):
-        out = "q" if any(u.target in (qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor) for u in node.users) else "fp32"
-        lines.append(f"{_module_path(node)}: x={_describe_input(node.args[0])} w={_describe_input(node.args[1])} -> {out}")
+        out = (
+            "q"
+            if any(u.target in (qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor) for u in node.users)
+            else "fp32"
+        )
+        lines.append(
+            f"{_module_path(node)}: x={_describe_input(node.args[0])} w={_describe_input(node.args[1])} -> {out}"
+        )
     return "\n".join(lines)
 
 
@@ -193,6 +204,7 @@ def weight_only(encoder) -> Quantized:
 
 # --- dynamic: the encoder ---------------------------------------------------------
 
+
 class TestDynamicEncoderGraph(expecttest.TestCase):
     @pytest.fixture(autouse=True)
     def _inject(self, dynamic: Quantized) -> None:
@@ -200,7 +212,9 @@ class TestDynamicEncoderGraph(expecttest.TestCase):
 
     def test_every_linear_is_dynamic_with_per_channel_weights(self) -> None:
         gm = self.q.converted
-        self.assertExpectedInline(linear_summary(gm), """\
+        self.assertExpectedInline(
+            linear_summary(gm),
+            """\
 layers.0.qkv: x=dyn int8 w=int8[-127,127]/ch0 -> fp32
 layers.0.out: x=dyn int8 w=int8[-127,127]/ch0 -> fp32
 layers.0.ff1: x=dyn int8 w=int8[-127,127]/ch0 -> fp32
@@ -210,12 +224,18 @@ layers.1.out: x=dyn int8 w=int8[-127,127]/ch0 -> fp32
 layers.1.ff1: x=dyn int8 w=int8[-127,127]/ch0 -> fp32
 layers.1.ff2: x=dyn int8 w=int8[-127,127]/ch0 -> fp32
 pooler: x=dyn int8 w=int8[-127,127]/ch0 -> fp32
-classifier: x=dyn int8 w=int8[-127,127]/ch0 -> fp32""")
+classifier: x=dyn int8 w=int8[-127,127]/ch0 -> fp32""",
+        )
         # nothing else is quantized: attention matmuls, layer norm, softmax, gelu stay float
-        self.assertEqual(qdq_counts(gm), {
-            "choose_qparams.tensor": 10, "dequantize_per_channel.default": 10,
-            "dequantize_per_tensor.tensor": 10, "quantize_per_tensor.tensor": 10,
-        })
+        self.assertEqual(
+            qdq_counts(gm),
+            {
+                "choose_qparams.tensor": 10,
+                "dequantize_per_channel.default": 10,
+                "dequantize_per_tensor.tensor": 10,
+                "quantize_per_tensor.tensor": 10,
+            },
+        )
         weights = sum(m.weight.numel() for m in self.q.model.modules() if isinstance(m, nn.Linear))
         self.assertEqual(_int8_constants(gm), weights)
 
@@ -270,6 +290,7 @@ def test_dynamic_encoder_pte_runs_close_to_qdq(dynamic_pte: LoweredProgram, dyna
 
 # --- recurrent cells --------------------------------------------------------------
 
+
 def _rnn(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
     torch.manual_seed(0)
     return RecurrentNet(CELLS[name][0]).eval(), (torch.randn(BATCH, RNN_SEQ, RNN_IN),)
@@ -286,8 +307,10 @@ def _export_rnn(model: nn.Module, example: tuple, decompose_cell: bool, op: Any)
 
 def _quantize_rnn(name: str, decompose_cell: bool) -> Quantized:
     model, example = _rnn(name)
-    m = pt2q.prepare_pt2e(_export_rnn(model, example, decompose_cell, CELLS[name][1]),
-                          XNNPACKQuantizer().set_global(get_symmetric_quantization_config(**DYNAMIC)))
+    m = pt2q.prepare_pt2e(
+        _export_rnn(model, example, decompose_cell, CELLS[name][1]),
+        XNNPACKQuantizer().set_global(get_symmetric_quantization_config(**DYNAMIC)),
+    )
     for batch in _batches(tuple(example[0].shape), 2, 1):
         m(*batch)
     return Quantized(model, example, _batches(tuple(example[0].shape), 1, 101)[0][0], pt2q.convert_pt2e(m))
@@ -299,8 +322,10 @@ def test_fused_cell_stays_float_and_head_is_quantized(name: str) -> None:
     (cell,) = _calls(q.converted, CELLS[name][1])  # torch.export keeps the whole recurrence as one op
     assert linear_summary(q.converted) == "head: x=dyn int8 w=int8[-127,127]/ch0 -> fp32"
     assert qdq_counts(q.converted) == {
-        "choose_qparams.tensor": 1, "dequantize_per_channel.default": 1,
-        "dequantize_per_tensor.tensor": 1, "quantize_per_tensor.tensor": 1,
+        "choose_qparams.tensor": 1,
+        "dequantize_per_channel.default": 1,
+        "dequantize_per_tensor.tensor": 1,
+        "quantize_per_tensor.tensor": 1,
     }
     # the cell reads its float weights directly: w_ih, w_hh, b_ih, b_hh
     params = cell.args[2]
@@ -338,13 +363,16 @@ def test_lstm_lowering(decompose_cell: bool) -> None:
 
 # --- weight-only --------------------------------------------------------------------
 
+
 class TestWeightOnlyEncoderGraph(expecttest.TestCase):
     @pytest.fixture(autouse=True)
     def _inject(self, weight_only: Quantized) -> None:
         self.q = weight_only
 
     def test_int8_weights_float_activations(self) -> None:
-        self.assertExpectedInline(linear_summary(self.q.converted), """\
+        self.assertExpectedInline(
+            linear_summary(self.q.converted),
+            """\
 layers.0.qkv: x=fp32 w=int8[-127,127]/ch0 -> fp32
 layers.0.out: x=fp32 w=int8[-127,127]/ch0 -> fp32
 layers.0.ff1: x=fp32 w=int8[-127,127]/ch0 -> fp32
@@ -354,7 +382,8 @@ layers.1.out: x=fp32 w=int8[-127,127]/ch0 -> fp32
 layers.1.ff1: x=fp32 w=int8[-127,127]/ch0 -> fp32
 layers.1.ff2: x=fp32 w=int8[-127,127]/ch0 -> fp32
 pooler: x=fp32 w=int8[-127,127]/ch0 -> fp32
-classifier: x=fp32 w=int8[-127,127]/ch0 -> fp32""")
+classifier: x=fp32 w=int8[-127,127]/ch0 -> fp32""",
+        )
         self.assertEqual(qdq_counts(self.q.converted), {"dequantize_per_channel.default": 10})
 
 
@@ -389,15 +418,20 @@ def test_weight_only_pte_without_delegate_matches_qdq(weight_only_linear: Quanti
     q = weight_only_linear
     lowered = _lower(q.converted, q.example, delegate=False)
     ops = {r.op: r.runs_on for r in lowered.report.rows}
-    assert ops == {"quantized_decomposed.dequantize_per_channel": "quantized kernel", "aten.permute_copy": "portable",
-                   "aten.addmm": "portable"}
+    assert ops == {
+        "quantized_decomposed.dequantize_per_channel": "quantized kernel",
+        "aten.permute_copy": "portable",
+        "aten.addmm": "portable",
+    }
     cmp = runtime.compare(runtime.load(lowered.buffer), q.converted, q.test_input)
     assert cmp.max_abs_diff <= 1e-5, cmp  # measured 2.4e-7: portable addmm sums in another order
 
 
 def test_weight_only_linear_is_refused_by_the_xnnpack_lowering(weight_only_linear: Quantized) -> None:
     q = weight_only_linear
-    with pytest.raises(UnsupportedQuantizedPatternError, match=r"weight-only quantized linear\(s\) linear .*delegate=False"):
+    with pytest.raises(
+        UnsupportedQuantizedPatternError, match=r"weight-only quantized linear\(s\) linear .*delegate=False"
+    ):
         _lower(q.converted, q.example)
 
 
@@ -412,7 +446,9 @@ def test_xnnpack_still_miscomputes_weight_only_linears(weight_only_linear: Quant
     q = weight_only_linear
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        edge = to_edge_transform_and_lower(torch.export.export(q.converted, q.example), partitioner=[_xnnpack_partitioner()])
+        edge = to_edge_transform_and_lower(
+            torch.export.export(q.converted, q.example), partitioner=[_xnnpack_partitioner()]
+        )
         buffer = edge.to_executorch().buffer
     cmp = runtime.compare(runtime.load(buffer), q.converted, q.test_input)
     assert cmp.max_abs_diff > 1.0, cmp  # measured 826: outputs ~1/scale too large

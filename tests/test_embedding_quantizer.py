@@ -1,4 +1,5 @@
 """EmbeddingQuantizer: per-row weight-only quantization of embedding tables, alone and composed."""
+
 from __future__ import annotations
 
 import pytest
@@ -90,23 +91,33 @@ def test_matches_torchao_embedding_quantizer() -> None:
 
 
 def test_composes_with_xnnpack_like_torchao() -> None:
-    from torchao.quantization.pt2e.quantizer import ComposableQuantizer as TorchaoComposable
     from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as et_xnnpack
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer as TorchaoComposable
 
     model, example, batches = _model(), _example(), _batches()
     ours = pt2q_flow(
-        pt2q.ComposableQuantizer([
-            EmbeddingQuantizer(),
-            XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
-        ]),
-        model, example, batches,
+        pt2q.ComposableQuantizer(
+            [
+                EmbeddingQuantizer(),
+                XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
+            ]
+        ),
+        model,
+        example,
+        batches,
     )
     theirs = torchao_flow(
-        TorchaoComposable([
-            torchao_embedding.EmbeddingQuantizer(),
-            et_xnnpack.XNNPACKQuantizer().set_global(et_xnnpack.get_symmetric_quantization_config(is_per_channel=True)),
-        ]),
-        model, example, batches,
+        TorchaoComposable(
+            [
+                torchao_embedding.EmbeddingQuantizer(),
+                et_xnnpack.XNNPACKQuantizer().set_global(
+                    et_xnnpack.get_symmetric_quantization_config(is_per_channel=True)
+                ),
+            ]
+        ),
+        model,
+        example,
+        batches,
     )
     sig = qdq_signature(ours)
     assert any(key[0] == str(qd.dequantize_per_channel.default) and key[-1] == torch.int8 for key in sig)  # the head
@@ -116,7 +127,9 @@ def test_composes_with_xnnpack_like_torchao() -> None:
 
 
 def test_filter_fn_limits_the_tables() -> None:
-    only_module = EmbeddingQuantizer(filter_fn=lambda n: any("tok" in path for path, _ in n.meta.get("nn_module_stack", {}).values()))
+    only_module = EmbeddingQuantizer(
+        filter_fn=lambda n: any("tok" in path for path, _ in n.meta.get("nn_module_stack", {}).values())
+    )
     gm = pt2q_flow(only_module, _model(), _example(), _batches())
     kinds = [dq.op for dq in _embedding_dq(gm)]
     assert sorted(kinds) == ["call_function", "get_attr"]  # tok is dequantized, pos stays a float table

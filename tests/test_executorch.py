@@ -13,6 +13,7 @@ Numerics of the runtime against the Q/DQ reference ``GraphModule``:
 * pt2q's .pte and torchao's .pte (torchao flow with ExecuTorch's XNNPACKQuantizer)
   run the same integer program: their outputs are identical.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,7 +55,9 @@ class Block(nn.Module):
         b, t, d = x.shape
         h = self.heads
         y = self.ln1(x)
-        q, k, v = (p(y).reshape(b, t, h, d // h).transpose(1, 2).reshape(b * h, t, d // h) for p in (self.q, self.k, self.v))
+        q, k, v = (
+            p(y).reshape(b, t, h, d // h).transpose(1, 2).reshape(b * h, t, d // h) for p in (self.q, self.k, self.v)
+        )
         att = torch.softmax(torch.bmm(q, k.transpose(1, 2)) * (d // h) ** -0.5, dim=-1)
         y = torch.bmm(att, v).reshape(b, h, t, d // h).transpose(1, 2).reshape(b, t, d)
         x = x + self.o(y)
@@ -78,8 +81,10 @@ class TinyLM(nn.Module):
 class SmallCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
+
         def cbr(cin, cout, stride=1):
             return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
         self.features = nn.Sequential(*cbr(3, 32), nn.MaxPool2d(2), *cbr(32, 64), *cbr(64, 128, 2), *cbr(128, 128))
         self.fc = nn.Linear(128, 10)
 
@@ -96,10 +101,12 @@ def _image(seed: int) -> tuple[torch.Tensor]:
 
 
 def _composed() -> pt2q.ComposableQuantizer:
-    return pt2q.ComposableQuantizer([
-        EmbeddingQuantizer(),
-        XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
-    ])
+    return pt2q.ComposableQuantizer(
+        [
+            EmbeddingQuantizer(),
+            XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
+        ]
+    )
 
 
 @dataclasses.dataclass
@@ -147,6 +154,7 @@ def cnn() -> Case:
 
 # --- size ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["lm", "cnn"])
 def test_pte_is_at_most_027_of_fp32(name: str, request) -> None:
     case = request.getfixturevalue(name)
@@ -154,6 +162,7 @@ def test_pte_is_at_most_027_of_fp32(name: str, request) -> None:
 
 
 # --- delegation report -----------------------------------------------------------
+
 
 def test_lm_report(lm: Case) -> None:
     report = lm.int8.report
@@ -165,7 +174,10 @@ def test_lm_report(lm: Case) -> None:
     assert all(r.runs_on == XNNPACK and r.precision == "int8" and r.weight_dtype == torch.int8 for r in linears)
     (lookup,) = [r for r in report.rows if r.is_weighted and r.op != "aten.linear"]
     assert (lookup.op, lookup.runs_on, lookup.weight_dtype, lookup.weight_bytes) == (
-        "quantized_decomposed.embedding_byte", QUANTIZED_KERNEL, torch.uint8, VOCAB * DIM,
+        "quantized_decomposed.embedding_byte",
+        QUANTIZED_KERNEL,
+        torch.uint8,
+        VOCAB * DIM,
     )
     portable = sorted(r.source for r in report.rows if r.runs_on == PORTABLE)
     assert portable == ["layer_norm", "layer_norm_1", "layer_norm_2", "layer_norm_3", "layer_norm_4"]
@@ -200,6 +212,7 @@ def test_fp32_report_and_table(cnn: Case) -> None:
 
 # --- numerics ----------------------------------------------------------------------
 
+
 def test_cnn_runtime_matches_reference(cnn: Case) -> None:
     exact = total = 0
     for seed in range(10, 16):
@@ -227,7 +240,9 @@ def test_pt2q_pte_equals_torchao_pte(cnn: Case) -> None:
 
     theirs = torchao_flow(
         et_xnnpack.XNNPACKQuantizer().set_global(et_xnnpack.get_symmetric_quantization_config(is_per_channel=True)),
-        cnn.model, _image(0), [_image(s) for s in range(1, 5)],
+        cnn.model,
+        _image(0),
+        [_image(s) for s in range(1, 5)],
     )
     their_program = runtime.load(to_executorch(theirs, _image(0)).buffer)
     for seed in range(10, 13):
@@ -235,7 +250,9 @@ def test_pt2q_pte_equals_torchao_pte(cnn: Case) -> None:
         assert runtime.compare(cnn.program, their_program, *x).bit_exact
 
 
-@pytest.mark.parametrize("bits, kernel", [(8, "quantized_decomposed.embedding_byte"), (4, "quantized_decomposed.embedding_4bit")])
+@pytest.mark.parametrize(
+    "bits, kernel", [(8, "quantized_decomposed.embedding_byte"), (4, "quantized_decomposed.embedding_4bit")]
+)
 def test_embedding_kernels_are_bit_exact(bits: int, kernel: str) -> None:
     torch.manual_seed(0)
     table = nn.Embedding(200, 32).eval()
@@ -252,6 +269,7 @@ def test_embedding_kernels_are_bit_exact(bits: int, kernel: str) -> None:
 
 
 # --- artifacts ---------------------------------------------------------------------
+
 
 def test_save_and_load_both_artifacts(cnn: Case, tmp_path) -> None:
     pt2_path, pte_path = cnn.int8.save_all(tmp_path, "cnn")
@@ -270,6 +288,7 @@ def test_save_and_load_both_artifacts(cnn: Case, tmp_path) -> None:
 
 
 # --- errors --------------------------------------------------------------------------
+
 
 def test_corrupt_and_truncated_pte(cnn: Case, tmp_path) -> None:
     with pytest.raises(runtime.ProgramLoadError, match="not an ExecuTorch program"):

@@ -1,4 +1,5 @@
 """Fake quantizers: outputs, gradients and qparams equal torchao's; switches, state, errors."""
+
 from __future__ import annotations
 
 import io
@@ -16,21 +17,46 @@ ao = pytest.importorskip("torchao.quantization.pt2e.observer")
 pytestmark = pytest.mark.filterwarnings("ignore:Please use quant_min and quant_max")  # torchao on reduce_range
 
 CONFIGS = [
-    ("FakeQuantize", "MovingAverageMinMaxObserver",
-     dict(quant_min=0, quant_max=255, dtype=torch.quint8, reduce_range=True)),
-    ("FakeQuantize", "MovingAverageMinMaxObserver",
-     dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)),
-    ("FakeQuantize", "MovingAveragePerChannelMinMaxObserver",
-     dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=1)),
-    ("FakeQuantize", "MovingAveragePerChannelMinMaxObserver",
-     dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams,
-          ch_axis=0, averaging_constant=1)),
+    (
+        "FakeQuantize",
+        "MovingAverageMinMaxObserver",
+        dict(quant_min=0, quant_max=255, dtype=torch.quint8, reduce_range=True),
+    ),
+    (
+        "FakeQuantize",
+        "MovingAverageMinMaxObserver",
+        dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+    ),
+    (
+        "FakeQuantize",
+        "MovingAveragePerChannelMinMaxObserver",
+        dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=1),
+    ),
+    (
+        "FakeQuantize",
+        "MovingAveragePerChannelMinMaxObserver",
+        dict(
+            quant_min=0,
+            quant_max=255,
+            dtype=torch.quint8,
+            qscheme=torch.per_channel_affine_float_qparams,
+            ch_axis=0,
+            averaging_constant=1,
+        ),
+    ),
     ("FakeQuantize", "HistogramObserver", dict(quant_min=-128, quant_max=127, dtype=torch.int8, bins=256)),
-    ("FusedMovingAvgObsFakeQuantize", "MovingAverageMinMaxObserver",
-     dict(quant_min=0, quant_max=255, dtype=torch.quint8)),
-    ("FusedMovingAvgObsFakeQuantize", "MovingAveragePerChannelMinMaxObserver",
-     dict(quant_min=-127, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
-          eps=2**-12)),
+    (
+        "FusedMovingAvgObsFakeQuantize",
+        "MovingAverageMinMaxObserver",
+        dict(quant_min=0, quant_max=255, dtype=torch.quint8),
+    ),
+    (
+        "FusedMovingAvgObsFakeQuantize",
+        "MovingAveragePerChannelMinMaxObserver",
+        dict(
+            quant_min=-127, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0, eps=2**-12
+        ),
+    ),
 ]
 
 
@@ -76,8 +102,15 @@ def test_fixed_qparams_fake_quantize_matches_torchao() -> None:
         pf.FixedQParamsFakeQuantize(observer=po.MinMaxObserver)
 
 
-@pytest.mark.parametrize("name", ["default_fake_quant", "default_weight_fake_quant",
-                                  "default_per_channel_weight_fake_quant", "default_dynamic_fake_quant"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "default_fake_quant",
+        "default_weight_fake_quant",
+        "default_per_channel_weight_fake_quant",
+        "default_dynamic_fake_quant",
+    ],
+)
 def test_defaults_match_torchao(name: str) -> None:
     ours, theirs = getattr(pf, name)(), getattr(af, name)()
     for attr in ("dtype", "qscheme", "quant_min", "quant_max", "is_dynamic", "ch_axis"):

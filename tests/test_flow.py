@@ -1,4 +1,5 @@
 """The core PT2E flow through the public API: prepare, calibrate, convert, export, save, load."""
+
 from __future__ import annotations
 
 import copy
@@ -10,6 +11,7 @@ import torch.nn as nn
 
 import pt2q
 from pt2q.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
+from pt2q.qparams import sqnr
 from pt2q.quantizer import (
     ComposableQuantizer,
     QuantizationAnnotation,
@@ -18,7 +20,6 @@ from pt2q.quantizer import (
     SharedQuantizationSpec,
 )
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-from pt2q.qparams import sqnr
 from tests.helpers import export_module, pt2q_flow, qdq_signature, saved_size, torchao_flow
 from tests.zoo import ZOO, calibration_batches, make
 
@@ -58,13 +59,16 @@ class ConvBnReLUAdd(nn.Module):
 
 def graph_text(gm: torch.fx.GraphModule) -> str:
     """One line per op: ``name = op(args)`` with node names and literal qparams (scales to 4 digits)."""
+
     def show(a):
         if isinstance(a, torch.fx.Node):
             return a.name
         return f"{a:.4g}" if isinstance(a, float) else str(a)
 
     return "\n".join(
-        f"{n.name} = {n.target}({', '.join(show(a) for a in n.args)})" for n in gm.graph.nodes if n.op == "call_function"
+        f"{n.name} = {n.target}({', '.join(show(a) for a in n.args)})"
+        for n in gm.graph.nodes
+        if n.op == "call_function"
     )
 
 
@@ -74,7 +78,9 @@ class TestConvertedGraph(expecttest.TestCase):
         torch.manual_seed(0)
         model, example = ConvBnReLUAdd().eval(), (torch.randn(1, 3, 6, 6),)
         q = pt2q_flow(xnnpack(), model, example, [example])
-        self.assertExpectedInline(graph_text(q), """\
+        self.assertExpectedInline(
+            graph_text(q),
+            """\
 dequantize_per_channel_default = quantized_decomposed.dequantize_per_channel.default(_frozen_param0, _scale_0, _zero_point_0, 0, -127, 127, torch.int8)
 quantize_per_tensor_default = quantized_decomposed.quantize_per_tensor.default(x, 0.01897, 24, -128, 127, torch.int8)
 dequantize_per_tensor_default = quantized_decomposed.dequantize_per_tensor.default(quantize_per_tensor_default, 0.01897, 24, -128, 127, torch.int8)
@@ -84,7 +90,8 @@ quantize_per_tensor_default_1 = quantized_decomposed.quantize_per_tensor.default
 dequantize_per_tensor_default_1 = quantized_decomposed.dequantize_per_tensor.default(quantize_per_tensor_default_1, 0.007748, -128, -128, 127, torch.int8)
 add = aten.add.Tensor(dequantize_per_tensor_default_1, dequantize_per_tensor_default_1)
 quantize_per_tensor_default_2 = quantized_decomposed.quantize_per_tensor.default(add, 0.0155, -128, -128, 127, torch.int8)
-dequantize_per_tensor_default_2 = quantized_decomposed.dequantize_per_tensor.default(quantize_per_tensor_default_2, 0.0155, -128, -128, 127, torch.int8)""")
+dequantize_per_tensor_default_2 = quantized_decomposed.dequantize_per_tensor.default(quantize_per_tensor_default_2, 0.0155, -128, -128, 127, torch.int8)""",
+        )
 
 
 def test_weights_are_int8_and_no_float_copy_is_saved() -> None:
@@ -115,7 +122,10 @@ def test_saved_pt2_is_at_most_0_3x_fp32_and_smaller_than_torchao() -> None:
     fp32 = saved_size(export_module(model, example), example)
     ours = saved_size(pt2q_flow(xnnpack(), model, example, batches), example)
     theirs_q = torchao_flow(
-        et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True)), model, example, batches
+        et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True)),
+        model,
+        example,
+        batches,
     )
     theirs = saved_size(theirs_q, example)
     assert ours <= 0.3 * fp32, (ours, fp32)
@@ -150,8 +160,11 @@ def test_eval_and_train_point_to_move_functions() -> None:
 def test_move_exported_model_to_eval_and_train_keep_hyperparameters() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, eps=1e-3, momentum=0.01), nn.Dropout(0.3)).train()
     gm = torch.export.export(model, (torch.randn(2, 3, 6, 6),)).module()
-    flags = lambda: [(n.target.__name__, tuple(n.args[5:8]) if "batch_norm" in str(n.target) else tuple(n.args[1:]))
-                     for n in gm.graph.nodes if n.op == "call_function" and ("dropout" in str(n.target) or "batch_norm" in str(n.target))]
+    flags = lambda: [
+        (n.target.__name__, tuple(n.args[5:8]) if "batch_norm" in str(n.target) else tuple(n.args[1:]))
+        for n in gm.graph.nodes
+        if n.op == "call_function" and ("dropout" in str(n.target) or "batch_norm" in str(n.target))
+    ]
     pt2q.move_exported_model_to_eval(gm)
     assert flags() == [("batch_norm.default", (False, 0.01, 1e-3)), ("dropout.default", (0.3, False))]
     pt2q.move_exported_model_to_train(gm)
@@ -201,8 +214,9 @@ def test_prepare_needs_an_exported_graph_module() -> None:
 # ---- annotations a backend author can get wrong ------------------------------------------
 
 ACT = QuantizationSpec(torch.int8, MinMaxObserver.with_args(eps=2**-12), -128, 127, torch.per_tensor_affine)
-WEIGHT = QuantizationSpec(torch.int8, PerChannelMinMaxObserver.with_args(eps=2**-12), -127, 127,
-                          torch.per_channel_symmetric, ch_axis=0)
+WEIGHT = QuantizationSpec(
+    torch.int8, PerChannelMinMaxObserver.with_args(eps=2**-12), -127, 127, torch.per_channel_symmetric, ch_axis=0
+)
 
 
 class LinearQuantizer(Quantizer):
@@ -232,15 +246,23 @@ def _prepare_mlp(quantizer):
 @pytest.mark.parametrize(
     "quantizer, message",
     [
-        (LinearQuantizer(act=QuantizationSpec(torch.int8, MinMaxObserver, -128, 200, torch.per_tensor_affine)),
-         r"input 'x' of node 'linear': quant_max=200 is outside the range of torch.int8"),
-        (LinearQuantizer(weight=QuantizationSpec(torch.int8, PerChannelMinMaxObserver, -127, 127,
-                                                 torch.per_channel_symmetric, ch_axis=2)),
-         r"ch_axis=2 is out of range for a tensor of rank 2"),
-        (LinearQuantizer(output=None, act=None, extra=lambda n: {n.args[0]: SharedQuantizationSpec((n.args[2], n))}),
-         r"is not an input|has no quantization spec"),
-        (LinearQuantizer(extra=lambda n: {next(iter(n.graph.nodes)): ACT}),
-         r"which is not an input of 'linear"),
+        (
+            LinearQuantizer(act=QuantizationSpec(torch.int8, MinMaxObserver, -128, 200, torch.per_tensor_affine)),
+            r"input 'x' of node 'linear': quant_max=200 is outside the range of torch.int8",
+        ),
+        (
+            LinearQuantizer(
+                weight=QuantizationSpec(
+                    torch.int8, PerChannelMinMaxObserver, -127, 127, torch.per_channel_symmetric, ch_axis=2
+                )
+            ),
+            r"ch_axis=2 is out of range for a tensor of rank 2",
+        ),
+        (
+            LinearQuantizer(output=None, act=None, extra=lambda n: {n.args[0]: SharedQuantizationSpec((n.args[2], n))}),
+            r"is not an input|has no quantization spec",
+        ),
+        (LinearQuantizer(extra=lambda n: {next(iter(n.graph.nodes)): ACT}), r"which is not an input of 'linear"),
     ],
 )
 def test_impossible_annotations_are_rejected(quantizer, message) -> None:
@@ -274,8 +296,10 @@ def test_shared_spec_makes_two_edges_use_one_observer() -> None:
 def test_convert_returns_an_inference_program_even_without_move_to_eval() -> None:
     model = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.5), nn.Linear(8, 2)).train()
     example = (torch.randn(4, 8),)
-    m = pt2q.prepare_qat_pt2e(torch.export.export(model, example).module(),
-                              XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_qat=True)))
+    m = pt2q.prepare_qat_pt2e(
+        torch.export.export(model, example).module(),
+        XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_qat=True)),
+    )
     m(*example)
     q = pt2q.convert_pt2e(m)  # the user forgot move_exported_model_to_eval
     (dropout,) = [n for n in q.graph.nodes if n.target == torch.ops.aten.dropout.default]

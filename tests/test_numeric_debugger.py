@@ -1,4 +1,5 @@
 """Numeric debugger: debug handles through prepare/convert/save/load/lowering, and torchao parity."""
+
 from __future__ import annotations
 
 import io
@@ -7,8 +8,8 @@ import warnings
 
 import pytest
 import torch
-from torch.utils import _pytree as pytree
 from expecttest import assert_expected_inline
+from torch.utils import _pytree as pytree
 
 import pt2q
 from pt2q.numeric_debugger import CUSTOM_KEY, NUMERIC_DEBUG_HANDLE_KEY, OutputLogger, anchor_nodes, debug_info
@@ -79,16 +80,30 @@ def test_compare_results_matches_torchao(name: str) -> None:
     ours = _pt2q(ep, batches, is_per_channel=True)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    theirs = _quantize(prepare_pt2e, convert_pt2e, et_xnnpack.XNNPACKQuantizer().set_global(
-        et_xnnpack.get_symmetric_quantization_config(is_per_channel=True)), ep, batches)
+    theirs = _quantize(
+        prepare_pt2e,
+        convert_pt2e,
+        et_xnnpack.XNNPACKQuantizer().set_global(et_xnnpack.get_symmetric_quantization_config(is_per_channel=True)),
+        ep,
+        batches,
+    )
     x = [calibration_batches(example, n=1, seed=5)[0]]
 
     ref_ours = _logged(pt2q.prepare_for_propagation_comparison, pt2q.extract_results_from_loggers, ep.module(), x)
-    ref_theirs = _logged(torchao_nd.prepare_for_propagation_comparison, torchao_nd.extract_results_from_loggers, ep.module(), x)
-    ours_cmp = _numbers(pt2q.compare_results(ref_ours, _logged(
-        pt2q.prepare_for_propagation_comparison, pt2q.extract_results_from_loggers, ours, x)))
-    theirs_cmp = _numbers(torchao_nd.compare_results(ref_theirs, _logged(
-        torchao_nd.prepare_for_propagation_comparison, torchao_nd.extract_results_from_loggers, theirs, x)))
+    ref_theirs = _logged(
+        torchao_nd.prepare_for_propagation_comparison, torchao_nd.extract_results_from_loggers, ep.module(), x
+    )
+    ours_cmp = _numbers(
+        pt2q.compare_results(
+            ref_ours, _logged(pt2q.prepare_for_propagation_comparison, pt2q.extract_results_from_loggers, ours, x)
+        )
+    )
+    theirs_cmp = _numbers(
+        torchao_nd.compare_results(
+            ref_theirs,
+            _logged(torchao_nd.prepare_for_propagation_comparison, torchao_nd.extract_results_from_loggers, theirs, x),
+        )
+    )
     assert len(ours_cmp) >= 3
     assert ours_cmp.keys() == theirs_cmp.keys()
     for node, (sqnr, mse) in ours_cmp.items():
@@ -111,8 +126,12 @@ def test_comparison_survives_save_and_load() -> None:
 
     x = batches[:2]
     ref = _logged(pt2q.prepare_for_propagation_comparison, pt2q.extract_results_from_loggers, ep.module(), x)
-    before = pt2q.compare_results(ref, _logged(pt2q.prepare_for_propagation_comparison, pt2q.extract_results_from_loggers, quantized, x))
-    after = pt2q.compare_results(ref, _logged(pt2q.prepare_for_propagation_comparison, pt2q.extract_results_from_loggers, loaded, x))
+    before = pt2q.compare_results(
+        ref, _logged(pt2q.prepare_for_propagation_comparison, pt2q.extract_results_from_loggers, quantized, x)
+    )
+    after = pt2q.compare_results(
+        ref, _logged(pt2q.prepare_for_propagation_comparison, pt2q.extract_results_from_loggers, loaded, x)
+    )
     assert before.keys() == after.keys() and len(before) >= 5
     for handle in before:
         for a, b in zip(before[handle].results, after[handle].results):
@@ -131,9 +150,11 @@ def test_handles_survive_executorch_lowering() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lowered = to_executorch(quantized, example)
-    assert {row.source for row in lowered.report.rows} >= {h.name for h in anchor_nodes(quantized) if "conv" in h.name or "linear" in h.name}
-    from executorch.exir import to_edge_transform_and_lower
+    assert {row.source for row in lowered.report.rows} >= {
+        h.name for h in anchor_nodes(quantized) if "conv" in h.name or "linear" in h.name
+    }
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
 
     edge = to_edge_transform_and_lower(torch.export.export(quantized, example), partitioner=[XnnpackPartitioner()])
     gm = edge.exported_program().graph_module

@@ -1,4 +1,5 @@
 """Observers and qparams arithmetic: bit-for-bit equality with torchao, edge cases, errors, state."""
+
 from __future__ import annotations
 
 import copy
@@ -197,13 +198,23 @@ def test_l2_range_search_matches_torchao(seed: int) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [torch.zeros(10), torch.full((3, 4), 2.5), torch.full((5,), -1e-30), torch.tensor([7.0]),
-     torch.tensor([-1e30, 1e30]), torch.tensor([1e-30, 2e-30]), torch.tensor([0.0, 1e-20])],
+    [
+        torch.zeros(10),
+        torch.full((3, 4), 2.5),
+        torch.full((5,), -1e-30),
+        torch.tensor([7.0]),
+        torch.tensor([-1e30, 1e30]),
+        torch.tensor([1e-30, 2e-30]),
+        torch.tensor([0.0, 1e-20]),
+    ],
     ids=["zeros", "constant", "tiny-constant", "single", "huge", "tiny", "near-zero"],
 )
-@pytest.mark.parametrize("name,kwargs", [("MinMaxObserver", c) for c in PER_TENSOR_CONFIGS[:6]]
-                         + [("HistogramObserver", HIST_CONFIGS[0])]
-                         + [("PerChannelMinMaxObserver", c) for c in PER_CHANNEL_CONFIGS[:3]])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("MinMaxObserver", c) for c in PER_TENSOR_CONFIGS[:6]]
+    + [("HistogramObserver", HIST_CONFIGS[0])]
+    + [("PerChannelMinMaxObserver", c) for c in PER_CHANNEL_CONFIGS[:3]],
+)
 def test_zero_is_exact_and_scale_positive_on_degenerate_data(data, name, kwargs) -> None:
     if name.startswith("PerChannel"):
         data = data.reshape(1, 1, -1).expand(2, 2, -1)
@@ -223,8 +234,15 @@ def test_choose_qparams_is_a_pure_function_of_the_range() -> None:
     assert scale.shape == (1,) and zp.tolist() == [127] and math.isclose(scale.item(), 8 / 255, rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("dtype,expected", [(torch.qint8, (-128, 127)), (torch.quint8, (0, 255)),
-                                            (torch.int16, (-(2**15), 2**15 - 1)), (torch.int32, (-(2**31), 2**31 - 1))])
+@pytest.mark.parametrize(
+    "dtype,expected",
+    [
+        (torch.qint8, (-128, 127)),
+        (torch.quint8, (0, 255)),
+        (torch.int16, (-(2**15), 2**15 - 1)),
+        (torch.int32, (-(2**31), 2**31 - 1)),
+    ],
+)
 def test_quant_range_defaults_and_q_dtypes(dtype, expected) -> None:
     assert quant_range(dtype) == expected
     assert po.MinMaxObserver(dtype=dtype, quant_min=None, quant_max=None).quant_max == expected[1]
@@ -254,8 +272,15 @@ def test_sqnr() -> None:
     assert math.isclose(sqnr(x, x * 1.1), 20.0, rel_tol=1e-6)  # noise is 10% of the signal
 
 
-@pytest.mark.parametrize("name,kwargs", [("MinMaxObserver", {}), ("MovingAverageMinMaxObserver", {}),
-                                         ("HistogramObserver", {}), ("PerChannelMinMaxObserver", {"ch_axis": 1})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("MinMaxObserver", {}),
+        ("MovingAverageMinMaxObserver", {}),
+        ("HistogramObserver", {}),
+        ("PerChannelMinMaxObserver", {"ch_axis": 1}),
+    ],
+)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_non_finite_data_is_an_error_naming_the_target(name, kwargs, bad) -> None:
     obs = getattr(po, name)(**kwargs)
@@ -278,10 +303,15 @@ def test_ch_axis_out_of_range_names_it() -> None:
         obs(torch.randn(3, 5))
 
 
-@pytest.mark.parametrize("name,qscheme", [("MinMaxObserver", torch.per_channel_symmetric),
-                                          ("HistogramObserver", torch.per_channel_affine),
-                                          ("PerChannelMinMaxObserver", torch.per_tensor_affine),
-                                          ("FixedQParamsObserver", torch.per_channel_affine)])
+@pytest.mark.parametrize(
+    "name,qscheme",
+    [
+        ("MinMaxObserver", torch.per_channel_symmetric),
+        ("HistogramObserver", torch.per_channel_affine),
+        ("PerChannelMinMaxObserver", torch.per_tensor_affine),
+        ("FixedQParamsObserver", torch.per_channel_affine),
+    ],
+)
 def test_unsupported_qscheme_fails_at_construction(name, qscheme) -> None:
     kwargs = {"scale": 0.1, "zero_point": 0} if name.startswith("Fixed") else {}
     with pytest.raises(ValueError, match="qscheme"):
@@ -314,8 +344,12 @@ def test_with_args_merges_and_chains() -> None:
 
 
 def test_has_statistics_and_uncalibrated_qparams() -> None:
-    for obs in (po.MinMaxObserver(), po.HistogramObserver(), po.PerChannelMinMaxObserver(),
-                po.MovingAverageMinMaxObserver()):
+    for obs in (
+        po.MinMaxObserver(),
+        po.HistogramObserver(),
+        po.PerChannelMinMaxObserver(),
+        po.MovingAverageMinMaxObserver(),
+    ):
         assert not obs.has_statistics and obs.target_name == ""
         obs(torch.empty(0))
         assert not obs.has_statistics
@@ -337,8 +371,13 @@ def test_has_statistics_and_uncalibrated_qparams() -> None:
 
 def test_defaults_match_torchao() -> None:
     x = torch.randn(6, 10) * 2
-    for name in ("default_observer", "default_weight_observer", "default_per_channel_weight_observer",
-                 "default_histogram_observer", "default_float_qparams_observer"):
+    for name in (
+        "default_observer",
+        "default_weight_observer",
+        "default_per_channel_weight_observer",
+        "default_histogram_observer",
+        "default_float_qparams_observer",
+    ):
         ours, theirs = getattr(po, name)(), getattr(ao, name)()
         ours(x), theirs(x)
         assert_same_state(ours, theirs)
@@ -365,9 +404,14 @@ def test_a_weight_is_observed_once_until_it_changes() -> None:
     assert_same_state(ours, feed("PerChannelMinMaxObserver", PER_CHANNEL_CONFIGS[0], [weight])[1])
 
 
-@pytest.mark.parametrize("name,kwargs", [("HistogramObserver", HIST_CONFIGS[0]),
-                                         ("PerChannelMinMaxObserver", PER_CHANNEL_CONFIGS[1]),
-                                         ("MinMaxObserver", PER_TENSOR_CONFIGS[0])])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("HistogramObserver", HIST_CONFIGS[0]),
+        ("PerChannelMinMaxObserver", PER_CHANNEL_CONFIGS[1]),
+        ("MinMaxObserver", PER_TENSOR_CONFIGS[0]),
+    ],
+)
 def test_state_dict_save_load_and_copies(name, kwargs) -> None:
     obs = getattr(po, name)(**kwargs)
     x = torch.randn(3, 5, 2)

@@ -1,4 +1,5 @@
 """Oracle: pt2q and torchao + ExecuTorch's XNNPACKQuantizer give the same Q/DQ graphs and numbers."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,10 +22,14 @@ DYNAMIC_MODELS = ["mlp", "attention", "conv_bn_relu_stack"]
 def _both(name: str, config: dict):
     model, example = make(name)
     batches = calibration_batches(example)
-    ours = pt2q_flow(XNNPACKQuantizer().set_global(get_symmetric_quantization_config(**config)), model, example, batches)
+    ours = pt2q_flow(
+        XNNPACKQuantizer().set_global(get_symmetric_quantization_config(**config)), model, example, batches
+    )
     theirs = torchao_flow(
         et_xnnpack.XNNPACKQuantizer().set_global(et_xnnpack.get_symmetric_quantization_config(**config)),
-        model, example, batches,
+        model,
+        example,
+        batches,
     )
     return model, example, ours, theirs
 

@@ -1,5 +1,6 @@
 """Quantization-aware training: prepare_qat_pt2e, fake quantizers, BN folding at convert,
 train/eval switching, checkpoints, and accuracy on real data."""
+
 from __future__ import annotations
 
 import collections
@@ -24,9 +25,9 @@ from pt2q.fake_quantize import (
 from pt2q.learnable_fake_quantize import LearnableFakeQuantize, enable_range_learning
 from pt2q.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 from pt2q.qdq import UncalibratedModelError
+from pt2q.qparams import sqnr
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-from pt2q.qparams import sqnr
 from tests.helpers import QDQ_TARGETS, qdq_signature
 from tests.zoo import make
 
@@ -43,7 +44,9 @@ def one_thread():
 
 
 def xnnpack(is_qat: bool = True, per_channel: bool = True, **kw) -> XNNPACKQuantizer:
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=is_qat, **kw))
+    return XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=is_qat, **kw)
+    )
 
 
 def export_train(model: nn.Module, example: tuple) -> torch.fx.GraphModule:
@@ -51,8 +54,11 @@ def export_train(model: nn.Module, example: tuple) -> torch.fx.GraphModule:
 
 
 def fake_quant_nodes(gm: torch.fx.GraphModule) -> list[tuple[torch.fx.Node, nn.Module]]:
-    return [(n, gm.get_submodule(n.target)) for n in gm.graph.nodes
-            if n.op == "call_module" and n.target.startswith("activation_post_process_")]
+    return [
+        (n, gm.get_submodule(n.target))
+        for n in gm.graph.nodes
+        if n.op == "call_module" and n.target.startswith("activation_post_process_")
+    ]
 
 
 def ops(gm: torch.fx.GraphModule) -> list:
@@ -107,8 +113,12 @@ def test_qat_trains_and_converts_like_torchao() -> None:
     example = (data[0][0],)
     flows = {
         "pt2q": (pt2q.prepare_qat_pt2e, pt2q.move_exported_model_to_eval, pt2q.convert_pt2e, xnnpack()),
-        "torchao": (ao_prepare_qat, ao_move_to_eval, ao_convert,
-                    et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True, is_qat=True))),
+        "torchao": (
+            ao_prepare_qat,
+            ao_move_to_eval,
+            ao_convert,
+            et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True, is_qat=True)),
+        ),
     }
     losses, converted = {}, {}
     for name, (prepare, to_eval, convert, quantizer) in flows.items():
@@ -138,7 +148,10 @@ class ConvBnNoAffine(nn.Module):
 
 
 QAT_MODELS = {
-    **{name: (lambda name=name: make(name)) for name in ["conv_bn_relu_stack", "conv1d", "conv_transpose", "residual", "depthwise"]},
+    **{
+        name: (lambda name=name: make(name))
+        for name in ["conv_bn_relu_stack", "conv1d", "conv_transpose", "residual", "depthwise"]
+    },
     "no_conv_bias": lambda: (SmallNet(), (torch.randn(4, 1, 8, 8),)),
     "bn_without_affine": lambda: (ConvBnNoAffine(), (torch.randn(2, 3, 8, 8),)),
 }
@@ -151,10 +164,13 @@ def exact_qat_config(per_channel: bool) -> QuantizationConfig:
     has the same mismatch.)"""
     base = get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=True)
     weight_observer = MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver
-    act = dataclasses.replace(base.input_activation, observer_or_fake_quant_ctr=FakeQuantize.with_args(
-        observer=MovingAverageMinMaxObserver, eps=2**-12))
-    weight = dataclasses.replace(base.weight, observer_or_fake_quant_ctr=FakeQuantize.with_args(
-        observer=weight_observer, eps=2**-12))
+    act = dataclasses.replace(
+        base.input_activation,
+        observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, eps=2**-12),
+    )
+    weight = dataclasses.replace(
+        base.weight, observer_or_fake_quant_ctr=FakeQuantize.with_args(observer=weight_observer, eps=2**-12)
+    )
     return dataclasses.replace(base, input_activation=act, output_activation=act, weight=weight)
 
 
@@ -244,7 +260,9 @@ def test_grouped_transposed_conv_keeps_its_batchnorm() -> None:
     # its weight holds out_channels/groups channels per group: no single axis to scale by the BN
     torch.manual_seed(0)
     example = (torch.randn(2, 4, 5, 5),)
-    m = pt2q.prepare_qat_pt2e(export_train(GroupedConvTransposeBn(), example), XNNPACKQuantizer().set_global(exact_qat_config(True)))
+    m = pt2q.prepare_qat_pt2e(
+        export_train(GroupedConvTransposeBn(), example), XNNPACKQuantizer().set_global(exact_qat_config(True))
+    )
     assert aten.mul.Tensor not in ops(m)
     train_a_little(m, example)
     pt2q.move_exported_model_to_eval(m)
@@ -373,8 +391,11 @@ def test_prepare_qat_keeps_each_batchnorms_eps_and_momentum() -> None:
     x = torch.randn(8, 3, 6, 6)
     eager = _small_variance(DropoutBnNet(), x)
     m = pt2q.prepare_qat_pt2e(export_train(eager, (x,)), xnnpack())
-    assert _hyperparameters(m) == [("batch_norm", True, 0.01, 1e-3), ("feature_dropout.default", True, 0.3),
-                                   ("dropout.default", True, 0.3)]
+    assert _hyperparameters(m) == [
+        ("batch_norm", True, 0.01, 1e-3),
+        ("feature_dropout.default", True, 0.3),
+        ("dropout.default", True, 0.3),
+    ]
 
     # the conv weight is scaled with this BN's eps (torchao's QAT pattern hard-codes 1e-5)
     (weight_fq,) = [fq for n, fq in fake_quant_nodes(m) if n.args[0].target == aten.mul.Tensor]
@@ -382,7 +403,9 @@ def test_prepare_qat_keeps_each_batchnorms_eps_and_momentum() -> None:
     handle = weight_fq.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
     m.apply(disable_fake_quant)
     reference = copy.deepcopy(eager).train()
-    expected_weight = eager.conv.weight * (eager.bn.weight / torch.sqrt(eager.bn.running_var + 1e-3)).reshape(-1, 1, 1, 1)
+    expected_weight = eager.conv.weight * (eager.bn.weight / torch.sqrt(eager.bn.running_var + 1e-3)).reshape(
+        -1, 1, 1, 1
+    )
     x2 = 3 * torch.randn_like(x)  # other statistics, so the running ones move
     torch.manual_seed(3)
     out = m(x2)
@@ -443,12 +466,23 @@ def test_symmetric_qat_config_builds_fake_quantizers(is_dynamic: bool) -> None:
 
 def learnable_config() -> QuantizationConfig:
     act = QuantizationSpec(
-        dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
-        observer_or_fake_quant_ctr=LearnableFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, use_grad_scaling=True),
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+        observer_or_fake_quant_ctr=LearnableFakeQuantize.with_args(
+            observer=MovingAverageMinMaxObserver, use_grad_scaling=True
+        ),
     )
     weight = QuantizationSpec(
-        dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0,
-        observer_or_fake_quant_ctr=LearnableFakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, use_grad_scaling=True),
+        dtype=torch.int8,
+        quant_min=-127,
+        quant_max=127,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+        observer_or_fake_quant_ctr=LearnableFakeQuantize.with_args(
+            observer=MovingAveragePerChannelMinMaxObserver, use_grad_scaling=True
+        ),
     )
     return QuantizationConfig(input_activation=act, output_activation=act, weight=weight, bias=None, is_qat=True)
 
@@ -502,10 +536,26 @@ def test_checkpoint_resumes_training_with_identical_numbers(name: str) -> None:
 # --- LearnableFakeQuantize ---------------------------------------------------------------------------------
 
 LEARNABLE_CASES = {
-    "per_tensor_affine": (dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_tensor_affine), False, (6, 5)),
-    "per_tensor_symmetric": (dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric), False, (6, 5)),
-    "per_channel_symmetric": (dict(quant_min=-127, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0), True, (6, 5)),
-    "per_channel_affine_axis1": (dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_channel_affine, ch_axis=1), True, (6, 5)),
+    "per_tensor_affine": (
+        dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_tensor_affine),
+        False,
+        (6, 5),
+    ),
+    "per_tensor_symmetric": (
+        dict(quant_min=-128, quant_max=127, dtype=torch.qint8, qscheme=torch.per_tensor_symmetric),
+        False,
+        (6, 5),
+    ),
+    "per_channel_symmetric": (
+        dict(quant_min=-127, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0),
+        True,
+        (6, 5),
+    ),
+    "per_channel_affine_axis1": (
+        dict(quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_channel_affine, ch_axis=1),
+        True,
+        (6, 5),
+    ),
 }
 
 
@@ -554,8 +604,12 @@ def test_learnable_fake_quantize_matches_torchao(case: str, use_grad_scaling: bo
 
 def test_learnable_fake_quantize_parameters_exist_before_the_first_batch() -> None:
     make_fq = LearnableFakeQuantize.with_args(
-        observer=MovingAveragePerChannelMinMaxObserver, quant_min=-127, quant_max=127,
-        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0,
+        observer=MovingAveragePerChannelMinMaxObserver,
+        quant_min=-127,
+        quant_max=127,
+        dtype=torch.qint8,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
     )
     fq = make_fq()
     assert {name for name, _ in fq.named_parameters()} == {"scale", "zero_point"}
@@ -609,7 +663,11 @@ def test_learnable_fake_quantize_in_the_qat_flow() -> None:
         expected = m(x)
     learned = {round(float(fq.scale), 12) for fq in fqs if fq.scale.numel() == 1}
     q = pt2q.convert_pt2e(m)
-    used = {round(n.args[1], 12) for n in q.graph.nodes if n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default}
+    used = {
+        round(n.args[1], 12)
+        for n in q.graph.nodes
+        if n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default
+    }
     assert used and used <= learned  # convert quantizes with the learned scales
     assert sqnr(expected, q(x)) > 25
 

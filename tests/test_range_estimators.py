@@ -2,6 +2,7 @@
 
 Also cross-checks HistogramObserver's L2 range search against an exhaustive search of the same objective.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,8 @@ import torch
 import torch.nn as nn
 
 import pt2q
-from pt2q.observer import HistogramObserver, MinMaxObserver, MSEObserver, PerChannelMinMaxObserver, PercentileObserver
-from pt2q.qparams import choose_qparams, dequantize, quantize, search_histogram_range, sqnr, _l2_errors
+from pt2q.observer import HistogramObserver, MinMaxObserver, MSEObserver, PercentileObserver, PerChannelMinMaxObserver
+from pt2q.qparams import _l2_errors, choose_qparams, dequantize, quantize, search_histogram_range, sqnr
 from pt2q.quantizer import QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from pt2q.range_estimators import expected_squared_error
@@ -52,8 +53,9 @@ def quant_mse(x: torch.Tensor, obs: torch.nn.Module) -> float:
 
 def mse_of_ranges(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, obs: torch.nn.Module) -> torch.Tensor:
     """Brute force: the MSE of quantizing ``x`` (1-d) with the qparams of each range (lo[i], hi[i])."""
-    scale, zp = choose_qparams(lo, hi, obs.quant_min, obs.quant_max, obs.qscheme == torch.per_tensor_symmetric,
-                               obs.eps, obs.dtype)
+    scale, zp = choose_qparams(
+        lo, hi, obs.quant_min, obs.quant_max, obs.qscheme == torch.per_tensor_symmetric, obs.eps, obs.dtype
+    )
     out = []
     for i in range(0, lo.numel(), 256):  # candidates as channels of one per-channel quantization
         s, z = scale[i : i + 256], zp[i : i + 256].to(torch.int32)
@@ -85,8 +87,10 @@ def test_percentile_matches_torch_quantile_over_several_batches(kwargs, percenti
 
 def test_percentile_per_channel_matches_torch_quantile() -> None:
     w = torch.stack([laplace(4000, seed=c, scale=c + 1.0) - c for c in range(5)], dim=1)  # channels on axis 1
-    obs = observed(PercentileObserver(percentile=99.5, ch_axis=1, dtype=torch.int8,
-                                      qscheme=torch.per_channel_affine), [w[:2500], w[2500:]])
+    obs = observed(
+        PercentileObserver(percentile=99.5, ch_axis=1, dtype=torch.int8, qscheme=torch.per_channel_affine),
+        [w[:2500], w[2500:]],
+    )
     lo, hi = obs.clipping_range()
     assert torch.allclose(lo.double(), torch.quantile(w.double(), 0.005, dim=0), rtol=BIN)
     assert torch.allclose(hi.double(), torch.quantile(w.double(), 0.995, dim=0), rtol=BIN)
@@ -209,8 +213,11 @@ def test_histogram_l2_search_clips_outlier_bins() -> None:
     assert best <= greedy < full / 2, (greedy, best, full)
 
 
-@pytest.mark.xfail(strict=True, reason="torchao's search (which pt2q matches bit for bit) is greedy: it never "
-                                       "scores the full range, and stops at the first step that raises the error")
+@pytest.mark.xfail(
+    strict=True,
+    reason="torchao's search (which pt2q matches bit for bit) is greedy: it never "
+    "scores the full range, and stops at the first step that raises the error",
+)
 @pytest.mark.parametrize("case", ["gaussian, full range optimal", "outliers, stops early"])
 def test_histogram_l2_search_finds_the_exhaustive_optimum(case: str) -> None:
     if case.startswith("gaussian"):
@@ -231,8 +238,10 @@ def test_clipping_beats_min_max_on_laplace_with_rare_huge_outliers() -> None:
     batches[1][123] = 150.0  # two outliers in 600k values
     batches[2][7] = -120.0
     x = torch.cat(batches)
-    mse = {name: quant_mse(x, observed(ctr(**INT8_AFFINE), batches)) for name, ctr in
-           [("minmax", MinMaxObserver), ("percentile", PercentileObserver), ("mse", MSEObserver)]}
+    mse = {
+        name: quant_mse(x, observed(ctr(**INT8_AFFINE), batches))
+        for name, ctr in [("minmax", MinMaxObserver), ("percentile", PercentileObserver), ("mse", MSEObserver)]
+    }
     msg = f"quantization MSE on Laplace + 2 outliers: {mse}"
     assert mse["percentile"] < mse["minmax"], msg
     assert mse["mse"] < mse["minmax"] and mse["mse"] <= mse["percentile"], msg
@@ -241,8 +250,10 @@ def test_clipping_beats_min_max_on_laplace_with_rare_huge_outliers() -> None:
 def test_mse_beats_min_max_on_student_t2() -> None:
     batches = [student_t2(40_000, seed=30 + i) for i in range(3)]
     x = torch.cat(batches)
-    mse = {name: quant_mse(x, observed(ctr(**INT8_AFFINE), batches)) for name, ctr in
-           [("minmax", MinMaxObserver), ("percentile", PercentileObserver), ("mse", MSEObserver)]}
+    mse = {
+        name: quant_mse(x, observed(ctr(**INT8_AFFINE), batches))
+        for name, ctr in [("minmax", MinMaxObserver), ("percentile", PercentileObserver), ("mse", MSEObserver)]
+    }
     assert mse["mse"] < 0.95 * mse["minmax"], f"quantization MSE on Student-t(2): {mse}"
 
 
@@ -324,8 +335,13 @@ def laplace_batches(n: int, seed: int, outlier: bool) -> list[torch.Tensor]:
 
 def quantize_with(activation_observer, model: nn.Module) -> tuple[torch.fx.GraphModule, list[tuple[float, int]]]:
     base = get_symmetric_quantization_config(is_per_channel=True)
-    act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
-                           observer_or_fake_quant_ctr=activation_observer.with_args(eps=2**-12))
+    act = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+        observer_or_fake_quant_ctr=activation_observer.with_args(eps=2**-12),
+    )
     config = dataclasses.replace(base, input_activation=act, output_activation=act)
     batches = laplace_batches(6, seed=40, outlier=True)
     m = pt2q.prepare_pt2e(export_module(model, (batches[0],)), XNNPACKQuantizer().set_global(config))
@@ -337,8 +353,14 @@ def quantize_with(activation_observer, model: nn.Module) -> tuple[torch.fx.Graph
 
 
 def per_tensor_qparams(gm: torch.fx.GraphModule) -> list[tuple[float, int]]:
-    return sorted({(n.args[1], n.args[2]) for n in gm.graph.nodes
-                   if n.op == "call_function" and n.target in (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default)})
+    return sorted(
+        {
+            (n.args[1], n.args[2])
+            for n in gm.graph.nodes
+            if n.op == "call_function"
+            and n.target in (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default)
+        }
+    )
 
 
 def test_end_to_end_xnnpack_flow_uses_the_estimators_qparams_and_beats_min_max() -> None:

@@ -1,4 +1,5 @@
 """convert_pt2e(use_reference_representation=True): integer patterns, numerics against Q/DQ and torchao, export."""
+
 from __future__ import annotations
 
 import copy
@@ -26,7 +27,9 @@ def xnnpack(**config: Any) -> XNNPACKQuantizer:
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(**config))
 
 
-def convert_both(model: nn.Module, example: tuple, quantizer: Any, fold_quantize: bool = True) -> tuple[GraphModule, GraphModule]:
+def convert_both(
+    model: nn.Module, example: tuple, quantizer: Any, fold_quantize: bool = True
+) -> tuple[GraphModule, GraphModule]:
     """The Q/DQ and the reference representation of one calibrated model."""
     prepared = pt2q.prepare_pt2e(export_module(model, example), quantizer)
     for batch in calibration_batches(example):
@@ -134,13 +137,27 @@ class ConvMaxPool(nn.Module):
 class TestIntegerPatterns(expecttest.TestCase):
     """Each rewrite: the integer pattern, and no float op between the int8 inputs and the int8 output."""
 
-    def check(self, model: nn.Module, example: tuple, quantizer: Any, end: Any,
-              integer_only: bool = True, fold_quantize: bool = True) -> str:
+    def check(
+        self,
+        model: nn.Module,
+        example: tuple,
+        quantizer: Any,
+        end: Any,
+        integer_only: bool = True,
+        fold_quantize: bool = True,
+    ) -> str:
         """The subgraph computing ``end`` (a node name, or a function of the Q/DQ graph giving one)."""
         return self.check_all(model, example, quantizer, [end], integer_only, fold_quantize)[0]
 
-    def check_all(self, model: nn.Module, example: tuple, quantizer: Any, ends: list[Any],
-                  integer_only: bool = True, fold_quantize: bool = True) -> list[str]:
+    def check_all(
+        self,
+        model: nn.Module,
+        example: tuple,
+        quantizer: Any,
+        ends: list[Any],
+        integer_only: bool = True,
+        fold_quantize: bool = True,
+    ) -> list[str]:
         torch.manual_seed(0)
         qdq, ref = convert_both(model.eval(), example, quantizer, fold_quantize)
         texts = []
@@ -153,8 +170,12 @@ class TestIntegerPatterns(expecttest.TestCase):
 
     def test_linear(self) -> None:
         torch.manual_seed(0)
-        text = self.check(Linear(), (torch.randn(2, 4),), xnnpack(), lambda g: q_after(g, torch.ops.aten.linear.default))
-        self.assertExpectedInline(text, """\
+        text = self.check(
+            Linear(), (torch.randn(2, 4),), xnnpack(), lambda g: q_after(g, torch.ops.aten.linear.default)
+        )
+        self.assertExpectedInline(
+            text,
+            """\
 to_dtype: int16 = to.dtype(quantize_per_tensor_default_1, int16)
 sub_tensor: int16 = sub.Tensor(to_dtype, -42)
 to_dtype_1: int16 = to.dtype(_frozen_param0, int16)
@@ -167,13 +188,20 @@ add_tensor_1: int64 = add.Tensor(mul_tensor, 137438953472)
 bitwise_right_shift_tensor_scalar: int64 = bitwise_right_shift.Tensor_Scalar(add_tensor_1, 38)
 add_tensor_2: int64 = add.Tensor(bitwise_right_shift_tensor_scalar, 76)
 clamp_default: int64 = clamp.default(add_tensor_2, -128, 127)
-quantize_per_tensor_default_2: int8 = to.dtype(clamp_default, int8)""")
+quantize_per_tensor_default_2: int8 = to.dtype(clamp_default, int8)""",
+        )
 
     def test_linear_per_channel(self) -> None:
         torch.manual_seed(0)
-        text = self.check(Linear(), (torch.randn(2, 4),), xnnpack(is_per_channel=True),
-                          lambda g: q_after(g, torch.ops.aten.linear.default))
-        self.assertExpectedInline(text, """\
+        text = self.check(
+            Linear(),
+            (torch.randn(2, 4),),
+            xnnpack(is_per_channel=True),
+            lambda g: q_after(g, torch.ops.aten.linear.default),
+        )
+        self.assertExpectedInline(
+            text,
+            """\
 to_dtype: int16 = to.dtype(quantize_per_tensor_default, int16)
 sub_tensor: int16 = sub.Tensor(to_dtype, -42)
 to_dtype_1: int16 = to.dtype(_frozen_param0, int16)
@@ -186,21 +214,32 @@ add_tensor_1: int64 = add.Tensor(mul_tensor, 137438953472)
 bitwise_right_shift_tensor_scalar: int64 = bitwise_right_shift.Tensor_Scalar(add_tensor_1, 38)
 add_tensor_2: int64 = add.Tensor(bitwise_right_shift_tensor_scalar, 76)
 clamp_default: int64 = clamp.default(add_tensor_2, -128, 127)
-quantize_per_tensor_default_1: int8 = to.dtype(clamp_default, int8)""")
+quantize_per_tensor_default_1: int8 = to.dtype(clamp_default, int8)""",
+        )
 
     def test_dynamic_linear(self) -> None:
         torch.manual_seed(0)
-        quantize, text = self.check_all(Linear(), (torch.randn(2, 4),), xnnpack(is_dynamic=True),
-                                        ["quantize_per_tensor_tensor", "linear"], integer_only=False)
-        self.assertExpectedInline(quantize, """\
+        quantize, text = self.check_all(
+            Linear(),
+            (torch.randn(2, 4),),
+            xnnpack(is_dynamic=True),
+            ["quantize_per_tensor_tensor", "linear"],
+            integer_only=False,
+        )
+        self.assertExpectedInline(
+            quantize,
+            """\
 reciprocal_default: float64 = reciprocal.default(getitem)
 to_dtype_5: float32 = to.dtype(reciprocal_default, float32)
 mul_tensor_2: float32 = mul.Tensor(x, to_dtype_5)
 round_default: float32 = round.default(mul_tensor_2)
 add_tensor_1: float32 = add.Tensor(round_default, getitem_1)
 clamp_default: float32 = clamp.default(add_tensor_1, -128, 127)
-quantize_per_tensor_tensor: int8 = to.dtype(clamp_default, int8)""")
-        self.assertExpectedInline(text, """\
+quantize_per_tensor_tensor: int8 = to.dtype(clamp_default, int8)""",
+        )
+        self.assertExpectedInline(
+            text,
+            """\
 to_dtype: int16 = to.dtype(getitem_1, int16)
 to_dtype_1: int16 = to.dtype(quantize_per_tensor_tensor, int16)
 sub_tensor: int16 = sub.Tensor(to_dtype_1, to_dtype)
@@ -211,13 +250,20 @@ to_dtype_3: float32 = to.dtype(getitem, float32)
 mul_tensor: float32 = mul.Tensor(to_dtype_3, 0.0032403352670371532)
 to_dtype_4: float32 = to.dtype(out_dtype, float32)
 mul_tensor_1: float32 = mul.Tensor(to_dtype_4, mul_tensor)
-linear: float32 = add.Tensor(mul_tensor_1, fc_bias)""")
+linear: float32 = add.Tensor(mul_tensor_1, fc_bias)""",
+        )
 
     def test_conv2d_relu(self) -> None:
         torch.manual_seed(0)
-        text = self.check(ConvReLU(), (torch.randn(1, 2, 5, 5),), xnnpack(is_per_channel=True),
-                          lambda g: q_after(g, torch.ops.aten.conv2d.default))
-        self.assertExpectedInline(text, """\
+        text = self.check(
+            ConvReLU(),
+            (torch.randn(1, 2, 5, 5),),
+            xnnpack(is_per_channel=True),
+            lambda g: q_after(g, torch.ops.aten.conv2d.default),
+        )
+        self.assertExpectedInline(
+            text,
+            """\
 to_dtype: int16 = to.dtype(quantize_per_tensor_default, int16)
 sub_tensor: int16 = sub.Tensor(to_dtype, 0)
 to_dtype_1: int16 = to.dtype(_frozen_param0, int16)
@@ -230,12 +276,15 @@ add_tensor_1: int64 = add.Tensor(mul_tensor, 68719476736)
 bitwise_right_shift_tensor_scalar: int64 = bitwise_right_shift.Tensor_Scalar(add_tensor_1, 37)
 add_tensor_2: int64 = add.Tensor(bitwise_right_shift_tensor_scalar, -128)
 clamp_default: int64 = clamp.default(add_tensor_2, -128, 127)
-quantize_per_tensor_default_1: int8 = to.dtype(clamp_default, int8)""")
+quantize_per_tensor_default_1: int8 = to.dtype(clamp_default, int8)""",
+        )
 
     def test_add(self) -> None:
         example = (torch.randn(2, 3), torch.randn(2, 3))
         text = self.check(Add(relu=False), example, xnnpack(), lambda g: q_after(g, torch.ops.aten.add.Tensor))
-        self.assertExpectedInline(text, """\
+        self.assertExpectedInline(
+            text,
+            """\
 to_dtype: int16 = to.dtype(quantize_per_tensor_default, int16)
 sub_tensor: int16 = sub.Tensor(to_dtype, -56)
 to_dtype_1: int16 = to.dtype(quantize_per_tensor_default_1, int16)
@@ -249,12 +298,15 @@ add_tensor_1: int64 = add.Tensor(add_tensor, 536870912)
 bitwise_right_shift_tensor_scalar: int64 = bitwise_right_shift.Tensor_Scalar(add_tensor_1, 30)
 add_tensor_2: int64 = add.Tensor(bitwise_right_shift_tensor_scalar, -49)
 clamp_default: int64 = clamp.default(add_tensor_2, -128, 127)
-quantize_per_tensor_default_2: int8 = to.dtype(clamp_default, int8)""")
+quantize_per_tensor_default_2: int8 = to.dtype(clamp_default, int8)""",
+        )
 
     def test_add_relu(self) -> None:
         example = (torch.randn(2, 3), torch.randn(2, 3))
         text = self.check(Add(relu=True), example, xnnpack(), lambda g: q_after(g, torch.ops.aten.add.Tensor))
-        self.assertExpectedInline(text, """\
+        self.assertExpectedInline(
+            text,
+            """\
 to_dtype: int16 = to.dtype(quantize_per_tensor_default, int16)
 sub_tensor: int16 = sub.Tensor(to_dtype, -56)
 to_dtype_1: int16 = to.dtype(quantize_per_tensor_default_1, int16)
@@ -268,12 +320,19 @@ add_tensor_1: int64 = add.Tensor(add_tensor, 536870912)
 bitwise_right_shift_tensor_scalar: int64 = bitwise_right_shift.Tensor_Scalar(add_tensor_1, 30)
 add_tensor_2: int64 = add.Tensor(bitwise_right_shift_tensor_scalar, -128)
 clamp_default: int64 = clamp.default(add_tensor_2, -128, 127)
-quantize_per_tensor_default_2: int8 = to.dtype(clamp_default, int8)""")
+quantize_per_tensor_default_2: int8 = to.dtype(clamp_default, int8)""",
+        )
 
     def test_max_pool2d(self) -> None:
-        text = self.check(ConvMaxPool(), (torch.randn(1, 2, 4, 4),), xnnpack(),
-                          lambda g: q_after(g, torch.ops.aten.max_pool2d.default))
-        self.assertExpectedInline(text, """\
+        text = self.check(
+            ConvMaxPool(),
+            (torch.randn(1, 2, 4, 4),),
+            xnnpack(),
+            lambda g: q_after(g, torch.ops.aten.max_pool2d.default),
+        )
+        self.assertExpectedInline(
+            text,
+            """\
 to_dtype_4: int16 = to.dtype(quantize_per_tensor_default_2, int16)
 sub_tensor_2: int16 = sub.Tensor(to_dtype_4, -14)
 max_pool2d_default: int16 = max_pool2d.default(sub_tensor_2, [2, 2])
@@ -283,29 +342,40 @@ add_tensor_3: int64 = add.Tensor(mul_tensor_1, 536870912)
 bitwise_right_shift_tensor_scalar_1: int64 = bitwise_right_shift.Tensor_Scalar(add_tensor_3, 30)
 add_tensor_4: int64 = add.Tensor(bitwise_right_shift_tensor_scalar_1, -14)
 clamp_default_1: int64 = clamp.default(add_tensor_4, -128, 127)
-quantize_per_tensor_default_3: int8 = to.dtype(clamp_default_1, int8)""")
+quantize_per_tensor_default_3: int8 = to.dtype(clamp_default_1, int8)""",
+        )
 
     def test_quantize_dequantize_per_tensor(self) -> None:
         example = (torch.randn(1, 2, 4, 4),)
         first_q = lambda g: next(n.name for n in g.graph.nodes if n.target in Q_OPS)  # noqa: E731
         last_dq = lambda g: next(n.name for n in reversed(g.graph.nodes) if n.target in DQ_OPS)  # noqa: E731
         quantize, dequantize = self.check_all(ConvMaxPool(), example, xnnpack(), [first_q, last_dq], integer_only=False)
-        self.assertExpectedInline(quantize, """\
+        self.assertExpectedInline(
+            quantize,
+            """\
 mul_tensor_2: float32 = mul.Tensor(x, 43.32007694591838)
 round_default: float32 = round.default(mul_tensor_2)
 add_tensor_5: float32 = add.Tensor(round_default, 16)
 clamp_default_2: float32 = clamp.default(add_tensor_5, -128, 127)
-quantize_per_tensor_default_1: int8 = to.dtype(clamp_default_2, int8)""")
-        self.assertExpectedInline(dequantize, """\
+quantize_per_tensor_default_1: int8 = to.dtype(clamp_default_2, int8)""",
+        )
+        self.assertExpectedInline(
+            dequantize,
+            """\
 to_dtype_8: int32 = to.dtype(quantize_per_tensor_default_3, int32)
 sub_tensor_3: int32 = sub.Tensor(to_dtype_8, -25)
 to_dtype_9: float32 = to.dtype(sub_tensor_3, float32)
-dequantize_per_tensor_default_3: float32 = mul.Tensor(to_dtype_9, 0.01940990798175335)""")
+dequantize_per_tensor_default_3: float32 = mul.Tensor(to_dtype_9, 0.01940990798175335)""",
+        )
 
     def test_quantize_dequantize_per_channel(self) -> None:
         example = (torch.randn(2, 4),)
         weight_q = lambda g: g.graph.find_nodes(op="call_function", target=qd.quantize_per_channel.default)[0].name  # noqa: E731
-        self.assertExpectedInline(self.check(Linear(), example, xnnpack(is_per_channel=True), weight_q, integer_only=False, fold_quantize=False), """\
+        self.assertExpectedInline(
+            self.check(
+                Linear(), example, xnnpack(is_per_channel=True), weight_q, integer_only=False, fold_quantize=False
+            ),
+            """\
 view_default: int64 = view.default(_zero_point_0, [-1, 1])
 view_default_1: float32 = view.default(_scale_0, [-1, 1])
 reciprocal_default: float32 = reciprocal.default(view_default_1)
@@ -313,16 +383,22 @@ mul_tensor_1: float32 = mul.Tensor(fc_weight, reciprocal_default)
 round_default: float32 = round.default(mul_tensor_1)
 add_tensor_3: float32 = add.Tensor(round_default, view_default)
 clamp_default_1: float32 = clamp.default(add_tensor_3, -127, 127)
-quantize_per_channel_default: int8 = to.dtype(clamp_default_1, int8)""")
-        model, example = make("conv_transpose")  # conv_transpose2d keeps its Q/DQ form; its weight DQ is per channel along dim 1
+quantize_per_channel_default: int8 = to.dtype(clamp_default_1, int8)""",
+        )
+        model, example = make(
+            "conv_transpose"
+        )  # conv_transpose2d keeps its Q/DQ form; its weight DQ is per channel along dim 1
         weight_dq = lambda g: g.graph.find_nodes(op="call_function", target=qd.dequantize_per_channel.default)[-1].name  # noqa: E731
-        self.assertExpectedInline(self.check(model, example, xnnpack(is_per_channel=True), weight_dq, integer_only=False), """\
+        self.assertExpectedInline(
+            self.check(model, example, xnnpack(is_per_channel=True), weight_dq, integer_only=False),
+            """\
 view_default: int64 = view.default(_zero_point_1, [-1, 1, 1])
 view_default_1: float32 = view.default(_scale_1, [-1, 1, 1])
 to_dtype_6: int32 = to.dtype(_frozen_param1, int32)
 sub_tensor_2: int64 = sub.Tensor(to_dtype_6, view_default)
 to_dtype_7: float32 = to.dtype(sub_tensor_2, float32)
-dequantize_per_channel_default_1: float32 = mul.Tensor(to_dtype_7, view_default_1)""")
+dequantize_per_channel_default_1: float32 = mul.Tensor(to_dtype_7, view_default_1)""",
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,7 +443,9 @@ def test_each_rewritten_op_is_within_one_step_of_qdq(name: str, config: str) -> 
     quantizer = xnnpack(is_per_channel=True, is_dynamic=True) if config == "dynamic" else xnnpack(**STATIC[config])
     qdq, ref = convert_both(model, example, quantizer)
     diffs = [d for x in calibration_batches(example, n=4, seed=5) for d in per_op_differences(qdq, ref, x)]
-    assert any(kind.startswith("quantized") or kind == "dynamic linear" for _, kind, _ in diffs), "nothing was rewritten"
+    assert any(kind.startswith("quantized") or kind == "dynamic linear" for _, kind, _ in diffs), (
+        "nothing was rewritten"
+    )
     for node, kind, diff in diffs:
         if kind in ("quantize", "dequantize", "quantized aten.max_pool2d.default"):
             assert diff == 0, (node, kind, diff)  # the kernels' own arithmetic, bit for bit
@@ -406,8 +484,10 @@ def test_matches_torchao_reference_representation() -> None:
     torch.manual_seed(0)
     model, example = Branches().eval(), (torch.randn(32, 16), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8))
     qdq, ours = convert_both(model, example, xnnpack(is_per_channel=False))  # torchao rewrites per-tensor linears only
-    theirs = prepare_pt2e(export_module(model, example),
-                          et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=False)))
+    theirs = prepare_pt2e(
+        export_module(model, example),
+        et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=False)),
+    )
     for batch in calibration_batches(example):
         theirs(*batch)
     theirs = convert_pt2e(theirs, use_reference_representation=True)

@@ -1,4 +1,5 @@
 """pt2q.report: per-layer quantization table, local/cumulative/sensitivity SQNR, float reasons, plot."""
+
 from __future__ import annotations
 
 import io
@@ -11,17 +12,28 @@ from expecttest import assert_expected_inline
 
 import pt2q
 from pt2q.observer import MinMaxObserver, PerChannelMinMaxObserver
-from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
+from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
 
 def _minmax_config() -> QuantizationConfig:
     """XNNPACK's int8 scheme with min/max activation ranges (the histogram observer would clip
     an outlier channel and hide the damage these tests are about)."""
-    act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
-                           observer_or_fake_quant_ctr=MinMaxObserver)
-    weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
-                              ch_axis=0, observer_or_fake_quant_ctr=PerChannelMinMaxObserver)
+    act = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+        observer_or_fake_quant_ctr=MinMaxObserver,
+    )
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-127,
+        quant_max=127,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+        observer_or_fake_quant_ctr=PerChannelMinMaxObserver,
+    )
     return QuantizationConfig(act, act, weight, None)
 
 
@@ -84,7 +96,8 @@ def test_sensitivity_finds_the_layer_that_causes_the_loss(tmp_path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == [
-        f"{row.name}\n{row.module_path}" if row.module_path else row.name for row in r.quantized_rows]
+        f"{row.name}\n{row.module_path}" if row.module_path else row.name for row in r.quantized_rows
+    ]
     labels = [c.get_label() for c in ax.containers]
     assert labels == ["local", "cumulative", "sensitivity"]
     drawn = {label: [bar.get_height() for bar in c] for label, c in zip(labels, ax.containers)}
@@ -148,7 +161,9 @@ def test_report_explains_what_stayed_float_and_how_the_rest_was_quantized() -> N
     ep, quantized, batches = _mixed()
     r = pt2q.report(quantized, ep)  # no inputs: the table of what was done, no SQNR
     assert r.output_sqnr is None and all(row.cumulative_sqnr is None for row in r.rows)
-    assert_expected_inline("\n".join(f"{row.name}: {row.how}" for row in r.rows), """\
+    assert_expected_inline(
+        "\n".join(f"{row.name}: {row.how}" for row in r.rows),
+        """\
 conv2d: w:int8 per-channel(axis 0) s∈[0.00145,0.00151] (PerChannelMinMaxObserver); i:int8 s=0.0249 zp=6 (HistogramObserver)
 batch_norm: float: folded into conv2d
 relu: o:int8 s=0.00728 zp=-128 (HistogramObserver)
@@ -157,7 +172,8 @@ argmax: float: its output is torch.int64, not a float tensor
 linear: w:int8 per-channel(axis 0) s∈[0.00098,0.00378] (PerChannelMinMaxObserver); i:int8 s=0.00728 zp=-128 (HistogramObserver, from mean); o:int8 s=0.00344 zp=5 (HistogramObserver)
 tanh: float: XNNPACKQuantizer has no pattern for tanh.default
 linear_1: float: kept float by set_module_name('head', None)
-add: float: no add_relu/add pattern matched it (its operands did not fit: e.g. a non-float input or a computed weight)""")
+add: float: no add_relu/add pattern matched it (its operands did not fit: e.g. a non-float input or a computed weight)""",
+    )
     # the qparams shown are the graph's
     q_out = next(n for n in quantized.graph.nodes if n.name.startswith("quantize") and n.args[0].name == "relu")
     relu_out = r.row("relu").quantization[0]
@@ -214,7 +230,9 @@ def test_numeric_report_of_a_lowered_program() -> None:
 
     model, example = make("conv_bn_relu_stack")
     batches = calibration_batches(example)
-    ep, quantized = _quantize(model, batches, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)))
+    ep, quantized = _quantize(
+        model, batches, XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lowered = to_executorch(quantized, example)
@@ -238,8 +256,9 @@ def test_report_of_a_qat_model_measures_the_folded_conv() -> None:
     model, example = make("conv_bn_relu_stack")
     batches = calibration_batches(example)
     ep = torch.export.export(model.train(), example)
-    prepared = pt2q.prepare_qat_pt2e(ep.module(), XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=True, is_qat=True)))
+    prepared = pt2q.prepare_qat_pt2e(
+        ep.module(), XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
+    )
     for b in batches:
         prepared(*b)
     pt2q.move_exported_model_to_eval(prepared)
@@ -293,11 +312,14 @@ def test_x86_quantizer_explains_what_it_left_float() -> None:
     batches = _batches((4, 8), n=2)
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
     ep, quantized = _quantize(Net(), batches, quantizer.set_module_name_qconfig("head", None))
-    assert_expected_inline("\n".join(f"{r.name}: {r.float_reason}" for r in pt2q.report(quantized, ep).float_rows), """\
+    assert_expected_inline(
+        "\n".join(f"{r.name}: {r.float_reason}" for r in pt2q.report(quantized, ep).float_rows),
+        """\
 tanh: X86InductorQuantizer has no pattern for tanh.default
 linear_1: kept float by set_module_name_qconfig('head', None)
 ones: X86InductorQuantizer has no pattern for ones.default
-matmul: matmul.default is quantized only when configured for it (set_function_type_qconfig)""")
+matmul: matmul.default is quantized only when configured for it (set_function_type_qconfig)""",
+    )
 
 
 def test_handles_match_by_name_when_a_graph_id_collides() -> None:

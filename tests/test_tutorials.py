@@ -1,4 +1,5 @@
 """Run each tutorial script's ``main(fast=True)`` and check the numbers it returns."""
+
 from __future__ import annotations
 
 import importlib.util

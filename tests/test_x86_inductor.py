@@ -1,4 +1,5 @@
 """X86InductorQuantizer (oracle: torchao's) and the x86 lowerings (oneDNN int8 through Inductor)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from unittest import mock
 
 import pytest
@@ -19,8 +20,12 @@ import pt2q
 from pt2q.fake_quantize import FusedMovingAvgObsFakeQuantize
 from pt2q.lowering import compile_quantized_for_x86, lower_pt2e_quantized_to_x86
 from pt2q.observer import HistogramObserver, PerChannelMinMaxObserver, PlaceholderObserver
-from pt2q.quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
-from pt2q.quantizers import cpu_capability, x86_inductor
+from pt2q.quantizers import (
+    X86InductorQuantizer,
+    cpu_capability,
+    get_default_x86_inductor_quantization_config,
+    x86_inductor,
+)
 from tests.helpers import export_module, pt2q_flow, qdq_signature, run_flow, torchao_flow
 from tests.zoo import ZOO, calibration_batches, make
 
@@ -45,6 +50,7 @@ def theirs(**kwargs):
 
 
 # --- extra models: every x86 pattern, written with modules so torchao matches them too --------
+
 
 class ConvUnaries(nn.Module):
     def __init__(self) -> None:
@@ -148,6 +154,7 @@ def zoo_converted():
 
 
 # --- config -------------------------------------------------------------------------------
+
 
 def test_default_config_specs() -> None:
     config = get_default_x86_inductor_quantization_config(reduce_range=False)
@@ -264,7 +271,14 @@ def _spec_summary(spec: object) -> object:
     if type(spec).__name__ == "SharedQuantizationSpec":
         shared = spec.edge_or_node
         return ("shared", tuple(n.name for n in shared) if isinstance(shared, tuple) else shared.name)
-    return (type(spec).__name__, spec.dtype, spec.quant_min, spec.quant_max, spec.qscheme, getattr(spec, "ch_axis", None))
+    return (
+        type(spec).__name__,
+        spec.dtype,
+        spec.quant_min,
+        spec.quant_max,
+        spec.qscheme,
+        getattr(spec, "ch_axis", None),
+    )
 
 
 def _annotations(gm) -> dict[str, tuple]:
@@ -283,13 +297,21 @@ def test_qat_annotations_match_torchao() -> None:
     # torchao's QAT convert costs ~40 s, so compare what both quantizers annotate on the training graph
     model, example = _make_extra(QATBlock, (2, 3, 8, 8))
     ours_gm = X86InductorQuantizer().set_global(ours(is_qat=True)).annotate(export_module(model.train(), example))
-    theirs_gm = xiq.X86InductorQuantizer().set_global(theirs(is_qat=True)).annotate(export_module(model.train(), example))
+    theirs_gm = (
+        xiq.X86InductorQuantizer().set_global(theirs(is_qat=True)).annotate(export_module(model.train(), example))
+    )
     summary = _annotations(ours_gm)
     assert summary == _annotations(theirs_gm)
     assert {"conv2d", "add", "hardswish", "max_pool2d"} <= set(summary)
 
-    converted = run_flow(pt2q.prepare_qat_pt2e, pt2q.convert_pt2e, X86InductorQuantizer().set_global(ours(is_qat=True)),
-                         model.train(), example, calibration_batches(example))
+    converted = run_flow(
+        pt2q.prepare_qat_pt2e,
+        pt2q.convert_pt2e,
+        X86InductorQuantizer().set_global(ours(is_qat=True)),
+        model.train(),
+        example,
+        calibration_batches(example),
+    )
     pt2q.move_exported_model_to_eval(converted)
     lowered = lower_pt2e_quantized_to_x86(converted, example)
     assert sum(str(n.target).startswith("onednn.qconv") for n in lowered.graph.nodes) == 5
@@ -339,7 +361,14 @@ def test_fx_lowering_3d_linears_and_residual_adds(zoo_converted) -> None:
 # --- torch.compile lowering: compile_quantized_for_x86 ---------------------------------------------
 
 COMPILED = ["conv_bn_relu_stack", "residual", "attention"]
-FP32_KERNELS = ("extern_kernels.convolution", "mkldnn._convolution_pointwise", "extern_kernels.addmm", "extern_kernels.mm", "mkl_linear", "_linear_pointwise")
+FP32_KERNELS = (
+    "extern_kernels.convolution",
+    "mkldnn._convolution_pointwise",
+    "extern_kernels.addmm",
+    "extern_kernels.mm",
+    "mkl_linear",
+    "_linear_pointwise",
+)
 
 
 def _without_comments(codes: list[str]) -> str:
@@ -485,13 +514,16 @@ def test_without_vnni_reduce_range_keeps_lowered_accuracy() -> None:
 
 # --- the speed benchmark's table (no timing asserted) -----------------------------------------------
 
+
 def test_speed_table_reports_speedups_over_fp32_eager() -> None:
     from benchmarks.speed import BASELINE, interleaved_medians_ms, markdown_table
 
-    table = markdown_table({
-        "net": {BASELINE: 10.0, "pt2q int8 (x86)": 2.5},
-        "encoder": {BASELINE: 8.0, "ExecuTorch pt2q_int8": 4.0},
-    })
+    table = markdown_table(
+        {
+            "net": {BASELINE: 10.0, "pt2q int8 (x86)": 2.5},
+            "encoder": {BASELINE: 8.0, "ExecuTorch pt2q_int8": 4.0},
+        }
+    )
     assert table.splitlines() == [
         "| model | fp32 eager | pt2q int8 (x86) | ExecuTorch pt2q_int8 |",
         "|---|---|---|---|",
@@ -499,5 +531,7 @@ def test_speed_table_reports_speedups_over_fp32_eager() -> None:
         "| encoder | 8.00 ms (1.00x) | – | 4.00 ms (2.00x) |",
     ]
     calls: list[str] = []
-    medians = interleaved_medians_ms({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, (), runs=4, warmup=1)
+    medians = interleaved_medians_ms(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, (), runs=4, warmup=1
+    )
     assert set(medians) == {"a", "b"} and calls.count("a") == calls.count("b") == 5

@@ -5,11 +5,13 @@ the same model with the same config, must write equivalent annotations on every
 node (compared by node name). The other tests cover what ExecuTorch cannot
 check for us: precedence, ``None`` configs, filters and composition.
 """
+
 from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -55,14 +57,18 @@ def _cache_executorch_pattern_graphs():
 
 # --- models -------------------------------------------------------------------------
 
+
 class ConvReLUStack(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(16, 16, 1), nn.Hardtanh(0.0, 6.0),
+            nn.Conv2d(16, 16, 1),
+            nn.Hardtanh(0.0, 6.0),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(0.1)
@@ -251,6 +257,7 @@ def export_model(model: nn.Module, *inputs: torch.Tensor) -> GraphModule:
 
 # --- describing annotations so the two libraries can be compared ----------------------
 
+
 @functools.cache
 def _observer_desc(ctr: Any) -> tuple:
     """Class name (and the wrapped observer's, for fake quantizers) and eps of what ``ctr`` builds."""
@@ -269,7 +276,12 @@ def _spec_desc(spec: Any) -> Any:
         e = spec.edge_or_node
         return ("shared", (e[0].name, e[1].name) if isinstance(e, tuple) else e.name)
     return (
-        spec.dtype, spec.quant_min, spec.quant_max, spec.qscheme, spec.ch_axis, spec.is_dynamic,
+        spec.dtype,
+        spec.quant_min,
+        spec.quant_max,
+        spec.qscheme,
+        spec.ch_axis,
+        spec.is_dynamic,
         _observer_desc(spec.observer_or_fake_quant_ctr),
     )
 
@@ -362,6 +374,7 @@ def test_dynamic_annotations_match_executorch(name: str, config: str) -> None:
 
 # --- precedence, None configs, filters --------------------------------------------------
 
+
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -415,14 +428,18 @@ def _set_all(q: Any, get_config: Callable[..., Any]) -> Any:
 
 def test_precedence_module_name_over_type_over_operator_over_global() -> None:
     example = (torch.randn(2, 8),)
-    gm = annotate_pt2q(export_model(Blocks(), *example), _set_all(XNNPACKQuantizer(), get_symmetric_quantization_config))
+    gm = annotate_pt2q(
+        export_model(Blocks(), *example), _set_all(XNNPACKQuantizer(), get_symmetric_quantization_config)
+    )
     configs = {k: get_symmetric_quantization_config(**v) for k, v in dict(A=CFG_A, B=CFG_B, C=CFG_C, D=CFG_D).items()}
     got = {n: _config_of(gm, n, configs) for n in ("linear", "linear_1", "linear_2", "linear_3", "conv1d")}
     # blocks.0 / blocks.2: module type; blocks.1: module name; head: operator type; tail: global
     assert got == {"linear": "C", "linear_1": "D", "linear_2": "C", "linear_3": "B", "conv1d": "A"}
 
     et = _et()
-    theirs = annotate_pt2q(export_model(Blocks(), *example), _set_all(et.XNNPACKQuantizer(), et.get_symmetric_quantization_config))
+    theirs = annotate_pt2q(
+        export_model(Blocks(), *example), _set_all(et.XNNPACKQuantizer(), et.get_symmetric_quantization_config)
+    )
     assert_same_annotations(describe(gm), describe(theirs))
 
 
@@ -482,7 +499,11 @@ def test_filter_function() -> None:
     assert "cat_1" not in desc and "conv2d_2" not in desc
     assert {"conv2d", "conv2d_1", "cat"} <= set(desc)
     # the filter also applies to the propagation of shared qparams
-    q = XNNPACKQuantizer().set_global(get_symmetric_quantization_config()).set_filter_function(lambda n: n.name != "max_pool2d")
+    q = (
+        XNNPACKQuantizer()
+        .set_global(get_symmetric_quantization_config())
+        .set_filter_function(lambda n: n.name != "max_pool2d")
+    )
     desc = describe(annotate_pt2q(export("conv_relu_stack"), q))
     assert "max_pool2d" not in desc and desc["hardtanh"][2] == ("shared", "conv2d_2")
 
@@ -496,7 +517,12 @@ def test_functional_adaptive_avg_pool2d_is_annotated() -> None:
         def forward(self, x):
             return F.adaptive_avg_pool2d(x, 2), F.adaptive_avg_pool2d(self.conv(x), 1)
 
-    desc = describe(annotate_pt2q(export_model(M(), torch.randn(1, 3, 4, 4)), XNNPACKQuantizer().set_global(get_symmetric_quantization_config())))
+    desc = describe(
+        annotate_pt2q(
+            export_model(M(), torch.randn(1, 3, 4, 4)),
+            XNNPACKQuantizer().set_global(get_symmetric_quantization_config()),
+        )
+    )
     assert desc["adaptive_avg_pool2d"][1]["x"][0] == torch.int8  # float input: gets the input spec
     assert desc["adaptive_avg_pool2d"][2] == ("shared", ("x", "adaptive_avg_pool2d"))
     assert desc["adaptive_avg_pool2d_1"][1] == {"conv2d": ("shared", "conv2d")}
@@ -507,8 +533,14 @@ def test_scalars_become_tensor_attributes() -> None:
     gm = export_model(Binary(), *example)
     expected = gm(*example)
     gm = XNNPACKQuantizer().transform_for_annotation(gm)
-    consts = {n.name: getattr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr" and n.name.startswith("_tensor")}
-    assert {k: v.item() for k, v in consts.items()} == {"_tensor_constant_0": 1.0, "_tensor_constant_1": 0.5, "_tensor_constant_2": torch.tensor(1e20).item()}
+    consts = {
+        n.name: getattr(gm, n.target) for n in gm.graph.nodes if n.op == "get_attr" and n.name.startswith("_tensor")
+    }
+    assert {k: v.item() for k, v in consts.items()} == {
+        "_tensor_constant_0": 1.0,
+        "_tensor_constant_1": 0.5,
+        "_tensor_constant_2": torch.tensor(1e20).item(),
+    }
     # integer arithmetic keeps its Python scalars (and its dtype)
     assert [n.args[1] for n in gm.graph.nodes if n.name in ("mul_4", "add_2")] == [2, 3]
     for a, b in zip(gm(*example), expected):
@@ -532,12 +564,27 @@ def test_symmetric_config_specs() -> None:
 
 # --- the registry and composition ---------------------------------------------------------
 
+
 def test_registry_names() -> None:
     # every XNNPACK pattern is registered; other quantizers (x86, embedding) add their own
     assert set(ANNOTATORS) >= {
-        "linear", "linear_relu", "conv", "conv_relu", "conv_bn", "conv_bn_relu",
-        "conv_transpose", "conv_transpose_relu", "conv_transpose_bn", "conv_transpose_bn_relu",
-        "add", "add_relu", "mul", "mul_relu", "cat", "adaptive_avg_pool2d", "propagate_annotation",
+        "linear",
+        "linear_relu",
+        "conv",
+        "conv_relu",
+        "conv_bn",
+        "conv_bn_relu",
+        "conv_transpose",
+        "conv_transpose_relu",
+        "conv_transpose_bn",
+        "conv_transpose_bn_relu",
+        "add",
+        "add_relu",
+        "mul",
+        "mul_relu",
+        "cat",
+        "adaptive_avg_pool2d",
+        "propagate_annotation",
     }
     assert get_annotator("linear") is ANNOTATORS["linear"]
     with pytest.raises(KeyError, match="known"):
@@ -575,6 +622,10 @@ def test_annotators_skip_annotated_and_filtered_nodes() -> None:
     cfg = get_symmetric_quantization_config()
     parts = get_annotator("linear")(gm, cfg, lambda n: n.name != "linear")
     assert [p[0].name for p in parts] == ["linear_1", "linear_2"]
-    assert get_annotator("linear")(gm, cfg) == [[gm.graph.find_nodes(op="call_function", target=aten.linear.default)[0], *[
-        n for n in gm.graph.nodes if n.name in ("fc1_weight", "fc1_bias")]]]
+    assert get_annotator("linear")(gm, cfg) == [
+        [
+            gm.graph.find_nodes(op="call_function", target=aten.linear.default)[0],
+            *[n for n in gm.graph.nodes if n.name in ("fc1_weight", "fc1_bias")],
+        ]
+    ]
     assert get_annotator("linear")(gm, cfg) == []  # all claimed now

@@ -16,6 +16,7 @@ operator annotators, ``pt2q.quantizers.ANNOTATORS``: ``"linear"``, ``"linear_rel
 
 Run: ``python tutorials/custom_quantizer.py``
 """
+
 from __future__ import annotations
 
 import math
@@ -40,11 +41,18 @@ class LinearOnlyQuantizer(Quantizer):
     def __init__(self) -> None:
         super().__init__()
         activation = QuantizationSpec(
-            dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
+            dtype=torch.int8,
+            quant_min=-128,
+            quant_max=127,
+            qscheme=torch.per_tensor_affine,
             observer_or_fake_quant_ctr=HistogramObserver.with_args(eps=2**-12),
         )
         weight = QuantizationSpec(
-            dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric, ch_axis=0,
+            dtype=torch.int8,
+            quant_min=-127,
+            quant_max=127,
+            qscheme=torch.per_channel_symmetric,
+            ch_axis=0,
             observer_or_fake_quant_ctr=PerChannelMinMaxObserver.with_args(eps=2**-12),
         )
         self.config = QuantizationConfig(
@@ -101,10 +109,16 @@ def main(fast: bool = False) -> dict:
         db = sqnr_db(model(test_tokens), quantized(test_tokens))
     quantized_ep = torch.export.export(quantized, example_inputs)
     tensors = {**quantized_ep.state_dict, **quantized_ep.constants}
-    int8_dtypes = sorted({str(t.dtype) for t in tensors.values()  # uint8 embedding rows, int8 linear weights
-                          if isinstance(t, torch.Tensor) and t.dtype in (torch.int8, torch.uint8)})
-    quant_ops = sorted({str(n.target) for n in quantized.graph.nodes
-                        if n.op == "call_function" and "quantize" in str(n.target)})
+    int8_dtypes = sorted(
+        {
+            str(t.dtype)
+            for t in tensors.values()  # uint8 embedding rows, int8 linear weights
+            if isinstance(t, torch.Tensor) and t.dtype in (torch.int8, torch.uint8)
+        }
+    )
+    quant_ops = sorted(
+        {str(n.target) for n in quantized.graph.nodes if n.op == "call_function" and "quantize" in str(n.target)}
+    )
 
     results = {
         "sqnr_db": db,
@@ -115,8 +129,10 @@ def main(fast: bool = False) -> dict:
         "quantize_ops": quant_ops,
     }
     print(f"SQNR int8 vs fp32: {db:.1f} dB")
-    print(f"weights: fp32 {results['fp32_weight_bytes']:,} B  quantized {results['int8_weight_bytes']:,} B  "
-          f"(ratio {results['weight_size_ratio']:.2f}; dtypes {', '.join(int8_dtypes)})")
+    print(
+        f"weights: fp32 {results['fp32_weight_bytes']:,} B  quantized {results['int8_weight_bytes']:,} B  "
+        f"(ratio {results['weight_size_ratio']:.2f}; dtypes {', '.join(int8_dtypes)})"
+    )
     print("quantize/dequantize ops in the converted graph:\n  " + "\n  ".join(quant_ops))
     return results
 

@@ -22,6 +22,7 @@ A model that quantizes badly, and how ``pt2q.report`` finds out why:
 
 Run: ``python tutorials/debug_accuracy.py`` (writes ``debug_accuracy_out/sqnr.png``)
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,13 +33,12 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from digits import accuracy, digits_data, train  # the tutorials' shared data, model and training loop
 
 import pt2q
 from pt2q.observer import MinMaxObserver, MSEObserver, PercentileObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer
-
-from digits import accuracy, digits_data, train  # the tutorials' shared data, model and training loop
 
 
 # 1. Data, model, and the planted outlier channel ----------------------------------
@@ -82,15 +82,30 @@ def int8_config(activation_observer) -> QuantizationConfig:
     """XNNPACK's int8 scheme (per-tensor affine activations, per-channel symmetric weights,
     float bias) with a chosen activation observer. ``get_symmetric_quantization_config``
     uses a HistogramObserver; a plain min/max one shows the problem most clearly."""
-    act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
-                           observer_or_fake_quant_ctr=activation_observer)
-    weight = QuantizationSpec(dtype=torch.int8, quant_min=-127, quant_max=127, qscheme=torch.per_channel_symmetric,
-                              ch_axis=0, observer_or_fake_quant_ctr=PerChannelMinMaxObserver)
+    act = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+        observer_or_fake_quant_ctr=activation_observer,
+    )
+    weight = QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-127,
+        quant_max=127,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+        observer_or_fake_quant_ctr=PerChannelMinMaxObserver,
+    )
     return QuantizationConfig(act, act, weight, None)
 
 
-def quantize(exported: torch.export.ExportedProgram, batches, activation_observer=MinMaxObserver,
-             keep_float: tuple[str, ...] = ()) -> torch.fx.GraphModule:
+def quantize(
+    exported: torch.export.ExportedProgram,
+    batches,
+    activation_observer=MinMaxObserver,
+    keep_float: tuple[str, ...] = (),
+) -> torch.fx.GraphModule:
     quantizer = XNNPACKQuantizer().set_global(int8_config(activation_observer))
     for path in keep_float:
         quantizer.set_module_name(path, None)
@@ -116,10 +131,12 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
     clean = train(DigitsNet(), x_train, y_train, epochs=4 if fast else 10)
     model = add_outlier_channel(clean, x_train)
     fp32_acc = accuracy(model, x_test, y_test)
-    print(f"fp32 accuracy: {fp32_acc:.2f}% (unchanged by the outlier channel: "
-          f"{accuracy(clean, x_test, y_test):.2f}% before it)")
+    print(
+        f"fp32 accuracy: {fp32_acc:.2f}% (unchanged by the outlier channel: "
+        f"{accuracy(clean, x_test, y_test):.2f}% before it)"
+    )
 
-    calibration = [(x_train[i * 32:(i + 1) * 32],) for i in range(4 if fast else 16)]
+    calibration = [(x_train[i * 32 : (i + 1) * 32],) for i in range(4 if fast else 16)]
     batch = {"x": {0: torch.export.Dim("batch", min=1, max=2048)}}
     exported = torch.export.export(model, calibration[0], dynamic_shapes=batch)
     quantized = quantize(exported, calibration)
@@ -131,15 +148,19 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
     #    cumulative: the quantized model's value there, all earlier errors included;
     #    local: the layer's own error, fed the float model's inputs;
     #    sensitivity: the model output when only this layer is quantized.
-    inputs = [(x_test[i * 64:(i + 1) * 64],) for i in range(2 if fast else 5)]
+    inputs = [(x_test[i * 64 : (i + 1) * 64],) for i in range(2 if fast else 5)]
     report = pt2q.report(quantized, exported, inputs)
     print(report)
     lowest = min(report.quantized_rows, key=lambda row: row.cumulative_sqnr)
     culprit = report.worst(1)[0]  # lowest sensitivity SQNR
-    print(f"lowest cumulative SQNR: {lowest.name} ({lowest.module_path or '-'}) {lowest.cumulative_sqnr:.1f} dB: "
-          "where the error shows")
-    print(f"lowest sensitivity SQNR: {culprit.name} ({culprit.module_path}) {culprit.sensitivity_sqnr:.1f} dB: "
-          "where it is made")
+    print(
+        f"lowest cumulative SQNR: {lowest.name} ({lowest.module_path or '-'}) {lowest.cumulative_sqnr:.1f} dB: "
+        "where the error shows"
+    )
+    print(
+        f"lowest sensitivity SQNR: {culprit.name} ({culprit.module_path}) {culprit.sensitivity_sqnr:.1f} dB: "
+        "where it is made"
+    )
     # embed's own SQNRs look fine: the outlier channel, quantized well, dominates its signal.
 
     if out_dir is None:
@@ -155,7 +176,7 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
     ref = pt2q.prepare_for_propagation_comparison(exported.module())
     act = pt2q.prepare_for_propagation_comparison(quantized)
     with torch.no_grad():
-        for x, in inputs:
+        for (x,) in inputs:
             ref(x)
             act(x)
     comparison = pt2q.compare_results(pt2q.extract_results_from_loggers(ref), pt2q.extract_results_from_loggers(act))
@@ -173,8 +194,10 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
     fix_a1_acc = accuracy(fix_a1, x_test, y_test)
     report_a1 = pt2q.report(fix_a1, exported, inputs)
     consumer = report_a1.worst(1)[0]
-    print(f"keep {culprit.module_path} float: {fix_a1_acc:.2f}%; now the lowest sensitivity SQNR is at "
-          f"{consumer.name} ({consumer.module_path}) {consumer.sensitivity_sqnr:.1f} dB: {consumer.how}")
+    print(
+        f"keep {culprit.module_path} float: {fix_a1_acc:.2f}%; now the lowest sensitivity SQNR is at "
+        f"{consumer.name} ({consumer.module_path}) {consumer.sensitivity_sqnr:.1f} dB: {consumer.how}"
+    )
     keep_float += (consumer.module_path,)
     fix_a = quantize(exported, calibration, keep_float=keep_float)
     fix_a_acc = accuracy(fix_a, x_test, y_test)
@@ -190,8 +213,10 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
     report_b = pt2q.report(fix_b, exported, inputs)
     mse_acc = accuracy(quantize(exported, calibration, MSEObserver), x_test, y_test)
     recovered = report_b.row(lowest.name).cumulative_sqnr
-    print(f"PercentileObserver(99) activations: {fix_b_acc:.2f}%, output SQNR {report_b.output_sqnr:.1f} dB; "
-          f"cumulative SQNR at {lowest.name} {recovered:.1f} dB (was {lowest.cumulative_sqnr:.1f})")
+    print(
+        f"PercentileObserver(99) activations: {fix_b_acc:.2f}%, output SQNR {report_b.output_sqnr:.1f} dB; "
+        f"cumulative SQNR at {lowest.name} {recovered:.1f} dB (was {lowest.cumulative_sqnr:.1f})"
+    )
     print(f"MSEObserver activations: {mse_acc:.2f}%")
 
     results = {
@@ -215,8 +240,10 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
         "lowapi_sqnr_db": {s.ref_node_name: s.sqnr for s in comparison.values()},
         "png": str(png),
     }
-    print(f"accuracy: fp32 {fp32_acc:.2f}%  int8 {int8_acc:.2f}%  keep {'+'.join(keep_float)} float "
-          f"{fix_a_acc:.2f}%  PercentileObserver(99) {fix_b_acc:.2f}%  ({len(x_test)} test images)")
+    print(
+        f"accuracy: fp32 {fp32_acc:.2f}%  int8 {int8_acc:.2f}%  keep {'+'.join(keep_float)} float "
+        f"{fix_a_acc:.2f}%  PercentileObserver(99) {fix_b_acc:.2f}%  ({len(x_test)} test images)"
+    )
     return results
 
 

@@ -1,5 +1,6 @@
 """The data, model and training loop the tutorials share: scikit-learn's handwritten digits
 (bundled with scikit-learn, no download) and a small CNN for them."""
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,7 @@ def train_epochs(model, x, y, epochs: int, lr: float = 3e-3) -> None:
     for _ in range(epochs):
         perm = torch.randperm(len(x))
         for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
+            idx = perm[i : i + 64]
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()

@@ -15,19 +15,18 @@ What this teaches, step by step (the PT2E PTQ tutorial's flow, on torch 2.13):
 
 Run: ``python tutorials/ptq_xnnpack.py``
 """
+
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
 
 import torch
-
-from pt2q import convert_pt2e, prepare_pt2e
-from pt2q.lowering import to_executorch
-from pt2q import runtime
-from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-
 from digits import DigitsNet, accuracy, digits_data, train  # the tutorials' shared data, model and training loop
+
+from pt2q import convert_pt2e, prepare_pt2e, runtime
+from pt2q.lowering import to_executorch
+from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
 
 # 1. Data and model -----------------------------------------------------------------
@@ -54,7 +53,7 @@ def main(fast: bool = False) -> dict:
 
     # 4. Calibrate.
     for i in range(4 if fast else 16):
-        prepared(x_train[i * 32:(i + 1) * 32])
+        prepared(x_train[i * 32 : (i + 1) * 32])
 
     # 5. Convert.
     quantized = convert_pt2e(prepared)
@@ -100,8 +99,10 @@ def main(fast: bool = False) -> dict:
     }
     print(f"accuracy: fp32 {fp32_acc:.2f}%  int8 {int8_acc:.2f}%  ({len(x_test)} test images)")
     print(f"weights: fp32 {fp32_weights:,} B  int8 {int8_weights:,} B  (ratio {results['weight_size_ratio']:.2f})")
-    print(f".pt2 file: fp32 {fp32_bytes:,} B  int8 {int8_bytes:,} B  (ratio {results['pt2_size_ratio']:.2f}; "
-          "a small model's file is mostly the serialized graph)")
+    print(
+        f".pt2 file: fp32 {fp32_bytes:,} B  int8 {int8_bytes:,} B  (ratio {results['pt2_size_ratio']:.2f}; "
+        "a small model's file is mostly the serialized graph)"
+    )
     print(f"reloaded .pt2 bit-exact: {reload_exact}")
     print(f".pte ({lowered.size:,} B) vs converted model: {pte_vs_pt2}")
     return results

@@ -13,6 +13,7 @@ What this teaches (the PT2E QAT tutorial's flow, on torch 2.13):
 
 Run: ``python tutorials/qat_xnnpack.py``
 """
+
 from __future__ import annotations
 
 import copy
@@ -20,11 +21,10 @@ import copy
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from digits import accuracy, digits_data, train_epochs  # the tutorials' shared data, model and training loop
 
 from pt2q import convert_pt2e, move_exported_model_to_eval, prepare_pt2e, prepare_qat_pt2e
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-
-from digits import accuracy, digits_data, train_epochs  # the tutorials' shared data, model and training loop
 
 
 class DigitsNet(nn.Module):
@@ -59,7 +59,7 @@ def main(fast: bool = False) -> dict:
         XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
     )
     for i in range(8):
-        ptq(x_train[i * 64:(i + 1) * 64])
+        ptq(x_train[i * 64 : (i + 1) * 64])
     ptq = convert_pt2e(ptq)
     ptq_acc = accuracy(ptq, x_test, y_test)
 
@@ -79,8 +79,9 @@ def main(fast: bool = False) -> dict:
     qat_acc = accuracy(quantized, x_test, y_test)
 
     results = {"fp32_accuracy": fp32_acc, "ptq_int8_accuracy": ptq_acc, "qat_int8_accuracy": qat_acc}
-    print(f"accuracy on {len(x_test)} test images: fp32 {fp32_acc:.2f}%  PTQ int8 {ptq_acc:.2f}%  "
-          f"QAT int8 {qat_acc:.2f}%")
+    print(
+        f"accuracy on {len(x_test)} test images: fp32 {fp32_acc:.2f}%  PTQ int8 {ptq_acc:.2f}%  QAT int8 {qat_acc:.2f}%"
+    )
     return results
 
 

@@ -17,6 +17,7 @@ What this teaches:
 
 Run: ``python tutorials/x86_inductor.py [--compile]``
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,12 +27,11 @@ import sys
 import time
 
 import torch
+from digits import DigitsNet, accuracy, digits_data, train  # the tutorials' shared data, model and training loop
 
 from pt2q import convert_pt2e, prepare_pt2e
 from pt2q.lowering import compile_quantized_for_x86, lower_pt2e_quantized_to_x86
 from pt2q.quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
-
-from digits import DigitsNet, accuracy, digits_data, train  # the tutorials' shared data, model and training loop
 
 
 def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
@@ -61,14 +61,15 @@ def main(fast: bool = False, compile: bool = False) -> dict:
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported.module(), quantizer)
     for i in range(4 if fast else 16):
-        prepared(x_train[i * 32:(i + 1) * 32])
+        prepared(x_train[i * 32 : (i + 1) * 32])
     converted = convert_pt2e(prepared)
 
     # 3. Lower to oneDNN int8 ops (specialized to the test-set batch size).
     example_inputs = (x_test,)
     lowered = lower_pt2e_quantized_to_x86(converted, example_inputs)
-    onednn_ops = sorted({str(n.target) for n in lowered.graph.nodes
-                         if n.op == "call_function" and str(n.target).startswith("onednn.")})
+    onednn_ops = sorted(
+        {str(n.target) for n in lowered.graph.nodes if n.op == "call_function" and str(n.target).startswith("onednn.")}
+    )
 
     with torch.no_grad():
         fp32_out, converted_out, lowered_out = model(x_test), converted(x_test), lowered(x_test)
@@ -95,14 +96,22 @@ def main(fast: bool = False, compile: bool = False) -> dict:
     print(f"{len(x_test)} test images, one batch; SQNR against the fp32 model's logits")
     print("| model                          | accuracy % | SQNR dB | ms/batch |")
     print("|--------------------------------|------------|---------|----------|")
-    print(f"| fp32 eager                     | {results['fp32_accuracy']:>10.2f} |     inf | {results['fp32_ms']:>8.2f} |")
-    print(f"| int8 Q/DQ (convert_pt2e)       | {results['converted_accuracy']:>10.2f} | "
-          f"{results['sqnr_converted_db']:>7.1f} | {results['converted_ms']:>8.2f} |")
-    print(f"| int8 oneDNN (lower_..._to_x86) | {results['lowered_accuracy']:>10.2f} | "
-          f"{results['sqnr_lowered_db']:>7.1f} | {results['lowered_ms']:>8.2f} |")
+    print(
+        f"| fp32 eager                     | {results['fp32_accuracy']:>10.2f} |     inf | {results['fp32_ms']:>8.2f} |"
+    )
+    print(
+        f"| int8 Q/DQ (convert_pt2e)       | {results['converted_accuracy']:>10.2f} | "
+        f"{results['sqnr_converted_db']:>7.1f} | {results['converted_ms']:>8.2f} |"
+    )
+    print(
+        f"| int8 oneDNN (lower_..._to_x86) | {results['lowered_accuracy']:>10.2f} | "
+        f"{results['sqnr_lowered_db']:>7.1f} | {results['lowered_ms']:>8.2f} |"
+    )
     if compile:
-        print(f"| int8 torch.compile             | {'':>10} | {results['compiled_sqnr_db']:>7.1f} | "
-              f"{results['compiled_ms']:>8.2f} |")
+        print(
+            f"| int8 torch.compile             | {'':>10} | {results['compiled_sqnr_db']:>7.1f} | "
+            f"{results['compiled_ms']:>8.2f} |"
+        )
     print("oneDNN ops in the lowered graph: " + ", ".join(onednn_ops))
     return results
 
