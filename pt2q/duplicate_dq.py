@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch.fx import GraphModule
 
-from pt2q.qdq import DQ_OPS
+from pt2q.ops import DQ_OPS, is_op
 
 __all__ = ["duplicate_dq"]
 
@@ -16,7 +16,7 @@ def duplicate_dq(gm: GraphModule) -> GraphModule:
     hide that pattern from one of them.
     """
     for dq in list(gm.graph.nodes):
-        if dq.op != "call_function" or dq.target not in DQ_OPS or len(dq.users) < 2:
+        if not is_op(dq, DQ_OPS) or len(dq.users) < 2:
             continue
         for user in list(dq.users)[1:]:
             with gm.graph.inserting_before(user):

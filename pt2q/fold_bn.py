@@ -8,12 +8,12 @@ from torch.fx import GraphModule, Node
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from pt2q.attrs import constant_attr, remove_unused_attributes, set_new_attr
-from pt2q.numeric_debugger import mark_value_of
-from pt2q.pattern import CONV, CONV_TRANSPOSE, LINEAR, find_chains, is_op
+from pt2q.notes import mark_value_of
+from pt2q.ops import BATCH_NORM, CONV, CONV_TRANSPOSE, LINEAR, is_op
+from pt2q.pattern import find_chains
 
 __all__ = ["fold_bn", "BatchNormInTrainingMode"]
 
-_BN = {torch.ops.aten.batch_norm.default}
 # batch_norm.default(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
 _TRAINING, _EPS = 5, 7
 
@@ -50,7 +50,7 @@ def _fold_one(gm: GraphModule, op: Node, bn: Node) -> bool:
     if mean is None or var is None:
         return False
     eps = bn.args[_EPS]
-    if op.target in LINEAR:
+    if is_op(op, LINEAR):
         if op.meta.get("val") is None or op.meta["val"].dim() != 2:
             return False  # BatchNorm1d over a 3-D linear output normalizes another axis
         bn_w = bn_w if bn_w is not None else torch.ones_like(mean)
@@ -58,7 +58,7 @@ def _fold_one(gm: GraphModule, op: Node, bn: Node) -> bool:
         bias_t = bias if bias is not None else torch.zeros_like(mean)
         new_w, new_b = fuse_linear_bn_weights(weight, bias_t, mean, var, eps, bn_w, bn_b)
     else:
-        transpose = op.target in CONV_TRANSPOSE
+        transpose = is_op(op, CONV_TRANSPOSE)
         if transpose and len(op.args) > 6 and op.args[6] != 1:
             return False  # grouped transposed conv: per-group channel layout, leave the BN
         new_w, new_b = fuse_conv_bn_weights(weight, bias, mean, var, eps, bn_w, bn_b, transpose=transpose)
@@ -78,12 +78,12 @@ def fold_bn(gm: GraphModule) -> GraphModule:
     one deployed.
     """
     for node in gm.graph.nodes:
-        if is_op(node, _BN) and node.args[_TRAINING]:
+        if is_op(node, BATCH_NORM) and node.args[_TRAINING]:
             raise BatchNormInTrainingMode(
                 f"node '{node.name}' is a BatchNorm in training mode. Export the model after "
                 "model.eval(), or call pt2q.move_exported_model_to_eval(m) before prepare_pt2e; "
                 "for quantization-aware training use prepare_qat_pt2e."
             )
-    for op, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE | LINEAR, _BN])):
+    for op, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE | LINEAR, BATCH_NORM])):
         _fold_one(gm, op, bn)
     return remove_unused_attributes(gm)

@@ -9,7 +9,7 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
-from pt2q.qdq import Q_OPS
+from pt2q.ops import Q_OPS, is_op
 
 __all__ = ["fold_quantize"]
 
@@ -47,7 +47,7 @@ def fold_quantize(gm: GraphModule) -> GraphModule:
     """
     cache: dict[Node, Any] = {}
     for q in list(gm.graph.nodes):
-        if q.op != "call_function" or q.target not in Q_OPS or not isinstance(q.args[0], Node):
+        if not is_op(q, Q_OPS) or not isinstance(q.args[0], Node):
             continue
         with torch.no_grad():
             args = _constant(gm, q.args, cache)

@@ -10,7 +10,8 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from pt2q.derived import DerivedObserverOrFakeQuantize
-from pt2q.provenance import copy_provenance
+from pt2q.notes import copy_provenance
+from pt2q.ops import OBSERVER_PREFIX, is_observer_node
 from pt2q.sharing import collect_qspecs, root_spec, sharing_groups
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
@@ -23,19 +24,7 @@ from pt2q.spec import (
     is_per_channel,
 )
 
-__all__ = ["insert_observers", "OBSERVER_PREFIX", "is_observer_node"]
-
-OBSERVER_PREFIX = "activation_post_process_"
-
-
-def is_observer_node(node: object, gm: GraphModule) -> bool:
-    return (
-        isinstance(node, Node)
-        and node.op == "call_module"
-        and isinstance(node.target, str)
-        and node.target.startswith(OBSERVER_PREFIX)
-        and hasattr(gm, node.target)
-    )
+__all__ = ["insert_observers"]
 
 
 def _spec_kwargs(spec: QuantizationSpec | FixedQParamsQuantizationSpec) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.node import map_arg
 from torch.utils import _pytree as pytree
 
-from pt2q.numeric_debugger import NodeSourceDebugInfo, debug_info, value_anchors, value_handle
+from pt2q.notes import NodeSourceDebugInfo, debug_info, value_handle
+from pt2q.numeric_debugger import value_anchors
 
 __all__ = ["ErrorStats", "LayerErrors", "measure_layer_errors", "match_handles"]
 

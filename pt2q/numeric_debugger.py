@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -33,8 +32,7 @@ import torch.nn.functional as F
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
-from pt2q.qdq import CHOOSE_QPARAMS_OPS, QDQ_OPS
-from pt2q.quantization_notes import VALUE_OF_KEY, note, set_note
+from pt2q.notes import NodeSourceDebugInfo, chain_source, debug_info, module_path, value_handle
 
 __all__ = [
     "NUMERIC_DEBUG_HANDLE_KEY",
@@ -44,12 +42,8 @@ __all__ = [
     "QuantizationComparisonResult",
     "NodeAccuracySummary",
     "generate_numeric_debug_handle",
-    "debug_info",
-    "value_handle",
     "value_anchors",
-    "mark_value_of",
     "anchor_nodes",
-    "module_path",
     "prepare_for_propagation_comparison",
     "extract_results_from_loggers",
     "compare_results",
@@ -57,38 +51,8 @@ __all__ = [
 
 NUMERIC_DEBUG_HANDLE_KEY = "numeric_debug_handle"
 CUSTOM_KEY = "custom"
-_UNLIFT_PASS = "ExportedProgram.module().unlift()"
 
 Results = dict["NodeSourceDebugInfo", tuple[Optional[str], object, list[object]]]
-
-
-@dataclass(frozen=True)
-class NodeSourceDebugInfo:
-    """The debug handle of a float-graph node: its name and the id of the graph it was exported in."""
-
-    name: str
-    graph_id: int
-
-
-def debug_info(node: Node) -> Optional[NodeSourceDebugInfo]:
-    """The handle of the float node ``node`` descends from, or None (placeholders, outputs,
-    parameters lifted by ``ExportedProgram.module()``, nodes made without provenance)."""
-    if node.op in ("placeholder", "output"):
-        return None
-    sources = node.meta.get("from_node")
-    if not sources or sources[-1].pass_name == _UNLIFT_PASS:
-        return None
-    source = sources[-1]
-    while source.from_node:
-        source = source.from_node[-1]
-    return NodeSourceDebugInfo(source.name, source.graph_id)
-
-
-def _chain_source(node: Node) -> Node:
-    """The node whose value a chain of quantize/dequantize ops carries."""
-    while node.op == "call_function" and node.target in QDQ_OPS and isinstance(node.args[0], Node):
-        node = node.args[0]
-    return node
 
 
 def anchor_nodes(gm: GraphModule) -> dict[NodeSourceDebugInfo, Node]:
@@ -97,7 +61,7 @@ def anchor_nodes(gm: GraphModule) -> dict[NodeSourceDebugInfo, Node]:
     Q/DQ carries its consumer's provenance but the producer's value, so it is no anchor."""
     anchors: dict[NodeSourceDebugInfo, Node] = {}
     for node in gm.graph.nodes:
-        handle, source = debug_info(node), _chain_source(node)
+        handle, source = debug_info(node), chain_source(node)
         if handle is not None and source.op != "get_attr" and debug_info(source) == handle:
             anchors[handle] = node
     return _in_graph_order(anchors)
@@ -106,38 +70,6 @@ def anchor_nodes(gm: GraphModule) -> dict[NodeSourceDebugInfo, Node]:
 def _in_graph_order(anchors: dict[NodeSourceDebugInfo, Node]) -> dict[NodeSourceDebugInfo, Node]:
     position = {n: i for i, n in enumerate(next(iter(anchors.values())).graph.nodes)} if anchors else {}
     return dict(sorted(anchors.items(), key=lambda item: position[item[1]]))
-
-
-def mark_value_of(node: Node, source: Node) -> None:
-    """Record that ``node`` now computes the value ``source`` computed in the float graph
-    (a conv with the BatchNorm after it folded in computes the BatchNorm's output)."""
-    handle = value_handle(source)
-    if handle is not None:
-        set_note(node, VALUE_OF_KEY, [handle.name, handle.graph_id])
-
-
-def _is_qparams(node: Node) -> bool:
-    """A run-time ``choose_qparams`` or one of its outputs."""
-    if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], Node):
-        node = node.args[0]
-    return node.op == "call_function" and node.target in CHOOSE_QPARAMS_OPS
-
-
-def value_handle(node: Node) -> Optional[NodeSourceDebugInfo]:
-    """The handle of the float value ``node`` holds, if it holds one.
-
-    A layer's output Q/DQ holds the layer's (quantized) value. A Q/DQ a layer puts on its
-    *input* carries that layer's provenance: it is part of the layer (its input
-    quantization), not a value of the producer, so it holds none; nor do constants and
-    run-time qparams. A node marked by :func:`mark_value_of` holds that node's value.
-    """
-    source = _chain_source(node)
-    if source is not node and debug_info(node) != debug_info(source):
-        return None
-    if source.op == "get_attr" or _is_qparams(source):
-        return None
-    marked = note(source, VALUE_OF_KEY)
-    return NodeSourceDebugInfo(marked[0], int(marked[1])) if marked else debug_info(source)
 
 
 def value_anchors(gm: GraphModule) -> dict[NodeSourceDebugInfo, Node]:
@@ -306,16 +238,6 @@ class QuantizationComparisonResult:
 
     def __repr__(self) -> str:
         return f"QuantizationComparisonResult(mse_loss={self.mse_loss}, sqnr={self.sqnr})"
-
-
-def module_path(stack: object) -> str:
-    """The innermost module of an ``nn_module_stack`` ("" for the root), else ``str(stack)``."""
-    if not isinstance(stack, dict):
-        return str(stack)
-    if not stack:
-        return ""
-    path = list(stack.values())[-1][0]
-    return path[len("L['self'].") :] if path.startswith("L['self'].") else path
 
 
 @dataclass(frozen=True)

@@ -1,75 +1,108 @@
-"""Pattern matching over ATen graphs: chains of operators linked through their first input.
+"""Pattern matching over ATen graphs: chains of operators, each node feeding the next.
 
-One small matcher serves BatchNorm folding, QAT rewrites and the operator
-annotators. A pattern is a sequence of *steps*; each step is a set of op
-overloads. ``conv -> batch_norm -> relu`` matches when the conv's only user is
-the batch_norm, which reads it as its first argument, and likewise for relu.
-Matching walks the graph once and never traces example programs, so it is cheap.
+One small matcher serves BatchNorm folding, QAT rewrites, the quantizers' pattern
+tables and the reference representation. A chain is a sequence of *steps*; each step
+is a set of operators (see :mod:`pt2q.ops`). ``conv -> batch_norm -> relu`` matches
+when the conv's only user is the batch_norm, which reads it as its first argument, and
+likewise for the relu. ``link_args`` widens "first argument" to other positions (an
+``add`` fed by a conv through either operand). Matching starts at a *root* step, the
+node enumerated in graph order, and extends backward through arguments and forward
+through users, so a pattern anchored at its last node (``conv -> add``, found from the
+add) is matched exactly as it is written. :class:`NodeIndex` finds the roots by
+operator without walking the graph again; no example program is traced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Optional
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any, Optional
 
-import torch
 from torch.fx import Graph, GraphModule, Node
 
-__all__ = [
-    "Step",
-    "is_op",
-    "sole_user",
-    "match_chain",
-    "find_chains",
-    "arg_producers",
-    "CONV",
-    "CONV1D",
-    "CONV2D",
-    "CONV3D",
-    "CONV_TRANSPOSE",
-    "LINEAR",
-    "BATCH_NORM",
-    "RELU",
-]
+from pt2q.ops import is_op, sole_user
 
-Step = Collection[Callable]
+__all__ = ["Step", "NodeIndex", "match_chain", "match_at", "find_chains", "arg_producers"]
+
+Step = Collection[Any]  # a set of operator targets (OpOverload / OpOverloadPacket)
 
 
-def is_op(node: object, targets: Step) -> bool:
-    """True if ``node`` is a call_function node whose target is one of ``targets``."""
-    return isinstance(node, Node) and node.op == "call_function" and node.target in targets
+def _feeds(producer: Node, consumer: Node, link_args: Sequence[int]) -> bool:
+    return any(i < len(consumer.args) and consumer.args[i] is producer for i in link_args)
 
 
-def sole_user(node: Node) -> Optional[Node]:
-    """The only user of ``node``, or None when it has zero or several."""
-    if len(node.users) != 1:
-        return None
-    return next(iter(node.users))
+def match_at(
+    node: Node, steps: Sequence[Step], root: int = 0, link_args: Sequence[int] = (0,)
+) -> Optional[tuple[Node, ...]]:
+    """Match ``steps`` with ``node`` as step ``root``; return the matched nodes in chain order, or None.
 
-
-def match_chain(first: Node, steps: Sequence[Step]) -> Optional[tuple[Node, ...]]:
-    """Match ``steps`` starting at ``first``; return the matched nodes or None.
-
-    Every node except the last must have exactly one user, which is the next
-    node of the chain and reads it as its first argument; so a matched chain can
-    be fused without changing what other nodes see.
+    Every node but the last has exactly one user, the next node of the chain, which reads
+    it at one of the positions ``link_args``: a matched chain can be fused without
+    changing what other nodes see. Walking back from ``node``, the first argument
+    position (in ``link_args`` order) holding a fitting producer is taken.
     """
-    if not steps or not is_op(first, steps[0]):
+    if not steps or not is_op(node, steps[root]):
         return None
-    nodes = [first]
-    for step in steps[1:]:
+    before: list[Node] = []
+    consumer = node
+    for step in reversed(steps[:root]):
+        producer = next(
+            (
+                a
+                for i in link_args
+                if i < len(consumer.args)
+                for a in (consumer.args[i],)
+                if is_op(a, step) and sole_user(a) is consumer
+            ),
+            None,
+        )
+        if producer is None:
+            return None
+        before.append(producer)
+        consumer = producer
+    nodes = [*reversed(before), node]
+    for step in steps[root + 1 :]:
         nxt = sole_user(nodes[-1])
-        if nxt is None or not is_op(nxt, step) or not nxt.args or nxt.args[0] is not nodes[-1]:
+        if nxt is None or not is_op(nxt, step) or not _feeds(nodes[-1], nxt, link_args):
             return None
         nodes.append(nxt)
     return tuple(nodes)
 
 
-def find_chains(graph: Graph | GraphModule, steps: Sequence[Step]) -> Iterator[tuple[Node, ...]]:
-    """Every match of ``steps`` in ``graph``, in graph order (matches may overlap)."""
-    g = graph.graph if isinstance(graph, GraphModule) else graph
-    for node in list(g.nodes):
-        match = match_chain(node, steps)
+def match_chain(first: Node, steps: Sequence[Step]) -> Optional[tuple[Node, ...]]:
+    """Match ``steps`` starting at ``first``, each node read as its user's first argument."""
+    return match_at(first, steps)
+
+
+class NodeIndex:
+    """The ``call_function`` nodes of a graph by operator, to find a pattern's roots without a graph walk.
+
+    Built once per annotation pass; annotating writes metadata only, so it stays valid.
+    """
+
+    def __init__(self, graph: Graph | GraphModule) -> None:
+        g = graph.graph if isinstance(graph, GraphModule) else graph
+        self._by_target: dict[Any, list[Node]] = {}
+        for node in g.nodes:
+            if node.op == "call_function":
+                self._by_target.setdefault(node.target, []).append(node)
+        self._position = {n: i for i, n in enumerate(g.nodes)}
+
+    def nodes(self, step: Step) -> list[Node]:
+        """The nodes calling an operator of ``step``, in graph order."""
+        found = [n for target, nodes in self._by_target.items() if is_op(nodes[0], step) for n in nodes]
+        return sorted(found, key=self._position.__getitem__)
+
+
+def find_chains(
+    graph: Graph | GraphModule,
+    steps: Sequence[Step],
+    root: int = 0,
+    link_args: Sequence[int] = (0,),
+    index: Optional[NodeIndex] = None,
+) -> Iterator[tuple[Node, ...]]:
+    """Every match of ``steps`` in ``graph``, by root node in graph order (matches may overlap)."""
+    for node in (index or NodeIndex(graph)).nodes(steps[root]):
+        match = match_at(node, steps, root, link_args)
         if match is not None:
             yield match
 
@@ -84,21 +117,3 @@ def arg_producers(node: Node, inputs: Mapping[int, Step]) -> Optional[tuple[Node
     if not all(is_op(p, step) for p, step in zip(producers, inputs.values())):
         return None
     return producers  # type: ignore[return-value]
-
-
-# Common operator sets, shared by passes and annotators.
-CONV1D = {torch.ops.aten.conv1d.default, torch.ops.aten.conv1d.padding}
-CONV2D = {torch.ops.aten.conv2d.default, torch.ops.aten.conv2d.padding}
-CONV3D = {torch.ops.aten.conv3d.default, torch.ops.aten.conv3d.padding}
-CONV = CONV1D | CONV2D | CONV3D | {torch.ops.aten.convolution.default}
-CONV_TRANSPOSE = {
-    torch.ops.aten.conv_transpose1d.default,
-    torch.ops.aten.conv_transpose2d.input,
-    torch.ops.aten.conv_transpose3d.input,
-}
-LINEAR = {torch.ops.aten.linear.default}
-BATCH_NORM = {
-    torch.ops.aten.batch_norm.default,
-    torch.ops.aten._native_batch_norm_legit_no_training.default,
-}
-RELU = {torch.ops.aten.relu.default, torch.ops.aten.relu_.default}

@@ -6,10 +6,10 @@ import torch
 from torch.fx import GraphModule
 
 from pt2q.check_annotations import check_annotations
+from pt2q.float_reasons import record_float_reasons
 from pt2q.fold_bn import fold_bn
 from pt2q.insert_observers import insert_observers
 from pt2q.qat_conv_bn import simulate_conv_bn_folding
-from pt2q.quantization_notes import record_float_reasons
 from pt2q.quantizer import Quantizer
 from pt2q.train_eval import disallow_eval_train
 

@@ -24,15 +24,14 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import constant_attr, get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
-from pt2q.numeric_debugger import mark_value_of
-from pt2q.pattern import CONV, CONV_TRANSPOSE, find_chains, is_op, match_chain
-from pt2q.provenance import copy_provenance
+from pt2q.notes import copy_provenance, mark_value_of
+from pt2q.ops import BATCH_NORM, CONV, CONV_TRANSPOSE, is_op
+from pt2q.pattern import find_chains, match_chain
 from pt2q.spec import Q_ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
 
 __all__ = ["simulate_conv_bn_folding", "fold_trained_conv_bn"]
 
 aten = torch.ops.aten
-_BN = {aten.batch_norm.default}
 # batch_norm.default(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
 _BN_EPS = 7
 
@@ -124,7 +123,7 @@ def simulate_conv_bn_folding(gm: GraphModule) -> GraphModule:
     output channels per group, so the BN scale does not map onto one weight axis);
     its BatchNorm then stays in the converted graph.
     """
-    for conv, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE, _BN])):
+    for conv, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE, BATCH_NORM])):
         if _is_transposed(conv) and _groups(conv) != 1:
             continue
         if isinstance(conv.args[1], Node) and conv.args[1].op == "get_attr":
@@ -176,9 +175,9 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
     for conv in list(gm.graph.nodes):
         if not is_op(conv, CONV | CONV_TRANSPOSE):
             continue
-        chain = match_chain(conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, {aten.add.Tensor}, _BN]) or match_chain(
-            conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, _BN]
-        )
+        chain = match_chain(
+            conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, {aten.add.Tensor}, BATCH_NORM]
+        ) or match_chain(conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, BATCH_NORM])
         if chain is None or not _divides_by_bn_scale(chain[1], chain[-1]):
             continue
         bn = chain[-1]

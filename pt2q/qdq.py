@@ -6,37 +6,23 @@ import operator
 from typing import Any
 
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401  registers torch.ops.quantized_decomposed
 from torch import nn
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import set_new_attr
-from pt2q.insert_observers import is_observer_node
-from pt2q.provenance import copy_provenance
-from pt2q.quantization_notes import OBSERVER_KEY, set_note
+from pt2q.notes import OBSERVER_KEY, copy_provenance, set_note
+from pt2q.ops import is_observer_node
 from pt2q.spec import dtype_range, is_per_channel
 
-__all__ = ["replace_observers_with_qdq", "QDQ_OPS", "Q_OPS", "DQ_OPS", "CHOOSE_QPARAMS_OPS", "UncalibratedModelError"]
+__all__ = ["replace_observers_with_qdq", "UncalibratedModelError"]
 
 qd = torch.ops.quantized_decomposed
-Q_OPS = {
-    qd.quantize_per_tensor.default,
-    qd.quantize_per_tensor.tensor,
-    qd.quantize_per_channel.default,
-}
-DQ_OPS = {
-    qd.dequantize_per_tensor.default,
-    qd.dequantize_per_tensor.tensor,
-    qd.dequantize_per_channel.default,
-}
-QDQ_OPS = Q_OPS | DQ_OPS
 _QUANT_DTYPES = {torch.int8, torch.uint8, torch.int16, torch.int32, torch.qint8, torch.quint8, torch.qint32}
 _UNDERLYING = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32}
 _CHOOSE_QPARAMS = {
     torch.per_tensor_affine: qd.choose_qparams.tensor,
     torch.per_tensor_symmetric: qd.choose_qparams_symmetric.tensor,
 }
-CHOOSE_QPARAMS_OPS = frozenset(_CHOOSE_QPARAMS.values())  # run-time (dynamic) qparams
 
 
 class UncalibratedModelError(RuntimeError):

@@ -28,11 +28,9 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import constant_attr
-from pt2q.insert_observers import is_observer_node
 from pt2q.layer_errors import LayerErrors, match_handles, measure_layer_errors
-from pt2q.numeric_debugger import NodeSourceDebugInfo, debug_info, module_path, value_handle
-from pt2q.qdq import CHOOSE_QPARAMS_OPS, DQ_OPS, Q_OPS
-from pt2q.quantization_notes import FLOAT_REASON_KEY, OBSERVER_KEY, note
+from pt2q.notes import FLOAT_REASON_KEY, OBSERVER_KEY, NodeSourceDebugInfo, debug_info, module_path, note, value_handle
+from pt2q.ops import CHOOSE_QPARAMS_OPS, DQ_OPS, Q_OPS, is_observer_node
 
 __all__ = ["TensorQuantization", "ReportRow", "QuantizationReport", "report", "as_batches"]
 

@@ -28,23 +28,32 @@ from functools import partial
 from typing import Any, Optional, Union
 
 import torch
-import torch.ao.quantization.fx._decomposed  # noqa: F401  registers torch.ops.quantized_decomposed
 from torch._higher_order_ops.out_dtype import out_dtype
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
-from pt2q.pattern import RELU, Step, arg_producers, find_chains
+from pt2q.ops import (
+    DQ_OPS,
+    DQ_PER_CHANNEL,
+    DQ_PER_TENSOR,
+    DQ_PER_TENSOR_DYNAMIC,
+    LINEAR,
+    MAX_POOL2D,
+    Q_OPS,
+    Q_PER_CHANNEL,
+    Q_PER_TENSOR,
+    RELU,
+    is_op,
+    ops,
+)
+from pt2q.pattern import Step, arg_producers, find_chains
 
 __all__ = ["reference_representation_rewrite", "REWRITES", "Rewrite"]
 
 aten = torch.ops.aten
-qd = torch.ops.quantized_decomposed
 
-_Q = {qd.quantize_per_tensor.default}
-_DQ = {qd.dequantize_per_tensor.default}
-_DQ_DYNAMIC = {qd.dequantize_per_tensor.tensor}
-_DQ_WEIGHT = {qd.dequantize_per_tensor.default, qd.dequantize_per_channel.default}
+_DQ_WEIGHT = DQ_PER_TENSOR | DQ_PER_CHANNEL
 _8BIT = (torch.int8, torch.uint8)
 _INT32 = torch.iinfo(torch.int32)
 _PORTED_META = ("nn_module_stack", "stack_trace")
@@ -155,7 +164,7 @@ class _QDQ:
 
 
 def _static_affine(gm: GraphModule, node: Node) -> Optional[_Affine]:
-    if node.target in (qd.quantize_per_tensor.default, qd.dequantize_per_tensor.default):
+    if is_op(node, Q_PER_TENSOR | DQ_PER_TENSOR):
         source, scale, zero_point, qmin, qmax, dtype = node.args[:6]
         return _Affine(
             source,
@@ -268,7 +277,7 @@ def _carry_qdq(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) 
     node = chain[0]
     x, *rest = node.args
     out_dtype = node.kwargs.get("out_dtype") or torch.float32
-    if node.target in (qd.quantize_per_channel.default, qd.dequantize_per_channel.default):
+    if is_op(node, Q_PER_CHANNEL | DQ_PER_CHANNEL):
         scale, zero_point, axis, qmin, qmax, dtype = rest[:6]
         return _QDQ(x, scale, zero_point, axis, _rank(gm, x), qmin, qmax, dtype, out_dtype)
     scale, zero_point, qmin, qmax, dtype = rest[:5]
@@ -383,33 +392,49 @@ def _reference_dequantize(gm: GraphModule, c: _QDQ) -> Node:
 # ---------------------------------------------------------------------------------------
 # The table, applied top to bottom: quantized operators first, then the leftover Q/DQ ops.
 
-_LINEAR = {aten.linear.default}
-_CONV2D = {aten.conv2d.default}  # conv2d.padding (string padding) has no out_dtype form
-_ADD = {aten.add.Tensor}
-_MAX_POOL2D = {aten.max_pool2d.default}
-_STATIC = {0: _DQ, 1: _DQ_WEIGHT}
+_CONV2D = ops(aten.conv2d.default)  # conv2d.padding (string padding) has no out_dtype form
+_ADD = ops(aten.add.Tensor)  # the functional add a converted graph holds
+_STATIC = {0: DQ_PER_TENSOR, 1: _DQ_WEIGHT}
 
 REWRITES: tuple[Rewrite, ...] = (
-    Rewrite("linear", (_LINEAR, _Q), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
-    Rewrite("linear_relu", (_LINEAR, RELU, _Q), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
+    Rewrite("linear", (LINEAR, Q_PER_TENSOR), _STATIC, partial(_carry_weighted, spatial_dims=0), _integer_weighted),
     Rewrite(
-        "dynamic_linear", (_LINEAR,), {0: _DQ_DYNAMIC, 1: _DQ_WEIGHT}, _carry_dynamic_linear, _integer_dynamic_linear
+        "linear_relu",
+        (LINEAR, RELU, Q_PER_TENSOR),
+        _STATIC,
+        partial(_carry_weighted, spatial_dims=0),
+        _integer_weighted,
     ),
-    Rewrite("conv2d", (_CONV2D, _Q), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
-    Rewrite("conv2d_relu", (_CONV2D, RELU, _Q), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
-    Rewrite("add", (_ADD, _Q), {0: _DQ, 1: _DQ}, _carry_rescaled, _integer_add),
-    Rewrite("add_relu", (_ADD, RELU, _Q), {0: _DQ, 1: _DQ}, _carry_rescaled, _integer_add),
-    Rewrite("max_pool2d", (_MAX_POOL2D, _Q), {0: _DQ}, _carry_rescaled, _integer_max_pool2d),
+    Rewrite(
+        "dynamic_linear",
+        (LINEAR,),
+        {0: DQ_PER_TENSOR_DYNAMIC, 1: _DQ_WEIGHT},
+        _carry_dynamic_linear,
+        _integer_dynamic_linear,
+    ),
+    Rewrite("conv2d", (_CONV2D, Q_PER_TENSOR), _STATIC, partial(_carry_weighted, spatial_dims=2), _integer_weighted),
+    Rewrite(
+        "conv2d_relu",
+        (_CONV2D, RELU, Q_PER_TENSOR),
+        _STATIC,
+        partial(_carry_weighted, spatial_dims=2),
+        _integer_weighted,
+    ),
+    Rewrite("add", (_ADD, Q_PER_TENSOR), {0: DQ_PER_TENSOR, 1: DQ_PER_TENSOR}, _carry_rescaled, _integer_add),
+    Rewrite(
+        "add_relu", (_ADD, RELU, Q_PER_TENSOR), {0: DQ_PER_TENSOR, 1: DQ_PER_TENSOR}, _carry_rescaled, _integer_add
+    ),
+    Rewrite("max_pool2d", (MAX_POOL2D, Q_PER_TENSOR), {0: DQ_PER_TENSOR}, _carry_rescaled, _integer_max_pool2d),
     Rewrite(
         "quantize",
-        ({qd.quantize_per_tensor.default, qd.quantize_per_tensor.tensor, qd.quantize_per_channel.default},),
+        (Q_OPS,),
         {},
         _carry_qdq,
         _reference_quantize,
     ),
     Rewrite(
         "dequantize",
-        ({qd.dequantize_per_tensor.default, qd.dequantize_per_tensor.tensor, qd.dequantize_per_channel.default},),
+        (DQ_OPS,),
         {},
         _carry_qdq,
         _reference_dequantize,

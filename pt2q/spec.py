@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.fx import Node
 
+from pt2q.qparams import PER_CHANNEL_QSCHEMES
+
 __all__ = [
     "Q_ANNOTATION_KEY",
     "EdgeOrNode",
@@ -34,7 +36,6 @@ Q_ANNOTATION_KEY = "quantization_annotation"
 # An input edge (producer, consumer) or a node (meaning the node's output).
 EdgeOrNode = Union[tuple[Node, Node], Node]
 
-_PER_CHANNEL = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
 _INT_DTYPES = {
     torch.int8: (-128, 127),
     torch.uint8: (0, 255),
@@ -63,7 +64,7 @@ def dtype_range(dtype: torch.dtype) -> Optional[tuple[int, int]]:
 
 
 def is_per_channel(qscheme: Optional[torch.qscheme]) -> bool:
-    return qscheme in _PER_CHANNEL
+    return qscheme in PER_CHANNEL_QSCHEMES
 
 
 class QuantizationSpecBase(ABC):  # noqa: B024

@@ -10,6 +10,7 @@ registered by name in ``ANNOTATORS`` for other quantizers to reuse.
 
 from pt2q.quantizers.annotators import (
     ANNOTATORS,
+    PATTERNS,
     Annotator,
     get_annotator,
     get_bias_qspec,
@@ -20,6 +21,7 @@ from pt2q.quantizers.annotators import (
     register_annotator,
 )
 from pt2q.quantizers.embedding import EmbeddingQuantizer, get_embedding_quantization_config
+from pt2q.quantizers.patterns import Pattern, annotate_pattern
 from pt2q.quantizers.x86_inductor import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 from pt2q.quantizers.xnnpack import (
     XNNPACKQuantizer,
@@ -36,6 +38,9 @@ __all__ = [
     "EmbeddingQuantizer",
     "get_embedding_quantization_config",
     "ANNOTATORS",
+    "PATTERNS",
+    "Pattern",
+    "annotate_pattern",
     "Annotator",
     "register_annotator",
     "get_annotator",

@@ -28,12 +28,13 @@ from torch.fx import GraphModule, Node
 from pt2q.attrs import get_attr_value
 from pt2q.observer import PerChannelMinMaxObserver
 from pt2q.quantizer import Quantizer
-from pt2q.quantizers.annotators import FilterFn, get_annotator, is_annotated, mark_annotated, register_annotator
+from pt2q.ops import EMBEDDING, is_op
+from pt2q.quantizers.annotation import FilterFn, is_annotated, mark_annotated
+from pt2q.quantizers.annotators import get_annotator, register_annotator
 from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec
 
-__all__ = ["EmbeddingQuantizer", "get_embedding_quantization_config", "annotate_embedding", "EMBEDDING_OPS"]
+__all__ = ["EmbeddingQuantizer", "get_embedding_quantization_config", "annotate_embedding"]
 
-EMBEDDING_OPS = {torch.ops.aten.embedding.default}
 _EPS = 2**-12
 
 
@@ -78,7 +79,7 @@ def annotate_embedding(
     spec = None if config is None else config.weight
     partitions = []
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in EMBEDDING_OPS or spec is None:
+        if not is_op(node, EMBEDDING) or spec is None:
             continue
         weight = _embedding_weight(node)
         if weight is None or is_annotated([node]) or (filter_fn is not None and not filter_fn(node)):
@@ -110,7 +111,7 @@ class EmbeddingQuantizer(Quantizer):
         if self.bits != 4:
             return
         for node in model.graph.nodes:
-            if node.op == "call_function" and node.target in EMBEDDING_OPS:
+            if is_op(node, EMBEDDING):
                 weight = _embedding_weight(node)
                 if weight is None:
                     continue

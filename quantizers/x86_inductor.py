@@ -52,20 +52,15 @@ from torch import nn
 from torch._ops import OpOverload
 from torch.fx import GraphModule, Node
 
-from pt2q.pattern import find_chains, is_op, sole_user
+from pt2q.notes import module_paths
+from pt2q.ops import ADD, BATCH_NORM, GELU, HARDSWISH, HARDTANH, LEAKY_RELU, RELU, SILU, TANH, aten, is_op, ops
+from pt2q.pattern import NodeIndex
 from pt2q.quantizer import Quantizer
-from pt2q.quantizers.annotators import (
-    FilterFn,
-    _weighted_inputs,
-    get_annotator,
-    get_input_act_qspec,
-    get_output_act_qspec,
-    is_annotated,
-    mark_annotated,
-    register_annotator,
-)
+from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
+from pt2q.quantizers.annotators import PATTERNS, annotate_cat_node, annotate_pool_node, float_operands
 from pt2q.quantizers.cpu_capability import cpu_has_vnni
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
+from pt2q.quantizers.patterns import Guard, Pattern, annotate_pattern
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
     QuantizationAnnotation,
@@ -77,41 +72,21 @@ from pt2q.spec import (
 __all__ = [
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
+    "X86_PATTERNS",
     "INT8_IN_INT8_OUT_OPS",
     "QUANTIZABLE_OPS",
 ]
 
-aten = torch.ops.aten
-CONV2D = aten.conv2d.default
-CONV1D = aten.conv1d.default
-LINEAR = aten.linear.default
-MUL = aten.mul.Tensor
-MATMUL = aten.matmul.default
-ADD = {aten.add.Tensor, aten.add_.Tensor}
-RELU = {aten.relu.default, aten.relu_.default}
-BATCH_NORM = {aten.batch_norm.default}
-# hardtanh covers nn.ReLU6 (hardtanh(0, 6)); relu has the shared "conv_relu" annotator
-CONV_UNARY = {
-    aten.hardtanh.default,
-    aten.hardtanh_.default,
-    aten.hardswish.default,
-    aten.hardswish_.default,
-    aten.silu.default,
-    aten.silu_.default,
-}
-LINEAR_UNARY = {
-    aten.leaky_relu.default,
-    aten.leaky_relu_.default,
-    aten.tanh.default,
-    aten.tanh_.default,
-    aten.gelu.default,
-    aten.gelu_.default,
-}
+# The overloads torchao's x86 recipe quantizes (one each: e.g. conv2d with string padding is not fused).
+CONV2D, CONV1D, LINEAR = aten.conv2d.default, aten.conv1d.default, aten.linear.default
+MUL, MATMUL = aten.mul.Tensor, aten.matmul.default
 MAX_POOL2D, AVG_POOL2D = aten.max_pool2d.default, aten.avg_pool2d.default
 ADAPTIVE_AVG_POOL2D, CAT, FLATTEN = aten.adaptive_avg_pool2d.default, aten.cat.default, aten.flatten.using_ints
+CONV_UNARY = HARDTANH | HARDSWISH | SILU  # relu has the shared "conv_relu" row; hardtanh covers nn.ReLU6
+LINEAR_UNARY = LEAKY_RELU | TANH | GELU
 
 # Ops oneDNN runs on int8 directly when their input is int8; their output keeps the input's qparams.
-INT8_IN_INT8_OUT_OPS = frozenset({MAX_POOL2D, AVG_POOL2D, ADAPTIVE_AVG_POOL2D, CAT, FLATTEN})
+INT8_IN_INT8_OUT_OPS = ops(MAX_POOL2D, AVG_POOL2D, ADAPTIVE_AVG_POOL2D, CAT, FLATTEN)
 # Anchors the global config quantizes; matmul is opt-in.
 DEFAULT_QUANTIZABLE_OPS = INT8_IN_INT8_OUT_OPS | {CONV1D, CONV2D, LINEAR, MUL}
 QUANTIZABLE_OPS = DEFAULT_QUANTIZABLE_OPS | {MATMUL}
@@ -200,237 +175,90 @@ def _inputs_only(config: QuantizationConfig) -> QuantizationConfig:
     return dataclasses.replace(config, output_activation=None)
 
 
-# --- x86-specific annotators ----------------------------------------------------------------
-
-
-def _set(node: Node, inputs: Optional[dict] = None, output: Any = None) -> None:
-    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
-        input_qspec_map=dict(inputs or {}), output_qspec=output, _annotated=True
-    )
-
-
-def _accepts(filter_fn: Optional[FilterFn], node: Node) -> bool:
-    return filter_fn is None or bool(filter_fn(node))
-
-
-def _fused_operand(add: Node, ops: set) -> Optional[tuple[Node, Node]]:
-    """``(op_node, extra_input)`` when one operand of ``add`` is an ``ops`` node used only by the add."""
-    if len(add.args) < 2 or not all(isinstance(a, Node) for a in add.args[:2]):
-        return None
-    for i in (0, 1):
-        op, extra = add.args[i], add.args[1 - i]
-        if is_op(op, ops) and len(op.users) == 1:
-            return op, extra
-    return None
-
-
-def _annotate_weighted_binary(
-    gm: GraphModule,
-    config: Optional[QuantizationConfig],
-    filter_fn: Optional[FilterFn],
-    ops: set,
-    with_relu: bool,
-    quantize_extra: bool,
-    through_bn: bool = False,
-) -> list[list[Node]]:
-    """``op [-> batch_norm] -> add [-> relu]``: op inputs, and the add's other operand when ``quantize_extra``."""
-    partitions = []
-    for add in list(gm.graph.nodes):
-        if not is_op(add, ADD):
-            continue
-        found = _fused_operand(add, BATCH_NORM if through_bn else ops)
-        if found is None:
-            continue
-        producer, extra = found
-        op = producer.args[0] if through_bn else producer
-        if through_bn and not (is_op(op, ops) and len(op.users) == 1):
-            continue
-        relu = sole_user(add) if with_relu else None
-        if with_relu and not is_op(relu, RELU):
-            continue
-        inputs, params = _weighted_inputs(op, config)
-        pattern = [n for n in (relu, add, producer, op) if n is not None]
-        if is_annotated(pattern) or not _accepts(filter_fn, op):
-            continue
-        out_spec = get_output_act_qspec(config)  # only QAT configs keep one here
-        _set(op, inputs)
-        _set(add, {extra: get_input_act_qspec(config)} if quantize_extra else {}, None if with_relu else out_spec)
-        if with_relu:
-            _set(relu, output=out_spec)
-        mark_annotated([producer, *params])
-        partitions.append(list(dict.fromkeys([*pattern, *params])))
-    return partitions
-
-
-@register_annotator("x86_conv_add")
-def annotate_conv_add(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """``conv2d -> add``: conv inputs and the add's other operand (oneDNN adds it in int8)."""
-    return _annotate_weighted_binary(gm, config, filter_fn, {CONV2D}, with_relu=False, quantize_extra=True)
-
-
-@register_annotator("x86_conv_add_relu")
-def annotate_conv_add_relu(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """``conv2d -> add -> relu``: as ``x86_conv_add``, the relu fused after."""
-    return _annotate_weighted_binary(gm, config, filter_fn, {CONV2D}, with_relu=True, quantize_extra=True)
-
-
-@register_annotator("x86_linear_add")
-def annotate_linear_add(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """``linear -> add``: linear inputs only; the other operand is accumulated in float."""
-    return _annotate_weighted_binary(gm, config, filter_fn, {LINEAR}, with_relu=False, quantize_extra=False)
-
-
-@register_annotator("x86_linear_add_relu")
-def annotate_linear_add_relu(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """``linear -> add -> relu``: as ``x86_linear_add``, the relu fused after."""
-    return _annotate_weighted_binary(gm, config, filter_fn, {LINEAR}, with_relu=True, quantize_extra=False)
-
-
-@register_annotator("x86_conv_bn_add")
-def annotate_conv_bn_add(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """QAT ``conv2d -> batch_norm -> add``: conv inputs, the other operand, the add's output."""
-    return _annotate_weighted_binary(
-        gm, config, filter_fn, {CONV2D}, with_relu=False, quantize_extra=True, through_bn=True
-    )
-
-
-@register_annotator("x86_conv_bn_add_relu")
-def annotate_conv_bn_add_relu(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """QAT ``conv2d -> batch_norm -> add -> relu``: output spec on the relu."""
-    return _annotate_weighted_binary(
-        gm, config, filter_fn, {CONV2D}, with_relu=True, quantize_extra=True, through_bn=True
-    )
-
-
-def _annotate_weighted_unary(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn], steps: list
-) -> list[list[Node]]:
-    """``op [-> batch_norm] -> unary``: op inputs; output spec (if the config has one) on the unary."""
-    partitions = []
-    for chain in find_chains(gm, steps):
-        op, out = chain[0], chain[-1]
-        inputs, params = _weighted_inputs(op, config)
-        if is_annotated(chain) or not _accepts(filter_fn, op):
-            continue
-        _set(op, inputs)
-        _set(out, output=get_output_act_qspec(config))
-        mark_annotated([*chain, *params])
-        partitions.append([*reversed(chain), *params])
-    return partitions
-
-
-@register_annotator("x86_conv_unary")
-def annotate_conv_unary(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """``conv2d -> hardtanh/relu6/hardswish/silu`` (relu: the shared ``conv_relu``)."""
-    return _annotate_weighted_unary(gm, config, filter_fn, [{CONV2D}, CONV_UNARY])
-
-
-@register_annotator("x86_conv_bn_unary")
-def annotate_conv_bn_unary(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """QAT ``conv2d -> batch_norm -> hardtanh/relu6/hardswish/silu``."""
-    return _annotate_weighted_unary(gm, config, filter_fn, [{CONV2D}, BATCH_NORM, CONV_UNARY])
-
-
-@register_annotator("x86_linear_unary")
-def annotate_linear_unary(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """``linear -> leaky_relu/tanh/gelu`` (relu: the shared ``linear_relu``)."""
-    return _annotate_weighted_unary(gm, config, filter_fn, [{LINEAR}, LINEAR_UNARY])
-
-
-@register_annotator("matmul")
-def annotate_matmul(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """``matmul``: every tensor operand gets the input spec; the output spec, if any, the result."""
-    partitions = []
-    for node in list(gm.graph.nodes):
-        if not is_op(node, {MATMUL}) or is_annotated([node]) or not _accepts(filter_fn, node):
-            continue
-        operands = [a for a in node.args if isinstance(a, Node)]
-        _set(node, {a: get_input_act_qspec(config) for a in operands}, get_output_act_qspec(config))
-        partitions.append([node, *operands])
-    return partitions
-
-
-@register_annotator("x86_int8_passthrough")
-def annotate_int8_passthrough(
-    gm: GraphModule, config: Optional[QuantizationConfig], filter_fn: Optional[FilterFn] = None
-) -> list[list[Node]]:
-    """``max_pool2d`` / ``avg_pool2d`` / ``flatten``: input spec on the input, output shares it.
-
-    The ``adaptive_avg_pool2d`` annotator's idea for the other ops oneDNN runs on int8.
-    """
-    partitions = []
-    for node in list(gm.graph.nodes):
-        if not is_op(node, {MAX_POOL2D, AVG_POOL2D, FLATTEN}) or is_annotated([node]) or not _accepts(filter_fn, node):
-            continue
-        act = node.args[0]
-        if not isinstance(act, Node):
-            continue
-        _set(node, {act: get_input_act_qspec(config)}, SharedQuantizationSpec((act, node)))
-        partitions.append([node])
-    return partitions
-
-
 # --- the recipe ----------------------------------------------------------------------------
 
-# (annotator, anchor ops, QAT only) in precedence order: earlier patterns claim nodes first.
-_FUSION_PATTERNS: tuple[tuple[str, frozenset, bool], ...] = (
-    ("x86_conv_bn_add_relu", frozenset({CONV2D}), True),
-    ("x86_conv_bn_add", frozenset({CONV2D}), True),
-    ("conv_bn_relu", frozenset({CONV2D}), True),
-    ("x86_conv_bn_unary", frozenset({CONV2D}), True),
-    ("conv_bn", frozenset({CONV2D}), True),
-    ("x86_conv_add_relu", frozenset({CONV2D}), False),
-    ("x86_conv_add", frozenset({CONV2D}), False),
-    ("conv_relu", frozenset({CONV2D, CONV1D}), False),
-    ("x86_conv_unary", frozenset({CONV2D}), False),
-    ("conv", frozenset({CONV2D}), False),
-    ("x86_linear_add_relu", frozenset({LINEAR}), False),
-    ("x86_linear_add", frozenset({LINEAR}), False),
-    ("linear_relu", frozenset({LINEAR}), False),
-    ("x86_linear_unary", frozenset({LINEAR}), False),
-    ("linear", frozenset({LINEAR}), False),
-    ("matmul", frozenset({MATMUL}), False),
-    ("mul", frozenset({MUL}), False),
-)
-_PASSTHROUGH_ANNOTATOR = {
-    MAX_POOL2D: "x86_int8_passthrough",
-    AVG_POOL2D: "x86_int8_passthrough",
-    FLATTEN: "x86_int8_passthrough",
-    ADAPTIVE_AVG_POOL2D: "adaptive_avg_pool2d",
-    CAT: "cat",
-}
+
+def _two_tensor_operands(gm: GraphModule, match: tuple[Node, ...], config: Optional[QuantizationConfig]) -> bool:
+    """The add fused after a conv/linear adds two tensors (a scalar operand is not fused)."""
+    add = next(n for n in match if is_op(n, ADD))
+    return len(add.args) >= 2 and all(isinstance(a, Node) for a in add.args[:2])
 
 
-def _same_shape_tensors(mul: Node) -> bool:
-    vals = [a.meta.get("val") if isinstance(a, Node) else None for a in mul.args[:2]]
+def _same_shape_tensors(gm: GraphModule, match: tuple[Node, ...], config: Optional[QuantizationConfig]) -> bool:
+    vals = [a.meta.get("val") if isinstance(a, Node) else None for a in match[0].args[:2]]
     return len(vals) == 2 and all(isinstance(v, torch.Tensor) for v in vals) and vals[0].shape == vals[1].shape
 
 
-def _pattern_filter(anchors: frozenset) -> FilterFn:
-    """Which anchors the shared annotators may take: x86 runs conv2d (not conv3d/1d) and same-shape muls."""
-    if anchors == frozenset({MUL}):
-        return lambda n: n.target == MUL and _same_shape_tensors(n)
-    return lambda n: n.target in anchors
+def _both(a: Guard, b: Guard) -> Guard:
+    return lambda gm, match, config: a(gm, match, config) and b(gm, match, config)
+
+
+def _passthrough_ready(gm: GraphModule, match: tuple[Node, ...], config: Optional[QuantizationConfig]) -> bool:
+    """x86's conditions to quantize an int8-in/int8-out op: its (every, for cat) input ends an int8 pattern
+    and, for flatten, some user takes int8."""
+    node = match[0]
+    if node.target == CAT:
+        return all(is_quantized_output(a) for a in node.all_input_nodes)
+    if not isinstance(node.args[0], Node):
+        return False
+    if node.target == FLATTEN and node.users and not any(u.target in QUANTIZABLE_OPS for u in node.users):
+        return False  # nobody downstream would take int8
+    return is_quantized_output(node.args[0])
+
+
+def _annotate_passthrough(node: Node, config: Optional[QuantizationConfig]) -> list[Node]:
+    """cat and adaptive_avg_pool2d as the shared rows; max/avg_pool2d and flatten: input spec on the input,
+    the output shares it."""
+    if node.target == CAT:
+        return annotate_cat_node(node, config)
+    if node.target == ADAPTIVE_AVG_POOL2D:
+        return annotate_pool_node(node, config)
+    act = node.args[0]
+    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+        input_qspec_map={act: get_input_act_qspec(config)},
+        output_qspec=SharedQuantizationSpec((act, node)),
+        _annotated=True,
+    )
+    return [node]
+
+
+_SHARED = {p.name: p for p in PATTERNS}
+_C2 = ops(CONV2D)
+# conv/linear fused with an add: the chain is found from the add, whose either operand may be the conv
+_FROM_ADD = {"link_args": (0, 1), "params_exclusive": False, "guard": _two_tensor_operands}
+
+# In precedence order: earlier rows claim nodes first. The anchor (position 0) is the conv/linear/...
+X86_PATTERNS: tuple[Pattern, ...] = (
+    Pattern(
+        "x86_conv_bn_add_relu",
+        (_C2, BATCH_NORM, ADD, RELU),
+        weighted=0,
+        extra_operand=2,
+        root=2,
+        qat_only=True,
+        **_FROM_ADD,
+    ),
+    Pattern("x86_conv_bn_add", (_C2, BATCH_NORM, ADD), weighted=0, extra_operand=2, root=2, qat_only=True, **_FROM_ADD),
+    _SHARED["conv_bn_relu"].restricted(_C2),
+    Pattern("x86_conv_bn_unary", (_C2, BATCH_NORM, CONV_UNARY), weighted=0, qat_only=True, params_exclusive=False),
+    _SHARED["conv_bn"].restricted(_C2),
+    Pattern("x86_conv_add_relu", (_C2, ADD, RELU), weighted=0, extra_operand=1, root=1, **_FROM_ADD),
+    Pattern("x86_conv_add", (_C2, ADD), weighted=0, extra_operand=1, root=1, **_FROM_ADD),
+    _SHARED["conv_relu"].restricted(ops(CONV2D, CONV1D)),
+    Pattern("x86_conv_unary", (_C2, CONV_UNARY), weighted=0, params_exclusive=False),
+    _SHARED["conv"].restricted(_C2),
+    # the add's other operand stays float: oneDNN accumulates it in fp32
+    Pattern("x86_linear_add_relu", (ops(LINEAR), ADD, RELU), weighted=0, root=1, **_FROM_ADD),
+    Pattern("x86_linear_add", (ops(LINEAR), ADD), weighted=0, root=1, **_FROM_ADD),
+    _SHARED["linear_relu"],
+    Pattern("x86_linear_unary", (ops(LINEAR), LINEAR_UNARY), weighted=0, params_exclusive=False),
+    _SHARED["linear"],
+    Pattern("matmul", (ops(MATMUL),), operands=0, output=0, params_exclusive=False),
+    dataclasses.replace(_SHARED["mul"].restricted(ops(MUL)), guard=_both(float_operands, _same_shape_tensors)),
+    # int8-in/int8-out ops, in graph order, once what feeds them is known to be int8
+    Pattern("x86_int8_passthrough", (INT8_IN_INT8_OUT_OPS,), guard=_passthrough_ready, annotate=_annotate_passthrough),
+)
+_PASSTHROUGH = X86_PATTERNS[-1]
 
 
 def is_quantized_output(node: Node) -> bool:
@@ -451,23 +279,8 @@ def is_quantized_output(node: Node) -> bool:
     return True
 
 
-def _passthrough_ready(node: Node) -> bool:
-    """x86's conditions to quantize an int8-in/int8-out op."""
-    if node.target == CAT:
-        return all(is_quantized_output(a) for a in node.all_input_nodes)
-    if node.target == FLATTEN and node.users and not any(u.target in QUANTIZABLE_OPS for u in node.users):
-        return False  # nobody downstream would take int8
-    return bool(node.all_input_nodes) and is_quantized_output(node.all_input_nodes[0])
-
-
 _Owner = Optional[str]
 OperatorType = Union[OpOverload, Callable, type]
-
-
-def _module_paths(node: Node) -> set[str]:
-    prefix = "L['self']."
-    stack = node.meta.get("nn_module_stack") or {}
-    return {path[len(prefix) :] if path.startswith(prefix) else path for path, _ in stack.values()}
 
 
 class X86InductorQuantizer(Quantizer):
@@ -549,13 +362,17 @@ class X86InductorQuantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         owners = {node: self._owner(node) for node in model.graph.nodes}
+        index = NodeIndex(model)
+
+        def owned_by(name: Optional[str]) -> FilterFn:
+            return lambda n: owners.get(n) == name
+
         for name, config in self.module_name_qconfig.items():
-            self._annotate_stage(model, config, lambda n, name=name: owners.get(n) == name, QUANTIZABLE_OPS)
-        unowned: FilterFn = lambda n: owners.get(n) is None
+            self._annotate_stage(model, index, config, owned_by(name), QUANTIZABLE_OPS)
         for op, config in self.operator_type_qconfig.items():
-            self._annotate_stage(model, config, unowned, frozenset({op}))
+            self._annotate_stage(model, index, config, owned_by(None), frozenset({op}))
         float_ops = {op for op, config in self.operator_type_qconfig.items() if config is None}
-        self._annotate_stage(model, self.global_config, unowned, DEFAULT_QUANTIZABLE_OPS - float_ops)
+        self._annotate_stage(model, index, self.global_config, owned_by(None), DEFAULT_QUANTIZABLE_OPS - float_ops)
         return model
 
     def validate(self, model: GraphModule) -> None:
@@ -584,24 +401,25 @@ class X86InductorQuantizer(Quantizer):
     # --- helpers -------------------------------------------------------------------
 
     def _owner(self, node: Node) -> _Owner:
-        paths = _module_paths(node)
+        paths = module_paths(node)
         return next((name for name in self.module_name_qconfig if name in paths), None)
 
     def _annotate_stage(
-        self, model: GraphModule, config: Optional[QuantizationConfig], owned: FilterFn, ops: frozenset
+        self,
+        model: GraphModule,
+        index: NodeIndex,
+        config: Optional[QuantizationConfig],
+        owned: FilterFn,
+        ops: frozenset,
     ) -> None:
-        """Fusion patterns, then int8-in/int8-out propagation, for the anchors in ``ops`` that ``owned`` accepts."""
+        """The table's rows for the anchors in ``ops`` that ``owned`` accepts."""
         if config is None:
             return
-        for name, anchors, qat_only in _FUSION_PATTERNS:
-            if (qat_only and not config.is_qat) or not anchors & ops:
+        for row in X86_PATTERNS:
+            anchors = row.anchor_ops & ops
+            if (row.qat_only and not config.is_qat) or not anchors:
                 continue
-            in_pattern = _pattern_filter(anchors & ops)
-            # QAT patterns keep their output spec (BatchNorm still sits between conv and output)
-            cfg = config if qat_only else _inputs_only(config)
-            get_annotator(name)(model, cfg, lambda n: in_pattern(n) and owned(n))
-        for node in list(model.graph.nodes):
-            if not is_op(node, ops & INT8_IN_INT8_OUT_OPS) or is_annotated([node]) or not owned(node):
-                continue
-            if _passthrough_ready(node):
-                get_annotator(_PASSTHROUGH_ANNOTATOR[node.target])(model, config, lambda n, node=node: n is node)
+            # QAT rows keep their output spec (BatchNorm still sits between conv and output);
+            # fusion rows quantize inputs only; pass-through ops take the whole config
+            cfg = config if row.qat_only or row is _PASSTHROUGH else _inputs_only(config)
+            annotate_pattern(model, row, cfg, lambda n, anchors=anchors: is_op(n, anchors) and owned(n), index)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
@@ -36,26 +35,19 @@ from torch._ops import OpOverload, OpOverloadPacket
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import set_new_attr
-from pt2q.pattern import CONV_TRANSPOSE, LINEAR, is_op
+from pt2q.notes import module_paths
+from pt2q.ops import SHARE_QPARAMS_OPS, aten, is_op
+from pt2q.pattern import NodeIndex
 from pt2q.quantizer import Quantizer
-from pt2q.quantizers.annotators import (
-    ADAPTIVE_AVG_POOL2D_OPS,
-    ADD_OPS,
-    CAT_OPS,
-    CONV_OPS,
-    MUL_OPS,
-    SHARE_QPARAMS_OPS,
-    FilterFn,
-    get_annotator,
-    is_dynamic_config,
-    propagate_annotation,
-)
+from pt2q.quantizers.annotation import FilterFn, is_dynamic_config
+from pt2q.quantizers.annotators import PATTERNS, propagate_annotation
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
+from pt2q.quantizers.patterns import Pattern, annotate_pattern
 from pt2q.spec import QuantizationConfig, QuantizationSpec
 
 __all__ = [
     "XNNPACKQuantizer",
-    "QuantPattern",
+    "runs_with",
     "SUPPORTED_PATTERNS",
     "get_symmetric_quantization_config",
     "get_weight_only_quantization_config",
@@ -65,52 +57,13 @@ __all__ = [
 OperatorType = Union[OpOverload, OpOverloadPacket]
 
 
-@dataclass(frozen=True)
-class QuantPattern:
-    """A registered annotator and when it runs.
-
-    Static configs run every pattern; dynamic configs run the ``is_dynamic`` ones,
-    plus the ``is_qat`` ones for dynamic QAT configs. ``ops`` are the anchor
-    operators ``set_operator_type`` selects the pattern by.
-    """
-
-    name: str
-    is_dynamic: bool
-    is_qat: bool
-    ops: frozenset
-
-    def covers(self, op: OperatorType) -> bool:
-        if isinstance(op, OpOverloadPacket):
-            return any(o.overloadpacket is op for o in self.ops)
-        return op in self.ops
-
-    def runs_with(self, config: QuantizationConfig) -> bool:
-        dynamic = is_dynamic_config(config)
-        return not dynamic or self.is_dynamic or (config.is_qat and self.is_qat)
+# The XNNPACK recipe is the shared table, in ExecuTorch's precedence order.
+SUPPORTED_PATTERNS: tuple[Pattern, ...] = PATTERNS
 
 
-_CONV = frozenset(CONV_OPS | {torch.ops.aten.convolution.default})
-_CONV_T, _LINEAR = frozenset(CONV_TRANSPOSE), frozenset(LINEAR)
-
-# In precedence order: a pattern claims its nodes before the ones after it see them.
-SUPPORTED_PATTERNS: tuple[QuantPattern, ...] = (
-    QuantPattern("conv_bn_relu", False, True, _CONV),
-    QuantPattern("conv_bn", False, True, _CONV),
-    QuantPattern("conv_transpose_bn_relu", False, True, _CONV_T),
-    QuantPattern("conv_transpose_bn", False, True, _CONV_T),
-    QuantPattern("linear_relu", False, False, _LINEAR),
-    QuantPattern("linear", True, False, _LINEAR),
-    QuantPattern("conv", True, False, _CONV),
-    QuantPattern("conv_transpose", True, False, _CONV_T),
-    QuantPattern("conv_relu", False, False, _CONV),
-    QuantPattern("conv_transpose_relu", False, False, _CONV_T),
-    QuantPattern("adaptive_avg_pool2d", False, False, frozenset(ADAPTIVE_AVG_POOL2D_OPS)),
-    QuantPattern("add_relu", False, False, frozenset(ADD_OPS)),
-    QuantPattern("add", False, False, frozenset(ADD_OPS)),
-    QuantPattern("mul_relu", False, False, frozenset(MUL_OPS)),
-    QuantPattern("mul", False, False, frozenset(MUL_OPS)),
-    QuantPattern("cat", False, False, frozenset(CAT_OPS)),
-)
+def runs_with(pattern: Pattern, config: QuantizationConfig) -> bool:
+    """Static configs run every row; dynamic ones the ``dynamic`` rows, plus the QAT rows for dynamic QAT."""
+    return not is_dynamic_config(config) or pattern.dynamic or (config.is_qat and pattern.qat_only)
 
 
 @functools.lru_cache
@@ -182,7 +135,7 @@ def convert_scalars_to_attrs(gm: GraphModule) -> GraphModule:
     attributes are buffers named ``_tensor_constant_<i>``.
     """
     for node in list(gm.graph.nodes):
-        if not is_op(node, {torch.ops.aten.add.Tensor, torch.ops.aten.mul.Tensor}):
+        if not is_op(node, {aten.add.Tensor, aten.mul.Tensor}):
             continue
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor) or not val.is_floating_point():
@@ -205,11 +158,6 @@ def convert_scalars_to_attrs(gm: GraphModule) -> GraphModule:
 
 
 _Owner = Optional[tuple[str, Any]]  # ("name", module_name) | ("type", module_type) | None (default)
-
-
-def _module_path(path: str) -> str:
-    prefix = "L['self']."
-    return path[len(prefix) :] if path.startswith(prefix) else path
 
 
 def _type_name(tp: Any) -> str:
@@ -279,18 +227,19 @@ class XNNPACKQuantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         owners = {node: self._owner(node) for node in model.graph.nodes}
+        index = NodeIndex(model)
 
         def scoped(owner: _Owner) -> FilterFn:
             return lambda n: owners.get(n) == owner and (self.filter_fn is None or self.filter_fn(n))
 
         for name, config in self.module_name_config.items():
-            self._annotate_patterns(model, config, scoped(("name", name)))
+            self._annotate_patterns(model, index, config, scoped(("name", name)))
         for module_type, config in self.module_type_config.items():
-            self._annotate_patterns(model, config, scoped(("type", module_type)))
+            self._annotate_patterns(model, index, config, scoped(("type", module_type)))
         for op, config in self.operator_type_config.items():
-            self._annotate_patterns(model, config, scoped(None), operator=op)
+            self._annotate_patterns(model, index, config, scoped(None), operator=op)
         float_ops = [op for op, config in self.operator_type_config.items() if config is None]
-        self._annotate_patterns(model, self.global_config, scoped(None), skip_ops=float_ops)
+        self._annotate_patterns(model, index, self.global_config, scoped(None), skip_ops=float_ops)
 
         float_owners = {("name", k) for k, v in self.module_name_config.items() if v is None}
         float_owners |= {("type", k) for k, v in self.module_type_config.items() if v is None}
@@ -305,7 +254,7 @@ class XNNPACKQuantizer(Quantizer):
     def explain_unannotated(self, node: Node) -> Optional[str]:
         """Which setting, or missing pattern, left ``node`` float (for ``pt2q.report``)."""
         op = getattr(node.target, "__name__", str(node.target))
-        patterns = [p for p in SUPPORTED_PATTERNS if node.target in p.ops]
+        patterns = [p for p in SUPPORTED_PATTERNS if is_op(node, p.anchor_ops)]
         if not patterns:
             if is_op(node, SHARE_QPARAMS_OPS):
                 return f"{op} only shares its input's qparams, and its input is not quantized"
@@ -328,22 +277,22 @@ class XNNPACKQuantizer(Quantizer):
                 return "no config covers it (set_global(None) or never called)"
         if self.filter_fn is not None and not self.filter_fn(node):
             return "rejected by set_filter_function"
-        if not any(p.runs_with(config) for p in patterns):
+        if not any(runs_with(p, config) for p in patterns):
             return "the dynamic config quantizes only linear and conv layers"
         if config.input_activation is None and config.output_activation is None and config.weight is None:
             return "its config quantizes nothing"
-        return f"no {'/'.join(p.name for p in patterns)} pattern matched it (its operands did not fit: e.g. a non-float input or a computed weight)"
+        names = "/".join(p.name for p in patterns)
+        return f"no {names} pattern matched it (its operands did not fit: e.g. a non-float input or a computed weight)"
 
     # --- helpers -------------------------------------------------------------------
 
     def _owner(self, node: Node) -> _Owner:
         """Which module-scoped setting governs ``node``: the first name, else the first type, set."""
-        stack = node.meta.get("nn_module_stack") or {}
-        paths = {_module_path(path) for path, _ in stack.values()}
+        paths = module_paths(node)
         for name in self.module_name_config:
             if name in paths:
                 return ("name", name)
-        types = {_type_name(tp) for _, tp in stack.values()}
+        types = {_type_name(tp) for _, tp in (node.meta.get("nn_module_stack") or {}).values()}
         for module_type in self.module_type_config:
             if _type_name(module_type) in types:
                 return ("type", module_type)
@@ -352,6 +301,7 @@ class XNNPACKQuantizer(Quantizer):
     def _annotate_patterns(
         self,
         model: GraphModule,
+        index: NodeIndex,
         config: Optional[QuantizationConfig],
         filter_fn: FilterFn,
         operator: Optional[OperatorType] = None,
@@ -362,6 +312,6 @@ class XNNPACKQuantizer(Quantizer):
         for pattern in SUPPORTED_PATTERNS:
             if operator is not None and not pattern.covers(operator):
                 continue
-            if any(pattern.covers(op) for op in skip_ops) or not pattern.runs_with(config):
+            if any(pattern.covers(op) for op in skip_ops) or not runs_with(pattern, config):
                 continue
-            get_annotator(pattern.name)(model, config, filter_fn)
+            annotate_pattern(model, pattern, config, filter_fn, index)

@@ -1,0 +1,204 @@
+"""The one vocabulary of operators pt2q reasons about, and the predicates that test nodes against it.
+
+Every op set is a ``frozenset`` of ``OpOverload``s (one exact overload), or of
+``OpOverloadPacket``s where a set names an operator whatever its overload (the edge
+dialect's ``aten.view_copy`` in a lowered program, say). :func:`is_op` accepts both,
+and sees through ExecuTorch's ``EdgeOpOverload`` wrapper, so one predicate serves ATen
+graphs, quantized graphs and lowered programs.
+
+Other modules import these names; none defines an op set of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, Optional, Union
+
+import torch
+import torch.ao.quantization.fx._decomposed  # noqa: F401  registers torch.ops.quantized_decomposed
+from torch._ops import OpOverload, OpOverloadPacket
+from torch.fx import GraphModule, Node
+
+__all__ = [
+    "Target",
+    "OpSet",
+    "ops",
+    "CONV1D",
+    "CONV2D",
+    "CONV3D",
+    "CONVOLUTION",
+    "CONV",
+    "CONV_TRANSPOSE1D",
+    "CONV_TRANSPOSE2D",
+    "CONV_TRANSPOSE3D",
+    "CONV_TRANSPOSE",
+    "LINEAR",
+    "MATMUL",
+    "EMBEDDING",
+    "BATCH_NORM",
+    "BATCH_NORM_NO_TRAINING",
+    "RELU",
+    "HARDTANH",
+    "HARDSWISH",
+    "SILU",
+    "LEAKY_RELU",
+    "TANH",
+    "GELU",
+    "ADD",
+    "MUL",
+    "CAT",
+    "MAX_POOL2D",
+    "AVG_POOL2D",
+    "ADAPTIVE_AVG_POOL2D",
+    "FLATTEN",
+    "MEAN",
+    "DROPOUT",
+    "VIEW",
+    "SHARE_QPARAMS_OPS",
+    "Q_PER_TENSOR",
+    "Q_PER_TENSOR_DYNAMIC",
+    "Q_PER_CHANNEL",
+    "DQ_PER_TENSOR",
+    "DQ_PER_TENSOR_DYNAMIC",
+    "DQ_PER_CHANNEL",
+    "Q_OPS",
+    "DQ_OPS",
+    "QDQ_OPS",
+    "CHOOSE_QPARAMS_OPS",
+    "OBSERVER_PREFIX",
+    "op_name",
+    "is_op",
+    "sole_user",
+    "is_observer_node",
+]
+
+Target = Union[OpOverload, OpOverloadPacket]
+OpSet = frozenset  # of Target
+
+aten = torch.ops.aten
+qd = torch.ops.quantized_decomposed
+
+
+def ops(*targets: Target) -> frozenset:
+    """An op set."""
+    return frozenset(targets)
+
+
+# --- convolution, linear, embedding ------------------------------------------------------
+CONV1D = ops(aten.conv1d.default, aten.conv1d.padding)
+CONV2D = ops(aten.conv2d.default, aten.conv2d.padding)
+CONV3D = ops(aten.conv3d.default, aten.conv3d.padding)
+CONVOLUTION = ops(aten.convolution.default)
+CONV = CONV1D | CONV2D | CONV3D | CONVOLUTION
+CONV_TRANSPOSE1D = ops(aten.conv_transpose1d.default)
+CONV_TRANSPOSE2D = ops(aten.conv_transpose2d.input)
+CONV_TRANSPOSE3D = ops(aten.conv_transpose3d.input)
+CONV_TRANSPOSE = CONV_TRANSPOSE1D | CONV_TRANSPOSE2D | CONV_TRANSPOSE3D
+LINEAR = ops(aten.linear.default)
+MATMUL = ops(aten.matmul.default)
+EMBEDDING = ops(aten.embedding.default)
+
+# --- normalization and activations -------------------------------------------------------
+BATCH_NORM = ops(aten.batch_norm.default)
+BATCH_NORM_NO_TRAINING = ops(aten._native_batch_norm_legit_no_training.default)
+RELU = ops(aten.relu.default, aten.relu_.default)
+HARDTANH = ops(aten.hardtanh.default, aten.hardtanh_.default)  # nn.ReLU6 exports as hardtanh(0, 6)
+HARDSWISH = ops(aten.hardswish.default, aten.hardswish_.default)
+SILU = ops(aten.silu.default, aten.silu_.default)
+LEAKY_RELU = ops(aten.leaky_relu.default, aten.leaky_relu_.default)
+TANH = ops(aten.tanh.default, aten.tanh_.default)
+GELU = ops(aten.gelu.default, aten.gelu_.default)
+
+# --- arithmetic, pooling, shape ----------------------------------------------------------
+ADD = ops(aten.add.Tensor, aten.add_.Tensor)
+MUL = ops(aten.mul.Tensor, aten.mul_.Tensor)
+CAT = ops(aten.cat.default)
+MAX_POOL2D = ops(aten.max_pool2d.default)
+AVG_POOL2D = ops(aten.avg_pool2d.default)
+ADAPTIVE_AVG_POOL2D = ops(aten.adaptive_avg_pool2d.default)
+FLATTEN = ops(aten.flatten.using_ints)
+MEAN = ops(aten.mean.default, aten.mean.dim)
+DROPOUT = ops(aten.dropout.default, aten.dropout_.default)
+VIEW = ops(
+    aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.permute.default, aten.expand.default
+)
+
+# Ops whose output keeps the quantization parameters of their (first) input: they move,
+# select or clamp values without creating new ones (dropout is the identity once deployed).
+SHARE_QPARAMS_OPS = (
+    ops(
+        aten.relu.default,
+        aten.permute.default,
+        aten.permute_copy.default,
+        aten.transpose.int,
+        aten.squeeze.dim,
+        aten.squeeze_copy.dim,
+        aten.view_copy.default,
+        aten.view.default,
+        aten.reshape.default,
+        aten.slice.Tensor,
+        aten.slice_copy.Tensor,
+    )
+    | HARDTANH
+    | MAX_POOL2D
+    | MEAN
+    | ADAPTIVE_AVG_POOL2D
+    | FLATTEN
+    | DROPOUT
+)
+
+# --- quantize / dequantize (torch's quantized_decomposed library) ------------------------
+Q_PER_TENSOR = ops(qd.quantize_per_tensor.default)
+Q_PER_TENSOR_DYNAMIC = ops(qd.quantize_per_tensor.tensor)  # scale and zero point are graph values
+Q_PER_CHANNEL = ops(qd.quantize_per_channel.default)
+DQ_PER_TENSOR = ops(qd.dequantize_per_tensor.default)
+DQ_PER_TENSOR_DYNAMIC = ops(qd.dequantize_per_tensor.tensor)
+DQ_PER_CHANNEL = ops(qd.dequantize_per_channel.default)
+Q_OPS = Q_PER_TENSOR | Q_PER_TENSOR_DYNAMIC | Q_PER_CHANNEL
+DQ_OPS = DQ_PER_TENSOR | DQ_PER_TENSOR_DYNAMIC | DQ_PER_CHANNEL
+QDQ_OPS = Q_OPS | DQ_OPS
+CHOOSE_QPARAMS_OPS = ops(qd.choose_qparams.tensor, qd.choose_qparams_symmetric.tensor)  # run-time qparams
+
+OBSERVER_PREFIX = "activation_post_process_"  # observers and fake quantizers are submodules named so
+
+
+def _unwrap(target: Any) -> Any:
+    """The ``OpOverload`` inside ExecuTorch's ``EdgeOpOverload`` (other targets unchanged)."""
+    inner = getattr(target, "_op", None)
+    return inner if isinstance(inner, OpOverload) else target
+
+
+def op_name(target: Any) -> Optional[str]:
+    """``namespace.op`` of an ATen/edge operator (overload dropped), or None for other callables."""
+    schema = getattr(_unwrap(target), "_schema", None)
+    return None if schema is None else schema.name.replace("::", ".")
+
+
+def is_op(node: object, targets: Collection[Any]) -> bool:
+    """True if ``node`` calls one of ``targets``: an exact overload, or any overload of a packet.
+
+    ExecuTorch's edge-dialect ops are seen as the ATen ops they wrap.
+    """
+    if not isinstance(node, Node) or node.op != "call_function":
+        return False
+    target = node.target
+    if target in targets:
+        return True
+    target = _unwrap(target)
+    return target in targets or getattr(target, "overloadpacket", None) in targets
+
+
+def sole_user(node: Node) -> Optional[Node]:
+    """The only user of ``node``, or None when it has zero or several."""
+    return next(iter(node.users)) if len(node.users) == 1 else None
+
+
+def is_observer_node(node: object, gm: GraphModule) -> bool:
+    """True if ``node`` calls an observer or fake quantizer that ``prepare_pt2e`` inserted into ``gm``."""
+    return (
+        isinstance(node, Node)
+        and node.op == "call_module"
+        and isinstance(node.target, str)
+        and node.target.startswith(OBSERVER_PREFIX)
+        and hasattr(gm, node.target)
+    )

@@ -1,0 +1,121 @@
+"""Writing quantization annotations: the helpers every annotator and pattern row shares.
+
+* A node claimed by a pattern carries an annotation with ``_annotated=True``; an
+  annotator skips patterns whose nodes are claimed, so the one that runs first wins.
+* ``filter_fn`` is asked about a pattern's *anchor* (the conv, linear, add, ... node):
+  fused followers go with their anchor, and weights (``get_attr`` nodes, which carry no
+  module stack) are not asked.
+* :func:`annotate_node` also notes which rule claimed the node (``pt2q.notes.PATTERN_KEY``),
+  so ``pt2q.report`` can show it and group the nodes one pattern quantizes together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Optional
+
+import torch
+from torch.fx import GraphModule, Node
+
+from pt2q.notes import PATTERN_KEY, set_note
+from pt2q.spec import (
+    Q_ANNOTATION_KEY,
+    QuantizationAnnotation,
+    QuantizationConfig,
+    QuantizationSpec,
+    QuantizationSpecBase,
+)
+
+__all__ = [
+    "FilterFn",
+    "Annotator",
+    "InputSpecs",
+    "get_input_act_qspec",
+    "get_output_act_qspec",
+    "get_weight_qspec",
+    "get_bias_qspec",
+    "is_dynamic_config",
+    "is_annotated",
+    "mark_annotated",
+    "annotate_node",
+    "claim",
+    "accepts",
+    "tensor_rank",
+]
+
+FilterFn = Callable[[Node], bool]
+Annotator = Callable[[GraphModule, Optional[QuantizationConfig], Optional[FilterFn]], list[list[Node]]]
+InputSpecs = dict[Node, Optional[QuantizationSpecBase]]
+
+
+# --- reading a config ---------------------------------------------------------------------
+
+
+def get_input_act_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
+    return None if config is None else config.input_activation
+
+
+def get_output_act_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
+    return None if config is None else config.output_activation
+
+
+def get_weight_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
+    return None if config is None else config.weight
+
+
+def get_bias_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpecBase]:
+    return None if config is None else config.bias
+
+
+def is_dynamic_config(config: Optional[QuantizationConfig]) -> bool:
+    """True when the config quantizes input activations dynamically (qparams chosen at run time)."""
+    act = get_input_act_qspec(config)
+    return bool(act is not None and getattr(act, "is_dynamic", False))
+
+
+# --- claiming nodes -----------------------------------------------------------------------
+
+
+def is_annotated(nodes: Iterable[Optional[Node]]) -> bool:
+    """True if any of ``nodes`` was already claimed by a pattern (``_annotated=True``)."""
+    for node in nodes:
+        ann = node.meta.get(Q_ANNOTATION_KEY) if isinstance(node, Node) else None
+        if ann is not None and ann._annotated:
+            return True
+    return False
+
+
+def mark_annotated(nodes: Iterable[Optional[Node]]) -> None:
+    """Claim ``nodes`` (adding an empty annotation where there is none)."""
+    for node in nodes:
+        if not isinstance(node, Node):
+            continue
+        ann = node.meta.setdefault(Q_ANNOTATION_KEY, QuantizationAnnotation())
+        ann._annotated = True
+
+
+def claim(nodes: Iterable[Node], pattern: str, anchor: Node) -> None:
+    """Note on each operator node of a match which rule claimed it, and the match's anchor."""
+    for node in nodes:
+        if node.op == "call_function":
+            set_note(node, PATTERN_KEY, [pattern, anchor.name])
+
+
+def annotate_node(
+    node: Node, inputs: Optional[InputSpecs] = None, output: Optional[QuantizationSpecBase] = None
+) -> None:
+    """Give ``node`` a claimed annotation with these input specs and output spec (replacing any)."""
+    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+        input_qspec_map=dict(inputs or {}), output_qspec=output, _annotated=True
+    )
+
+
+def accepts(filter_fn: Optional[FilterFn], anchor: Node) -> bool:
+    """Whether ``filter_fn`` (None: everything) lets the pattern anchored at ``anchor`` be quantized."""
+    return filter_fn is None or bool(filter_fn(anchor))
+
+
+def tensor_rank(node: object) -> Optional[int]:
+    """The rank of the tensor ``node`` produces, if its ``val`` meta says."""
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return val.dim() if isinstance(val, torch.Tensor) else None
