@@ -369,13 +369,12 @@ def _lower_x86(
 
 def pt2_stats(program: torch.export.ExportedProgram) -> dict[str, object]:
     """Op histogram, quantize/dequantize counts and tensor bytes (total and int8) of a program."""
-    ops = collections.Counter(
-        str(n.target).replace("aten.", "").replace(".default", "")
-        for n in program.graph.nodes
-        if n.op == "call_function"
-    )
-    quant = sum(c for op, c in ops.items() if "quantize_per" in op and "dequantize" not in op)
-    dequant = sum(c for op, c in ops.items() if "dequantize_per" in op)
+    from pt2q.ops import ANY_DEQUANTIZE, ANY_QUANTIZE, is_op
+
+    calls = [n for n in program.graph.nodes if n.op == "call_function"]
+    ops = collections.Counter(str(n.target).replace("aten.", "").replace(".default", "") for n in calls)
+    quant = sum(is_op(n, ANY_QUANTIZE) for n in calls)
+    dequant = sum(is_op(n, ANY_DEQUANTIZE) for n in calls)
     tensors = [
         t for t in list(program.state_dict.values()) + list(program.constants.values()) if isinstance(t, torch.Tensor)
     ]

@@ -26,6 +26,8 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
+from pt2q.ops import ANY_DEQUANTIZE, ANY_QDQ, ANY_QUANTIZE, is_op, op_name
+
 __all__ = [
     "XNNPACK",
     "QUANTIZED_KERNEL",
@@ -35,20 +37,12 @@ __all__ = [
     "build_delegation_report",
     "op_name",
     "source_name",
-    "is_qdq_op",
 ]
 
 XNNPACK = "XNNPACK"
 QUANTIZED_KERNEL = "quantized kernel"
 PORTABLE = "portable"
 
-_QDQ_PREFIXES = (
-    "quantized_decomposed.quantize_",
-    "quantized_decomposed.dequantize_",
-    "quantized_decomposed.choose_qparams",
-)
-_DEQUANTIZE_PREFIX = "quantized_decomposed.dequantize_"
-_QUANTIZE_PREFIX = "quantized_decomposed.quantize_"
 # op -> index of the argument holding its weight
 _WEIGHT_ARG = {
     "aten.linear": 1,
@@ -65,16 +59,6 @@ _LOW_BIT_KERNELS = {"quantized_decomposed.embedding_4bit": "int4", "quantized_de
 _INTEGER_STORAGE = {torch.int8, torch.uint8}
 
 
-def op_name(target: Any) -> Optional[str]:
-    """``namespace.op`` of an ATen/edge operator target (overload dropped), or None for other callables."""
-    schema = getattr(target, "_schema", None)
-    if schema is None:  # an EdgeOpOverload wraps the OpOverload
-        schema = getattr(getattr(target, "_op", None), "_schema", None)
-    if schema is None:
-        return None
-    return schema.name.replace("::", ".")
-
-
 def source_name(node: Node) -> str:
     """The name ``node`` had in the graph the user converted (following ``from_node`` provenance)."""
     sources = node.meta.get("from_node")
@@ -83,10 +67,6 @@ def source_name(node: Node) -> str:
         name = sources[-1].name
         sources = getattr(sources[-1], "from_node", None)
     return name
-
-
-def is_qdq_op(name: Optional[str]) -> bool:
-    return name is not None and name.startswith(_QDQ_PREFIXES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +81,7 @@ class OpPlacement:
     weight_bytes: int = 0
     weight_dtype: Optional[torch.dtype] = None
     fallback: bool = False  # a quantized pattern the delegate did not take: runs in float
+    is_qdq: bool = False  # a quantize / dequantize / choose-qparams op (not a layer of the model)
 
     @property
     def is_weighted(self) -> bool:
@@ -208,7 +189,7 @@ def _program_tensor(program: ExportedProgram, placeholder: Node) -> Optional[tor
 def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[torch.Tensor]:
     index = _WEIGHT_ARG.get(name)
     arg = node.args[index] if index is not None and len(node.args) > index else None
-    if isinstance(arg, Node) and (op_name(arg.target) or "").startswith(_DEQUANTIZE_PREFIX):
+    if is_op(arg, ANY_DEQUANTIZE):
         arg = arg.args[0]
     if isinstance(arg, Node) and arg.op == "placeholder":
         return _program_tensor(program, arg)
@@ -216,15 +197,11 @@ def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[
 
 
 def _reads_dequantized(node: Node) -> bool:
-    return any(
-        (op_name(a.target) or "").startswith(_DEQUANTIZE_PREFIX)
-        for a in node.all_input_nodes
-        if a.op == "call_function"
-    )
+    return any(is_op(a, ANY_DEQUANTIZE) for a in node.all_input_nodes)
 
 
 def _feeds_quantize(node: Node) -> bool:
-    return any((op_name(u.target) or "").startswith(_QUANTIZE_PREFIX) for u in node.users if u.op == "call_function")
+    return any(is_op(u, ANY_QUANTIZE) for u in node.users)
 
 
 def _float_precision(node: Node) -> str:
@@ -251,6 +228,7 @@ def _row(
         weight_bytes=0 if weight is None else weight.numel() * weight.element_size(),
         weight_dtype=None if weight is None else weight.dtype,
         fallback=fallback,
+        is_qdq=is_op(node, ANY_QDQ),
     )
 
 
@@ -259,7 +237,7 @@ def _delegate_rows(program: ExportedProgram, lowered: Any) -> Iterator[OpPlaceme
     runs_on = XNNPACK if "xnnpack" in lowered.backend_id.lower() else lowered.backend_id
     for node in inner.graph.nodes:
         name = op_name(node.target) if node.op == "call_function" else None
-        if name is None or is_qdq_op(name):
+        if name is None or is_op(node, ANY_QDQ):
             continue
         quantized = _reads_dequantized(node) or _feeds_quantize(node)  # e.g. a relu fused into the conv before it
         precision = "int8" if quantized else _float_precision(node)

@@ -1,11 +1,20 @@
 """Lower a converted (Q/DQ) program to an ExecuTorch ``.pte`` whose int8 work runs in native kernels.
 
-::
-
-    ep = torch.export.export(convert_pt2e(prepared), example_inputs)
-    lowered = to_executorch(ep)
-    print(lowered.report)          # where each op runs, share of int8 weight bytes
-    lowered.save("model.pte"); lowered.save_pt2("model.pt2")
+>>> import tempfile, torch
+>>> from pt2q import convert_pt2e, prepare_pt2e, runtime
+>>> from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
+>>> example_inputs = (torch.randn(1, 16),)
+>>> model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+>>> quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+>>> prepared = prepare_pt2e(torch.export.export(model, example_inputs).module(), quantizer)
+>>> _ = prepared(*example_inputs)
+>>> ep = torch.export.export(convert_pt2e(prepared), example_inputs)
+>>> lowered = to_executorch(ep)
+>>> print(lowered.report.share(XNNPACK), lowered.report.int8_weight_share)  # where each op runs
+1.0 1.0
+>>> path = lowered.save(f"{tempfile.mkdtemp()}/model.pte")
+>>> runtime.load(path)(*example_inputs).shape
+torch.Size([1, 4])
 
 The steps, all ExecuTorch's own machinery:
 
@@ -38,7 +47,8 @@ from torch.fx import GraphModule, Node
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.utils import _pytree as pytree
 
-from pt2q.lowering.delegation_report import DelegationReport, build_delegation_report, op_name, source_name
+from pt2q.lowering.delegation_report import DelegationReport, build_delegation_report, source_name
+from pt2q.ops import ANY_DEQUANTIZE, DQ_PER_TENSOR, LINEAR, Q_PER_TENSOR, aten, is_observer_node, is_op, op_name, ops
 
 __all__ = [
     "LoweringError",
@@ -55,24 +65,21 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # Ops whose XNNPACK node requires its quantized input(s) and output to have the same
 # scale and zero point (XNNPACK's subgraph validation rejects the blob at load time otherwise).
-SAME_QPARAMS_OPS = frozenset(
-    {
-        "aten.cat",
-        "aten.max_pool2d",
-        "aten.max_pool2d_with_indices",
-        "aten.slice_copy",
-        "aten.clamp",
-        "aten.hardtanh",
-        "aten.relu",
-        "aten.view_copy",
-        "aten.permute_copy",
-        "aten.squeeze_copy",
-        "aten.unsqueeze_copy",
-        "aten.upsample_bilinear2d",
-        "aten.pixel_shuffle",
-    }
+SAME_QPARAMS_OPS = ops(
+    aten.cat,
+    aten.max_pool2d,
+    aten.max_pool2d_with_indices,
+    aten.slice_copy,
+    aten.clamp,
+    aten.hardtanh,
+    aten.relu,
+    aten.view_copy,
+    aten.permute_copy,
+    aten.squeeze_copy,
+    aten.unsqueeze_copy,
+    aten.upsample_bilinear2d,
+    aten.pixel_shuffle,
 )
-_OBSERVER_PREFIX = "activation_post_process_"
 
 
 class LoweringError(RuntimeError):
@@ -174,12 +181,9 @@ def _xnnpack_partitioner() -> Any:
 
 
 def _observer_names(gm: nn.Module) -> list[str]:
-    names = []
-    for name, module in gm.named_modules():
-        cls_names = {c.__name__ for c in type(module).__mro__}
-        if name.split(".")[-1].startswith(_OBSERVER_PREFIX) or cls_names & {"ObserverBase", "FakeQuantizeBase"}:
-            names.append(name)
-    return names
+    if not isinstance(gm, GraphModule):
+        return []
+    return [str(n.target) for n in gm.graph.nodes if is_observer_node(n, gm)]
 
 
 def _not_converted(names: list[str]) -> LoweringError:
@@ -207,12 +211,6 @@ def _as_exported_program(
 
 # --- delegate constraints ------------------------------------------------------
 
-_LINEAR_TARGETS = {torch.ops.aten.linear.default}
-
-
-def _is_dequantize(node: Any) -> bool:
-    return isinstance(node, Node) and (op_name(node.target) or "").startswith("quantized_decomposed.dequantize")
-
 
 def _reject_weight_only_linears(program: ExportedProgram) -> None:
     """ExecuTorch 1.5.1's XNNPACK partitioner splits a linear whose weight is int8 but whose
@@ -222,9 +220,9 @@ def _reject_weight_only_linears(program: ExportedProgram) -> None:
         n.name
         for n in program.graph.nodes
         if n.op == "call_function"
-        and n.target in _LINEAR_TARGETS
-        and _is_dequantize(n.args[1])
-        and not _is_dequantize(n.args[0])
+        and is_op(n, LINEAR)
+        and is_op(n.args[1], ANY_DEQUANTIZE)
+        and not is_op(n.args[0], ANY_DEQUANTIZE)
     ]
     if bad:
         raise UnsupportedQuantizedPatternError(
@@ -236,8 +234,7 @@ def _reject_weight_only_linears(program: ExportedProgram) -> None:
 
 def _per_tensor_qparams(node: Node) -> Optional[tuple[float, int]]:
     """(float32 scale, zero point) of a static per-tensor quantize/dequantize node."""
-    name = op_name(node.target) if node.op == "call_function" else None
-    if name not in ("quantized_decomposed.quantize_per_tensor", "quantized_decomposed.dequantize_per_tensor"):
+    if not is_op(node, Q_PER_TENSOR | DQ_PER_TENSOR):
         return None
     scale, zero_point = node.args[1], node.args[2]
     if not isinstance(scale, float) or not isinstance(zero_point, int):
@@ -248,12 +245,12 @@ def _per_tensor_qparams(node: Node) -> Optional[tuple[float, int]]:
 def _same_qparams_violations(graph_module: GraphModule) -> list[str]:
     found = []
     for node in graph_module.graph.nodes:
-        name = op_name(node.target) if node.op == "call_function" else None
-        if name not in SAME_QPARAMS_OPS:
+        if not is_op(node, SAME_QPARAMS_OPS):
             continue
+        name = op_name(node.target)
         inputs = [q for q in (_per_tensor_qparams(a) for a in node.all_input_nodes) if q is not None]
         users = list(node.users)
-        if name == "aten.max_pool2d_with_indices":  # its value output goes through getitem 0
+        if is_op(node, {aten.max_pool2d_with_indices}):  # its value output goes through getitem 0
             users = [u for g in users if g.args[1:] == (0,) for u in g.users]
         outputs = [q for q in (_per_tensor_qparams(u) for u in users) if q is not None]
         if inputs and outputs and len(set(inputs) | set(outputs)) > 1:

@@ -19,7 +19,6 @@ import torch
 from torch.export import ExportedProgram
 
 from pt2q.layer_errors import ErrorStats
-from pt2q.lowering.delegation_report import is_qdq_op
 from pt2q.lowering.executorch import LoweredProgram
 from pt2q.quantization_report import QuantizationReport, as_batches, report
 from pt2q.runtime import load
@@ -47,7 +46,7 @@ def numeric_report(
     base = report(lowered.exported_program, float_model, inputs, sensitivity=sensitivity)
     placement: dict[str, str] = {}
     for row in lowered.report.rows:
-        if not is_qdq_op(row.op):
+        if not row.is_qdq:
             placement.setdefault(row.source, row.runs_on)
     rows = [dataclasses.replace(r, runs_on=placement.get(r.name)) for r in base.rows]
 

@@ -1,13 +1,21 @@
 """pt2q: quantize ``torch.export`` programs (PT2E) and lower them to int8 runtimes.
 
-The flow, as in ``torchao.quantization.pt2e``::
+The flow, as in ``torchao.quantization.pt2e``:
 
-    m = torch.export.export(model.eval(), example_inputs).module()
-    m = prepare_pt2e(m, XNNPACKQuantizer().set_global(get_symmetric_quantization_config()))
-    for x in calibration_data:
-        m(x)
-    m = convert_pt2e(m)
-    print(report(m, float_model, calibration_data))   # what was quantized, and where accuracy is lost
+>>> import torch
+>>> from pt2q import convert_pt2e, prepare_pt2e, report
+>>> from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
+>>> model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+>>> ep = torch.export.export(model, (torch.randn(2, 16),))
+>>> quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+>>> m = prepare_pt2e(ep.module(), quantizer)
+>>> calibration_batches = [(torch.randn(2, 16),) for _ in range(4)]   # each batch: a tuple of inputs
+>>> for batch in calibration_batches:
+...     _ = m(*batch)
+>>> m = convert_pt2e(m)
+>>> r = report(m, ep, calibration_batches)   # what was quantized, and where accuracy is lost
+>>> [(row.name, row.op, row.pattern) for row in r.quantized_rows]
+[('linear', 'linear+relu', 'linear_relu'), ('linear_1', 'linear', 'linear')]
 """
 
 from pt2q.convert import convert_pt2e

@@ -155,14 +155,21 @@ def measure_layer_errors(
     batches: Sequence[Sequence[Any]],
     quantized_handles: Iterable[NodeSourceDebugInfo],
     sensitivity: bool = True,
+    groups: Optional[dict[NodeSourceDebugInfo, NodeSourceDebugInfo]] = None,
 ) -> LayerErrors:
     """Cumulative and local SQNR of every float value the quantized graph computes too (keyed
     by the float graph's handles), and the output SQNR with only one layer quantized for
-    each of ``quantized_handles`` (the quantized graph's value handles of those layers)."""
+    each of ``quantized_handles`` (the quantized graph's value handles of those layers).
+
+    ``groups`` maps a layer's handle to the handle of the layer it is quantized with (a relu
+    fused after its linear): values crossing between them are not replaced by float ones, so
+    the group's local error is the whole pattern's."""
     to_float = match_handles(float_gm, quantized)
     f_anchor = value_anchors(float_gm)
     q_anchor = {to_float[h]: n for h, n in value_anchors(quantized).items() if h in to_float}
+    group = (groups or {}).get
     q_handle = {n: to_float.get(h) for n in quantized.graph.nodes if (h := debug_info(n)) is not None}
+    q_handle = {n: group(h, h) for n, h in q_handle.items() if h is not None}
     q_value = {n: to_float.get(h) for n in quantized.graph.nodes if (h := value_handle(n)) is not None}
     sensitive = [to_float[h] for h in quantized_handles if h in to_float] if sensitivity else []
     errors = LayerErrors()
@@ -181,7 +188,7 @@ def measure_layer_errors(
         def feed(user: Node, arg: Node, value: Any) -> Any:
             # a value crossing from one layer into another comes from the float model
             h = q_value.get(arg)
-            if h is None or h == q_handle.get(user) or h not in by_handle:
+            if h is None or group(h, h) == q_handle.get(user) or h not in by_handle:
                 return value
             ref = by_handle[h]
             return ref if _compatible(ref, value) else value

@@ -43,6 +43,7 @@ __all__ = [
     "debug_info",
     "value_handle",
     "mark_value_of",
+    "claimed_by",
     "chain_source",
     "module_path",
     "module_paths",
@@ -51,7 +52,7 @@ __all__ = [
 OBSERVER_KEY = "pt2q_observer"  # on a Q/DQ: "ObserverClass(args)" that chose its qparams
 FLOAT_REASON_KEY = "pt2q_float_reason"  # on an unannotated op: why it stays float
 VALUE_OF_KEY = "pt2q_value_of"  # [name, graph_id] of the float node whose value this node computes
-PATTERN_KEY = "pt2q_pattern"  # [pattern name, anchor node name] of the quantizer rule that claimed the node
+PATTERN_KEY = "pt2q_pattern"  # [rule name, anchor handle name, anchor graph id]: the quantizer rule that claimed it
 NOTE_KEYS = (OBSERVER_KEY, FLOAT_REASON_KEY, VALUE_OF_KEY, PATTERN_KEY)
 PROVENANCE_KEYS = ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node", "custom")
 
@@ -134,6 +135,15 @@ def value_handle(node: Node) -> Optional[NodeSourceDebugInfo]:
         return None
     marked = note(source, VALUE_OF_KEY)
     return NodeSourceDebugInfo(marked[0], int(marked[1])) if marked else debug_info(source)
+
+
+def claimed_by(node: Node) -> Optional[tuple[str, Optional[NodeSourceDebugInfo]]]:
+    """The quantizer rule that claimed ``node`` and the debug handle of that match's anchor, if noted."""
+    claim = note(node, PATTERN_KEY)
+    if not claim:
+        return None
+    name, anchor, graph_id = claim
+    return name, None if anchor is None else NodeSourceDebugInfo(anchor, int(graph_id))
 
 
 def mark_value_of(node: Node, source: Node) -> None:

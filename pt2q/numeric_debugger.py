@@ -7,11 +7,22 @@ they insert (observers, Q/DQ, rewrites), ``torch.export.save/load`` serializes i
 a handle found in the float graph finds the same layer in the prepared, converted,
 re-exported or reloaded program.
 
-The API is ``torchao.quantization.pt2e``'s::
+The API is ``torchao.quantization.pt2e``'s:
 
-    ref = prepare_for_propagation_comparison(float_gm);  ref(*x)
-    act = prepare_for_propagation_comparison(quantized); act(*x)
-    summary = compare_results(extract_results_from_loggers(ref), extract_results_from_loggers(act))
+>>> import torch
+>>> from pt2q import convert_pt2e, prepare_pt2e
+>>> from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
+>>> x = (torch.randn(2, 16),)
+>>> ep = torch.export.export(torch.nn.Sequential(torch.nn.Linear(16, 4)).eval(), x)
+>>> float_gm = ep.module()
+>>> quantized = prepare_pt2e(ep.module(), XNNPACKQuantizer().set_global(get_symmetric_quantization_config()))
+>>> _ = quantized(*x)
+>>> quantized = convert_pt2e(quantized)
+>>> ref = prepare_for_propagation_comparison(float_gm);  _ = ref(*x)
+>>> act = prepare_for_propagation_comparison(quantized); _ = act(*x)
+>>> summary = compare_results(extract_results_from_loggers(ref), extract_results_from_loggers(act))
+>>> [(info.name, 20 < s.sqnr < 100) for info, s in summary.items()]   # SQNR in dB
+[('linear', True)]
 
 Each handle is logged at the last node that carries it (for a quantized layer, the
 dequantized output), which is the value torchao's comparison ends up with too. Beyond

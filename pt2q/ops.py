@@ -65,6 +65,10 @@ __all__ = [
     "DQ_OPS",
     "QDQ_OPS",
     "CHOOSE_QPARAMS_OPS",
+    "ANY_QUANTIZE",
+    "ANY_DEQUANTIZE",
+    "ANY_CHOOSE_QPARAMS",
+    "ANY_QDQ",
     "OBSERVER_PREFIX",
     "op_name",
     "is_op",
@@ -158,6 +162,18 @@ Q_OPS = Q_PER_TENSOR | Q_PER_TENSOR_DYNAMIC | Q_PER_CHANNEL
 DQ_OPS = DQ_PER_TENSOR | DQ_PER_TENSOR_DYNAMIC | DQ_PER_CHANNEL
 QDQ_OPS = Q_OPS | DQ_OPS
 CHOOSE_QPARAMS_OPS = ops(qd.choose_qparams.tensor, qd.choose_qparams_symmetric.tensor)  # run-time qparams
+# Every quantize / dequantize / choose-qparams operator of the library, whatever its overload or
+# granularity (per token, per channel group): what a lowered program's report counts as Q/DQ.
+ANY_QUANTIZE = ops(
+    qd.quantize_per_tensor, qd.quantize_per_channel, qd.quantize_per_token, qd.quantize_per_channel_group
+)
+ANY_DEQUANTIZE = ops(
+    qd.dequantize_per_tensor, qd.dequantize_per_channel, qd.dequantize_per_token, qd.dequantize_per_channel_group
+)
+ANY_CHOOSE_QPARAMS = ops(
+    qd.choose_qparams, qd.choose_qparams_symmetric, qd.choose_qparams_per_token, qd.choose_qparams_per_token_asymmetric
+)
+ANY_QDQ = ANY_QUANTIZE | ANY_DEQUANTIZE | ANY_CHOOSE_QPARAMS
 
 OBSERVER_PREFIX = "activation_post_process_"  # observers and fake quantizers are submodules named so
 

@@ -29,7 +29,16 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import constant_attr
 from pt2q.layer_errors import LayerErrors, match_handles, measure_layer_errors
-from pt2q.notes import FLOAT_REASON_KEY, OBSERVER_KEY, NodeSourceDebugInfo, debug_info, module_path, note, value_handle
+from pt2q.notes import (
+    FLOAT_REASON_KEY,
+    OBSERVER_KEY,
+    NodeSourceDebugInfo,
+    claimed_by,
+    debug_info,
+    module_path,
+    note,
+    value_handle,
+)
 from pt2q.ops import CHOOSE_QPARAMS_OPS, DQ_OPS, Q_OPS, is_observer_node
 
 __all__ = ["TensorQuantization", "ReportRow", "QuantizationReport", "report", "as_batches"]
@@ -87,6 +96,7 @@ class ReportRow:
     cumulative_mse: Optional[float] = None
     max_abs_error: Optional[float] = None
     runs_on: Optional[str] = None  # set by lowerings: where the node runs (e.g. "XNNPACK")
+    pattern: Optional[str] = None  # the quantizer rule that claimed it (its nodes are this one row)
 
     @property
     def quantized(self) -> bool:
@@ -139,12 +149,14 @@ class QuantizationReport:
 
     def __str__(self) -> str:
         placed = any(r.runs_on for r in self.rows)
-        head = ("node", "module", "op", *(("runs on",) if placed else ()), "local", "cumul.", "sens.", "quantization")
+        head = ("node", "module", "op", "pattern", *(("runs on",) if placed else ()), "local", "cumul.", "sens.")
+        head = (*head, "quantization")
         body = [
             (
                 r.name,
                 r.module_path or "-",
                 r.op,
+                r.pattern or "-",
                 *((r.runs_on or "-",) if placed else ()),
                 _fmt(r.local_sqnr),
                 _fmt(r.cumulative_sqnr),
@@ -281,16 +293,19 @@ def _weight_role(dq: Node) -> str:
     return "weight"
 
 
-def _value_name(node: Node) -> str:
-    """The float value a Q/DQ chain carries: its layer's name, or the graph input's."""
+def _value_name(node: Node, row_of: dict[NodeSourceDebugInfo, NodeSourceDebugInfo]) -> str:
+    """The float value a Q/DQ chain carries: the name of its layer's row, or the graph input's."""
     handle = value_handle(node)
     while handle is None and node.op == "call_function" and node.args and isinstance(node.args[0], Node):
         node = node.args[0]
-    return handle.name if handle is not None else node.name
+    return row_of.get(handle, handle).name if handle is not None else node.name
 
 
-def _describe(gm: GraphModule, members: list[Node]) -> tuple[TensorQuantization, ...]:
-    """The tensors quantized inside one layer's subgraph, in graph order."""
+def _describe(
+    gm: GraphModule, members: list[Node], row_of: dict[NodeSourceDebugInfo, NodeSourceDebugInfo]
+) -> tuple[TensorQuantization, ...]:
+    """The tensors quantized inside one layer's subgraph, in graph order (``row_of``: the row a merged
+    layer is shown in)."""
     member_set = set(members)
     found: list[TensorQuantization] = []
     for n in members:
@@ -305,7 +320,7 @@ def _describe(gm: GraphModule, members: list[Node]) -> tuple[TensorQuantization,
         elif n.target not in _QUANT_MACHINERY:
             for arg in n.all_input_nodes:  # an input quantized outside this layer (by its producer)
                 if arg.target in DQ_OPS and arg not in member_set:
-                    found.append(_tensor_quantization(gm, arg, "input", _value_name(arg)))
+                    found.append(_tensor_quantization(gm, arg, "input", _value_name(arg, row_of)))
     return tuple(found)
 
 
@@ -356,6 +371,29 @@ def _float_reason(members: list[Node], float_node: Optional[Node], folded_into: 
     return "the quantizer did not annotate it"
 
 
+def _group_by_pattern(
+    q_gm: GraphModule, members: dict[NodeSourceDebugInfo, list[Node]]
+) -> tuple[dict[NodeSourceDebugInfo, NodeSourceDebugInfo], dict[NodeSourceDebugInfo, str]]:
+    """Merge the layers one quantizer rule claimed together (linear + relu) into the layer of the rule's
+    anchor, in place. Returns (merged handle -> anchor handle, anchor handle -> rule name)."""
+    merged_into: dict[NodeSourceDebugInfo, NodeSourceDebugInfo] = {}
+    pattern: dict[NodeSourceDebugInfo, str] = {}
+    for n in q_gm.graph.nodes:
+        claim, h = claimed_by(n), debug_info(n)
+        if claim is None or h is None:
+            continue
+        name, anchor = claim
+        if anchor is None or anchor not in members:
+            continue
+        pattern[anchor] = name
+        if h != anchor:
+            merged_into[h] = anchor
+    position = {n: i for i, n in enumerate(q_gm.graph.nodes)}
+    for h, anchor in merged_into.items():
+        members[anchor] = sorted([*members[anchor], *members.pop(h, [])], key=position.__getitem__)
+    return merged_into, pattern
+
+
 def report(
     quantized_model: Union[GraphModule, ExportedProgram],
     float_model: Union[nn.Module, GraphModule, ExportedProgram, None],
@@ -385,7 +423,8 @@ def report(
         if (h := debug_info(n)) is not None:
             members.setdefault(h, []).append(n)
     to_float = match_handles(f_gm, q_gm) if f_gm is not None else {h: h for h in members}
-    quantization = {h: _describe(q_gm, ms) for h, ms in members.items()}
+    merged_into, pattern = _group_by_pattern(q_gm, members)
+    quantization = {h: _describe(q_gm, ms, merged_into) for h, ms in members.items()}
 
     # the float value each layer's result stands for (a conv with its BatchNorm folded: the BatchNorm's)
     value_of = {h: _value_of(ms) for h, ms in members.items()}
@@ -393,11 +432,20 @@ def report(
     if f_gm is not None and batches:
         with torch.no_grad():
             owned = [value_of[h] for h, q in quantization.items() if _owns_quantization(q) and value_of[h] is not None]
-            errors = measure_layer_errors(f_gm, q_gm, batches, owned, sensitivity)
-    folded_into = {v: h.name for h, v in value_of.items() if v is not None and v != h}
+            groups = {to_float[h]: to_float[g] for h, g in merged_into.items() if h in to_float and g in to_float}
+            errors = measure_layer_errors(f_gm, q_gm, batches, owned, sensitivity, groups)
+    # a node that computes another's float value (a conv with its BatchNorm folded in) stands for it
+    folded_into = {
+        v: h.name
+        for h, ms in members.items()
+        for n in _op_nodes(ms)
+        if (v := value_handle(n)) not in (None, debug_info(n))
+    }
 
     rows = []
     for f_handle, q_handle, f_node in _row_order(f_gm, q_gm, members, to_float):
+        if q_handle in merged_into:
+            continue  # shown in the row of the pattern that claimed it
         ms = members.get(q_handle, []) if q_handle is not None else []
         shown = f_node if f_node is not None else (_op_nodes(ms) or ms)[-1]
         quant = quantization.get(q_handle, ()) if q_handle is not None else ()
@@ -412,7 +460,7 @@ def report(
             ReportRow(
                 name=f_handle.name,
                 module_path=_module_path(shown),
-                op=_op_name(shown),
+                op="+".join(map(_op_name, _op_nodes(ms))) if q_handle in pattern else _op_name(shown),
                 quantization=quant,
                 float_reason=None
                 if _owns_quantization(quant)
@@ -422,6 +470,7 @@ def report(
                 sensitivity_sqnr=db(errors.sensitivity),
                 cumulative_mse=cum.mse if cum else None,
                 max_abs_error=cum.max_abs if cum else None,
+                pattern=pattern.get(q_handle),
             )
         )
     output_sqnr = errors.output.sqnr if errors.batches else None

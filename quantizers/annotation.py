@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 
-from pt2q.notes import PATTERN_KEY, set_note
+from pt2q.notes import PATTERN_KEY, debug_info, set_note
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
     QuantizationAnnotation,
@@ -95,10 +95,13 @@ def mark_annotated(nodes: Iterable[Optional[Node]]) -> None:
 
 
 def claim(nodes: Iterable[Node], pattern: str, anchor: Node) -> None:
-    """Note on each operator node of a match which rule claimed it, and the match's anchor."""
+    """Note on each operator node of a match which rule claimed it, and the debug handle of the
+    match's anchor (the conv/linear/... the nodes are quantized with: ``pt2q.report`` makes them one row)."""
+    handle = debug_info(anchor)
+    value = [pattern, handle.name, handle.graph_id] if handle is not None else [pattern, None, None]
     for node in nodes:
         if node.op == "call_function":
-            set_note(node, PATTERN_KEY, [pattern, anchor.name])
+            set_note(node, PATTERN_KEY, value)
 
 
 def annotate_node(

@@ -1,9 +1,20 @@
 """``EmbeddingQuantizer``: weight-only quantization of ``aten.embedding`` tables.
 
 Each row of the table (one token's vector, channel axis 0) gets its own scale and
-zero point, the layout ExecuTorch's quantized embedding kernels read::
+zero point, the layout ExecuTorch's quantized embedding kernels read:
 
-    quantizer = ComposableQuantizer([EmbeddingQuantizer(), XNNPACKQuantizer().set_global(config)])
+>>> import torch
+>>> from pt2q import ComposableQuantizer, convert_pt2e, prepare_pt2e
+>>> from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
+>>> model = torch.nn.Sequential(torch.nn.Embedding(100, 16), torch.nn.Linear(16, 4)).eval()
+>>> tokens = (torch.randint(0, 100, (1, 8)),)
+>>> config = get_symmetric_quantization_config(is_per_channel=True)
+>>> quantizer = ComposableQuantizer([EmbeddingQuantizer(), XNNPACKQuantizer().set_global(config)])
+>>> m = prepare_pt2e(torch.export.export(model, tokens).module(), quantizer)
+>>> _ = m(*tokens)
+>>> m = convert_pt2e(m)
+>>> sorted({str(b.dtype) for b in m.buffers() if b.dim() == 2})   # the table and the linear's weight
+['torch.int8', 'torch.uint8']
 
 * ``bits=8`` (default): uint8 codes with float scale *and float zero point*
   (``per_channel_affine_float_qparams``), as torchao's ``EmbeddingQuantizer``
@@ -27,8 +38,8 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import get_attr_value
 from pt2q.observer import PerChannelMinMaxObserver
-from pt2q.quantizer import Quantizer
 from pt2q.ops import EMBEDDING, is_op
+from pt2q.quantizer import Quantizer
 from pt2q.quantizers.annotation import FilterFn, is_annotated, mark_annotated
 from pt2q.quantizers.annotators import get_annotator, register_annotator
 from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec

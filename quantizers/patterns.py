@@ -2,11 +2,26 @@
 
 A backend quantizer is mostly a table of :class:`Pattern` rows, applied in order (earlier
 rows claim nodes first) by :func:`annotate_pattern`, plus the few annotators that need
-code (``cat``, pooling, qparam propagation)::
+code (``cat``, pooling, qparam propagation):
 
-    Pattern("conv_relu", (CONV, RELU), weighted=0)          # conv inputs; output spec on the relu
-    Pattern("add", (ADD,), operands=0, guard=float_operands)  # both operands and the output
-    Pattern("linear_add", (LINEAR, ADD), weighted=0, root=1, link_args=(0, 1))  # found from the add
+>>> import torch
+>>> from pt2q.ops import ADD, LINEAR, RELU
+>>> from pt2q.quantizers import get_symmetric_quantization_config
+>>> rows = [
+...     Pattern("linear_relu", (LINEAR, RELU), weighted=0),  # linear inputs; output spec on the relu
+...     Pattern("add", (ADD,), operands=0),  # both operands and the output
+...     Pattern("linear_add", (LINEAR, ADD), weighted=0, root=1, link_args=(0, 1)),  # found from the add
+... ]
+>>> class Net(torch.nn.Module):
+...     def __init__(self):
+...         super().__init__()
+...         self.fc = torch.nn.Linear(4, 4)
+...     def forward(self, x):
+...         return torch.relu(self.fc(x)) + x
+>>> gm = torch.export.export(Net(), (torch.randn(1, 4),)).module()
+>>> config = get_symmetric_quantization_config()
+>>> [[n.name for n in part] for row in rows for part in annotate_pattern(gm, row, config)]
+[['linear', 'relu', 'fc_weight', 'fc_bias'], ['add']]
 
 A row names the chain (matched by :func:`pt2q.pattern.match_at`), the chain positions
 whose inputs get the config's specs (``weighted``: a conv/linear's input, weight and bias;

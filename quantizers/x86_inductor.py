@@ -1,12 +1,14 @@
 """``X86InductorQuantizer``: uint8 activations, int8 per-channel weights, for Inductor's oneDNN kernels.
 
 Behaves like ``torchao.quantization.pt2e.quantizer.x86_inductor_quantizer.X86InductorQuantizer``
-(same patterns, specs and precedence, so the same Q/DQ graph), built on the
-operator annotators of :mod:`pt2q.quantizers.annotators`::
+(same patterns, specs and precedence, so the same Q/DQ graph), as a table of pattern rows
+(:data:`X86_PATTERNS`, most shared with :mod:`pt2q.quantizers.annotators`):
 
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    quantizer.set_module_name_qconfig("head", None)          # keep the head in float
-    quantizer.set_function_type_qconfig(torch.matmul, get_default_x86_inductor_quantization_config())
+>>> quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+>>> quantizer = quantizer.set_module_name_qconfig("head", None)          # keep the head in float
+>>> quantizer = quantizer.set_function_type_qconfig(torch.matmul, get_default_x86_inductor_quantization_config())
+>>> [p.name for p in X86_PATTERNS if p.qat_only]
+['x86_conv_bn_add_relu', 'x86_conv_bn_add', 'conv_bn_relu', 'x86_conv_bn_unary', 'conv_bn']
 
 The recipe quantizes the *inputs* of int8-capable patterns and never their
 outputs: a pattern's result is quantized only when its consumer wants int8

@@ -1,10 +1,13 @@
 """``XNNPACKQuantizer``: symmetric int8 quantization for ExecuTorch's XNNPACK delegate.
 
 Behaves like ``executorch.backends.xnnpack.quantizer.xnnpack_quantizer.XNNPACKQuantizer``
-(same patterns, same specs, same precedence), built on :mod:`pt2q.quantizers.annotators`::
+(same patterns, same specs, same precedence), built on the pattern table of
+:mod:`pt2q.quantizers.annotators`:
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.set_module_name("head", None)   # keep the head in float
+>>> quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+>>> quantizer = quantizer.set_module_name("head", None)   # keep the head in float
+>>> [p.name for p in quantizer.SUPPORTED_PATTERNS][:6]
+['conv_bn_relu', 'conv_bn', 'conv_transpose_bn_relu', 'conv_transpose_bn', 'linear_relu', 'linear']
 
 Configs apply with the precedence module name > module type > operator type > global.
 Where pt2q differs from ExecuTorch, on purpose:

@@ -164,24 +164,26 @@ def test_report_explains_what_stayed_float_and_how_the_rest_was_quantized() -> N
     assert_expected_inline(
         "\n".join(f"{row.name}: {row.how}" for row in r.rows),
         """\
-conv2d: w:int8 per-channel(axis 0) s∈[0.00145,0.00151] (PerChannelMinMaxObserver); i:int8 s=0.0249 zp=6 (HistogramObserver)
+conv2d: w:int8 per-channel(axis 0) s∈[0.00145,0.00151] (PerChannelMinMaxObserver); i:int8 s=0.0249 zp=6 (HistogramObserver); o:int8 s=0.00728 zp=-128 (HistogramObserver)
 batch_norm: float: folded into conv2d
-relu: o:int8 s=0.00728 zp=-128 (HistogramObserver)
-mean: i:int8 s=0.00728 zp=-128 (HistogramObserver, from relu); o:int8 s=0.00728 zp=-128 (HistogramObserver)
+mean: i:int8 s=0.00728 zp=-128 (HistogramObserver, from conv2d); o:int8 s=0.00728 zp=-128 (HistogramObserver)
 argmax: float: its output is torch.int64, not a float tensor
 linear: w:int8 per-channel(axis 0) s∈[0.00098,0.00378] (PerChannelMinMaxObserver); i:int8 s=0.00728 zp=-128 (HistogramObserver, from mean); o:int8 s=0.00344 zp=5 (HistogramObserver)
 tanh: float: XNNPACKQuantizer has no pattern for tanh.default
 linear_1: float: kept float by set_module_name('head', None)
 add: float: no add_relu/add pattern matched it (its operands did not fit: e.g. a non-float input or a computed weight)""",
     )
-    # the qparams shown are the graph's
+    # conv -> relu is one pattern, one row, named by the conv; the qparams shown are the graph's
+    conv = r.row("conv2d")
+    assert (conv.op, conv.pattern, conv.module_path) == ("conv2d+relu", "conv_relu", "conv")
     q_out = next(n for n in quantized.graph.nodes if n.name.startswith("quantize") and n.args[0].name == "relu")
-    relu_out = r.row("relu").quantization[0]
+    relu_out = conv.quantization[-1]
     assert (relu_out.role, relu_out.scale, relu_out.zero_point) == ("output", q_out.args[1], q_out.args[2])
+    assert "relu" not in [row.name for row in r.rows]
     with pytest.raises(ValueError, match="pass inputs"):
         r.plot()
     table = str(r)
-    assert table.splitlines()[0] == "4 of 9 nodes quantized"
+    assert table.splitlines()[0] == "3 of 8 nodes quantized"
     assert "kept float by set_module_name('head', None)" in table
 
 
@@ -315,7 +317,6 @@ def test_x86_quantizer_explains_what_it_left_float() -> None:
     assert_expected_inline(
         "\n".join(f"{r.name}: {r.float_reason}" for r in pt2q.report(quantized, ep).float_rows),
         """\
-tanh: X86InductorQuantizer has no pattern for tanh.default
 linear_1: kept float by set_module_name_qconfig('head', None)
 ones: X86InductorQuantizer has no pattern for ones.default
 matmul: matmul.default is quantized only when configured for it (set_function_type_qconfig)""",
@@ -345,3 +346,35 @@ def test_handles_match_by_name_when_a_graph_id_collides() -> None:
         assert a.name == b.name
         for attr in ("local_sqnr", "cumulative_sqnr", "sensitivity_sqnr"):
             assert _close(getattr(a, attr), getattr(b, attr)), (a.name, attr)
+
+
+def test_a_fused_pattern_is_one_row_named_by_its_weighted_op() -> None:
+    """A linear + F.relu claimed as one pattern is one row, named by the linear and its module:
+    an outlier planted in that linear is blamed on it, not on an anonymous relu."""
+
+    class Planted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner, self.outlier, self.head = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+            with torch.no_grad():
+                self.outlier.weight[3] *= 400.0  # one output channel far outside the others' range,
+                self.head.weight[:, 3] = 0.0  # which the head ignores: its int8 grid only costs accuracy
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.nn.functional.relu(self.outlier(torch.relu(self.inner(x)))))
+
+    torch.manual_seed(0)
+    batches = _batches((16, 8), n=3)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    ep, quantized = _quantize(Planted().eval(), batches, quantizer)
+    r = pt2q.report(quantized, ep, batches)
+    assert [(row.name, row.module_path, row.op, row.pattern) for row in r.quantized_rows] == [
+        ("linear", "inner", "linear+relu", "linear_relu"),
+        ("linear_1", "outlier", "linear+relu", "linear_relu"),
+        ("linear_2", "head", "linear", "linear"),
+    ]
+    assert not any(row.name.startswith("relu") for row in r.rows)
+    worst = r.worst(1)[0]
+    assert (worst.name, worst.module_path) == ("linear_1", "outlier")
+    assert worst.sensitivity_sqnr < r.row("linear").sensitivity_sqnr - 10
+    assert [(t.role, t.source) for t in worst.quantization] == [("weight", None), ("input", "linear"), ("output", None)]
