@@ -447,7 +447,9 @@ def report(
         if q_handle in merged_into:
             continue  # shown in the row of the pattern that claimed it
         ms = members.get(q_handle, []) if q_handle is not None else []
-        shown = f_node if f_node is not None else (_op_nodes(ms) or ms)[-1]
+        op_nodes = _op_nodes(ms)
+        anchor = next((n for n in op_nodes if debug_info(n) == q_handle), None) if q_handle in pattern else None
+        shown = f_node or anchor or (op_nodes or ms)[-1]
         quant = quantization.get(q_handle, ()) if q_handle is not None else ()
 
         measured = to_float.get(value_of.get(q_handle)) if ms else None
@@ -460,7 +462,7 @@ def report(
             ReportRow(
                 name=f_handle.name,
                 module_path=_module_path(shown),
-                op="+".join(map(_op_name, _op_nodes(ms))) if q_handle in pattern else _op_name(shown),
+                op="+".join(map(_op_name, op_nodes)) if q_handle in pattern else _op_name(shown),
                 quantization=quant,
                 float_reason=None
                 if _owns_quantization(quant)

@@ -253,16 +253,19 @@ def test_quantize_report_and_inspect_layers_in_process(workdir: Path, monkeypatc
     )
     out = capsys.readouterr().out
     table = out[out.index("per-layer report") :]
-    # a row per layer with three SQNR columns, measured on the random batches
-    for name, module in (("conv2d", "0"), ("relu", "1"), ("flatten", "2"), ("linear", "3")):
-        assert re.search(rf"\n{name}\s+{module}\s+\S+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\S+:int8", table), (name, table)
+    # a row per layer (conv + relu: one pattern, one row) with the rule that claimed it and three
+    # SQNR columns, measured on the random batches
+    rows = (("conv2d", "0", "conv_relu"), ("flatten", "2", "propagate_annotation"), ("linear", "3", "linear"))
+    for name, module, pattern in rows:
+        row = rf"\n{name}\s+{module}\s+\S+\s+{pattern}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\S+:int8"
+        assert re.search(row, table), (name, table)
     assert main(["inspect", "layers.pt2", "--layers"]) == 0
     shown = capsys.readouterr().out
-    assert shown.splitlines()[0] == "4 of 4 nodes quantized"
-    # read back from the file: the graph order, the qparams and the observers that chose them
-    assert [line.split()[0] for line in shown.splitlines()[3:]] == ["conv2d", "relu", "flatten", "linear"]
+    assert shown.splitlines()[0] == "3 of 3 nodes quantized"
+    # read back from the file: the graph order, the patterns, the qparams and the observers that chose them
+    assert [line.split()[0] for line in shown.splitlines()[3:]] == ["conv2d", "flatten", "linear"]
     assert re.search(
-        r"conv2d\s+0\s+conv2d\s+-\s+-\s+-\s+w:int8 per-channel\(axis 0\) .*\(PerChannelMinMaxObserver\); "
-        r"i:int8 s=[\d.]+ zp=-?\d+ \(HistogramObserver\)",
+        r"conv2d\s+0\s+conv2d\+relu\s+conv_relu\s+-\s+-\s+-\s+w:int8 per-channel\(axis 0\) .*"
+        r"\(PerChannelMinMaxObserver\); i:int8 s=[\d.]+ zp=-?\d+ \(HistogramObserver\); o:int8",
         shown,
     ), shown
