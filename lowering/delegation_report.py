@@ -11,8 +11,9 @@ Every operator is one row, placed on
 Quantize/dequantize ops *inside* a delegate are not rows: XNNPACK folds them into
 its integer kernels. A delegated op is ``int8`` when it reads a dequantized input or
 its output is quantized (XNNPACK then runs it on int8 codes); a quantized kernel is
-``int8`` (``int4`` for 4-bit tables); anything else is the float dtype it computes in. Weighted ops (linear, conv, embedding) carry the bytes and
-dtype of the weight the program stores for them.
+``int8`` (``int4`` for 4-bit tables); anything else is the float dtype it computes in.
+Weighted ops (linear, conv, embedding) carry the bytes and dtype of the weight the
+program stores for them.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ class DelegationReport:
             lines.append(f"| {r.node} | {r.source} | {r.op} | {r.runs_on}{flag} | {r.precision} | {weight} |")
         lines.append("")
         lines.append(
-            f"{self.num_ops} ops: {self.share(XNNPACK):.0%} XNNPACK, {self.share(QUANTIZED_KERNEL):.0%} quantized kernels, "
+            f"{self.num_ops} ops: {self.share(XNNPACK):.0%} XNNPACK, "
+            f"{self.share(QUANTIZED_KERNEL):.0%} quantized kernels, "
             f"{self.share(PORTABLE):.0%} portable; {self.int8_op_share:.0%} of ops on int8 data; "
             f"{self.int8_weight_share:.0%} of linear/conv/embedding weight bytes in int8 "
             f"({', '.join(f'{k}: {v} B' for k, v in sorted(self.weight_bytes.items())) or 'no weights'})"
@@ -189,7 +191,7 @@ def _program_tensor(program: ExportedProgram, placeholder: Node) -> Optional[tor
 def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[torch.Tensor]:
     index = _WEIGHT_ARG.get(name)
     arg = node.args[index] if index is not None and len(node.args) > index else None
-    if is_op(arg, ANY_DEQUANTIZE):
+    if isinstance(arg, Node) and is_op(arg, ANY_DEQUANTIZE):
         arg = arg.args[0]
     if isinstance(arg, Node) and arg.op == "placeholder":
         return _program_tensor(program, arg)
@@ -246,7 +248,7 @@ def _delegate_rows(program: ExportedProgram, lowered: Any) -> Iterator[OpPlaceme
 
 def _lowered_module(gm: GraphModule, call: Node) -> Any:
     target = call.args[0]
-    return getattr(gm, target.target) if isinstance(target, Node) else target
+    return getattr(gm, str(target.target)) if isinstance(target, Node) else target
 
 
 def build_delegation_report(program: ExportedProgram) -> DelegationReport:

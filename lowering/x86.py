@@ -195,7 +195,8 @@ def _fix_accumulators(gm: GraphModule) -> int:
         is_conv = node.target in conv_ops
         if not isinstance(accum, Node) or not (_is_input_alias(accum) or (is_conv and not _is_channels_last(accum))):
             continue
-        kwargs = {"memory_format": torch.channels_last} if is_conv else {"memory_format": torch.contiguous_format}
+        memory_format = torch.channels_last if is_conv else torch.contiguous_format
+        kwargs: dict[str, Any] = {"memory_format": memory_format}
         with gm.graph.inserting_before(node):
             copy = gm.graph.call_function(aten.clone.default, (accum,), kwargs)
         node.update_arg(6, copy)

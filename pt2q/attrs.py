@@ -21,7 +21,7 @@ def get_attr_value(gm: nn.Module, target: str) -> torch.Tensor:
 def constant_attr(gm: nn.Module, node: object) -> torch.Tensor | None:
     """The tensor behind ``node`` if it is a ``get_attr`` node, else None (computed or absent)."""
     if isinstance(node, Node) and node.op == "get_attr":
-        return get_attr_value(gm, node.target)
+        return get_attr_value(gm, str(node.target))
     return None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.fx import GraphModule, Node
@@ -28,7 +30,7 @@ def _write_weight(gm: GraphModule, op: Node, index: int, value: torch.Tensor, pr
     if isinstance(old, Node) and old.op == "get_attr" and len(old.users) == 1:
         # Rebind the name to a new Parameter: the exported module shares storage with
         # the user's float model, which must not change under them.
-        owner_path, _, attr = old.target.rpartition(".")
+        owner_path, _, attr = str(old.target).rpartition(".")
         owner = gm.get_submodule(owner_path)
         setattr(owner, attr, nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad))
         return
@@ -49,7 +51,7 @@ def _fold_one(gm: GraphModule, op: Node, bn: Node) -> bool:
     bn_w, bn_b, mean, var = (constant_attr(gm, a) for a in bn.args[1:5])
     if mean is None or var is None:
         return False
-    eps = bn.args[_EPS]
+    eps = cast(float, bn.args[_EPS])
     if is_op(op, LINEAR):
         if op.meta.get("val") is None or op.meta["val"].dim() != 2:
             return False  # BatchNorm1d over a 3-D linear output normalizes another axis

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch.fx import GraphModule, Node
@@ -25,10 +26,11 @@ def _constant(gm: GraphModule, arg: Any, cache: dict[Node, Any]) -> Any:
         return arg
     if arg not in cache:
         if arg.op == "get_attr":
-            cache[arg] = get_attr_value(gm, arg.target)
+            cache[arg] = get_attr_value(gm, str(arg.target))
         elif arg.op == "call_function" and not arg.kwargs and not _is_random(arg):
             args = _constant(gm, arg.args, cache)
-            cache[arg] = _NOT_CONSTANT if args is _NOT_CONSTANT else arg.target(*args)
+            target = cast(Callable[..., Any], arg.target)
+            cache[arg] = _NOT_CONSTANT if args is _NOT_CONSTANT else target(*args)
         else:
             cache[arg] = _NOT_CONSTANT
     return cache[arg]

@@ -185,7 +185,7 @@ def measure_layer_errors(
         q_out = cumulative.run(*batch, enable_io_processing=True)
         errors.output.add_outputs(float_out, q_out)
 
-        def feed(user: Node, arg: Node, value: Any) -> Any:
+        def feed(user: Node, arg: Node, value: Any, by_handle: dict = by_handle) -> Any:
             # a value crossing from one layer into another comes from the float model
             h = q_value.get(arg)
             if h is None or group(h, h) == q_handle.get(user) or h not in by_handle:
@@ -200,11 +200,17 @@ def measure_layer_errors(
             ref = by_handle.get(h)
             for stats, run in ((errors.cumulative, cumulative), (errors.local, shadow)):
                 value = run.values.get(node)
-                if _compatible(ref, value) and ref.is_floating_point():
+                if (
+                    isinstance(ref, torch.Tensor)
+                    and isinstance(value, torch.Tensor)
+                    and _compatible(ref, value)
+                    and ref.is_floating_point()
+                ):
                     stats.setdefault(h, ErrorStats()).add(ref, value)
 
         for h in sensitive:
-            local, f_node = shadow.values.get(q_anchor.get(h)), f_anchor.get(h)
+            q_node, f_node = q_anchor.get(h), f_anchor.get(h)
+            local = shadow.values.get(q_node) if q_node is not None else None
             if f_node is None or not _compatible(by_handle.get(h), local):
                 continue
             downstream = _descendants(f_node)

@@ -158,7 +158,7 @@ def prepare_for_propagation_comparison(model: GraphModule) -> GraphModule:
         model.add_submodule(name, OutputLogger(handle, node.name, node.meta.get("nn_module_stack")))
         with model.graph.inserting_after(node):
             logger = model.graph.call_module(name, (node,))
-        node.replace_all_uses_with(logger, delete_user_cb=lambda user: user is not logger)
+        node.replace_all_uses_with(logger, delete_user_cb=partial(operator.is_not, logger))
     model.recompile()
     return model
 
@@ -267,7 +267,7 @@ class NodeAccuracySummary:
         """SQNR over all logged runs (tensor outputs only), as in ``QuantizationComparisonResult``."""
         signal = noise = 0.0
         for r in self.results:
-            if isinstance(r.actual, torch.Tensor):
+            if isinstance(r.actual, torch.Tensor) and isinstance(r.ref, torch.Tensor):
                 a, ref = r.actual.double(), r.ref.double()
                 signal += float(a.square().sum())
                 noise += float((a - ref).square().sum())

@@ -72,6 +72,8 @@ __all__ = [
     "OBSERVER_PREFIX",
     "op_name",
     "is_op",
+    "node_arg",
+    "optional_node_arg",
     "sole_user",
     "is_observer_node",
 ]
@@ -204,9 +206,23 @@ def is_op(node: object, targets: Collection[Any]) -> bool:
     return target in targets or getattr(target, "overloadpacket", None) in targets
 
 
-def sole_user(node: Node) -> Optional[Node]:
-    """The only user of ``node``, or None when it has zero or several."""
-    return next(iter(node.users)) if len(node.users) == 1 else None
+def node_arg(node: Node, index: int) -> Node:
+    """``node.args[index]``, which the caller relies on being a graph node (FX types arguments loosely)."""
+    arg = node.args[index]
+    if not isinstance(arg, Node):
+        raise TypeError(f"argument {index} of node '{node.name}' is {arg!r}, not a graph node")
+    return arg
+
+
+def optional_node_arg(node: Node, index: int) -> Optional[Node]:
+    """``node.args[index]`` when it is a graph node; None when it is absent or None (an optional bias)."""
+    arg = node.args[index] if index < len(node.args) else None
+    return None if arg is None else node_arg(node, index)
+
+
+def sole_user(node: object) -> Optional[Node]:
+    """The only user of ``node``, or None when it has zero or several (or ``node`` is no graph node)."""
+    return next(iter(node.users)) if isinstance(node, Node) and len(node.users) == 1 else None
 
 
 def is_observer_node(node: object, gm: GraphModule) -> bool:

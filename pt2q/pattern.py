@@ -14,7 +14,8 @@ operator without walking the graph again; no example program is traced.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any, Optional
 
 from torch.fx import Graph, GraphModule, Node
@@ -23,7 +24,7 @@ from pt2q.ops import is_op, sole_user
 
 __all__ = ["Step", "NodeIndex", "match_chain", "match_at", "find_chains", "arg_producers"]
 
-Step = Collection[Any]  # a set of operator targets (OpOverload / OpOverloadPacket)
+Step = AbstractSet[Any]  # a set of operator targets (OpOverload / OpOverloadPacket)
 
 
 def _feeds(producer: Node, consumer: Node, link_args: Sequence[int]) -> bool:
@@ -45,16 +46,8 @@ def match_at(
     before: list[Node] = []
     consumer = node
     for step in reversed(steps[:root]):
-        producer = next(
-            (
-                a
-                for i in link_args
-                if i < len(consumer.args)
-                for a in (consumer.args[i],)
-                if is_op(a, step) and sole_user(a) is consumer
-            ),
-            None,
-        )
+        args = [consumer.args[i] for i in link_args if i < len(consumer.args)]
+        producer = next((a for a in args if isinstance(a, Node) and is_op(a, step) and sole_user(a) is consumer), None)
         if producer is None:
             return None
         before.append(producer)

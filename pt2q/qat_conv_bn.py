@@ -17,7 +17,7 @@ rewrites each annotated ``conv -> batch_norm`` into::
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from torch.fx import GraphModule, Node
@@ -25,7 +25,7 @@ from torch.fx import GraphModule, Node
 from pt2q.attrs import constant_attr, get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
 from pt2q.notes import copy_provenance, mark_value_of
-from pt2q.ops import BATCH_NORM, CONV, CONV_TRANSPOSE, is_op
+from pt2q.ops import BATCH_NORM, CONV, CONV_TRANSPOSE, is_op, node_arg, optional_node_arg
 from pt2q.pattern import find_chains, match_chain
 from pt2q.spec import Q_ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
 
@@ -79,9 +79,9 @@ def _remap_specs(gm: GraphModule, old: tuple[Node, Node], new: tuple[Node, Node]
 
 def _simulate_one(gm: GraphModule, conv: Node, bn: Node) -> None:
     g = gm.graph
-    weight, bias = conv.args[1], conv.args[2] if len(conv.args) > 2 else None
+    weight, bias = node_arg(conv, 1), optional_node_arg(conv, 2)
     bn_weight, bn_var, eps = bn.args[1], bn.args[4], bn.args[_BN_EPS]
-    rank = weight.meta["val"].dim() if "val" in weight.meta else get_attr_value(gm, weight.target).dim()
+    rank = weight.meta["val"].dim() if "val" in weight.meta else get_attr_value(gm, str(weight.target)).dim()
     with g.inserting_before(conv):
         std = copy_provenance(
             g.call_function(aten.sqrt.default, (g.call_function(aten.add.Tensor, (bn_var, eps)),)), conv
@@ -109,7 +109,7 @@ def _simulate_one(gm: GraphModule, conv: Node, bn: Node) -> None:
     ann = conv.meta.get(Q_ANNOTATION_KEY)
     if ann is not None:
         moves = {weight: scaled_weight}
-        if bias is not None:
+        if bias is not None and zero_bias is not None:
             moves[bias] = zero_bias
         ann.input_qspec_map = {moves.get(k, k): v for k, v in ann.input_qspec_map.items()}
         for old, new in moves.items():
@@ -135,18 +135,19 @@ def simulate_conv_bn_folding(gm: GraphModule) -> GraphModule:
 def _divides_by_bn_scale(div: Node, bn: Node) -> bool:
     """Whether ``div`` is the ``y / reshape(scale)`` that ``_simulate_one`` built for ``bn``."""
     divisor = div.args[1]
-    if not is_op(divisor, {aten.reshape.default}):
+    if not isinstance(divisor, Node) or not is_op(divisor, {aten.reshape.default}):
         return False
     scale = divisor.args[0]
-    if is_op(scale, {aten.reciprocal.default}):
+    if isinstance(scale, Node) and is_op(scale, {aten.reciprocal.default}):
         std = scale.args[0]
-    elif is_op(scale, {aten.div.Tensor}) and scale.args[0] is bn.args[1]:
+    elif isinstance(scale, Node) and is_op(scale, {aten.div.Tensor}) and scale.args[0] is bn.args[1]:
         std = scale.args[1]
     else:
         return False
-    return (
-        is_op(std, {aten.sqrt.default}) and is_op(std.args[0], {aten.add.Tensor}) and std.args[0].args[0] is bn.args[4]
-    )
+    if not isinstance(std, Node) or not is_op(std, {aten.sqrt.default}):
+        return False
+    added = std.args[0]
+    return isinstance(added, Node) and is_op(added, {aten.add.Tensor}) and added.args[0] is bn.args[4]
 
 
 def _batch_counter(gm: GraphModule, bn: Node) -> Optional[Node]:
@@ -181,12 +182,14 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
         if chain is None or not _divides_by_bn_scale(chain[1], chain[-1]):
             continue
         bn = chain[-1]
-        bias_node = chain[2].args[1].args[0] if len(chain) == 4 else None  # add(y, reshape(bias))
+        bias_node = node_arg(node_arg(chain[2], 1), 0) if len(chain) == 4 else None  # add(y, reshape(bias))
         bn_w, bn_b, mean, var = (constant_attr(gm, a) for a in bn.args[1:5])
         if mean is None or var is None:
             continue
-        scale = (bn_w if bn_w is not None else torch.ones_like(var)) / torch.sqrt(var + bn.args[_BN_EPS])
+        scale = (bn_w if bn_w is not None else torch.ones_like(var)) / torch.sqrt(var + cast(float, bn.args[_BN_EPS]))
         bias = constant_attr(gm, bias_node) if bias_node is not None else torch.zeros_like(mean)
+        if bias is None:
+            continue  # a computed bias: nothing constant to fold into, the BatchNorm stays
         beta = bn_b if bn_b is not None else torch.zeros_like(mean)
         folded_bias = ((bias - mean) * scale + beta).detach()
         with gm.graph.inserting_before(conv):

@@ -177,7 +177,7 @@ def quantize(
         q = torch.round(x * (1.0 / float(scale))) + int(zero_point)
     else:
         shape = _channel_shape(x, axis)
-        q = torch.round(x * (1.0 / scale.reshape(shape))) + zero_point.reshape(shape)
+        q = torch.round(x * (1.0 / torch.as_tensor(scale).reshape(shape))) + torch.as_tensor(zero_point).reshape(shape)
     return torch.clamp(q, quant_min, quant_max).to(storage_dtype(dtype))
 
 
@@ -192,7 +192,7 @@ def dequantize(
     if axis is None:
         return (q.to(out_dtype) - int(zero_point)) * float(scale)
     shape = _channel_shape(q, axis)
-    return ((q - zero_point.reshape(shape)) * scale.reshape(shape)).to(out_dtype)
+    return ((q - torch.as_tensor(zero_point).reshape(shape)) * torch.as_tensor(scale).reshape(shape)).to(out_dtype)
 
 
 def fake_quantize(
@@ -205,8 +205,9 @@ def fake_quantize(
 ) -> Tensor:
     """Quantize then dequantize ``x``, with a straight-through gradient (torch's fake-quant kernels)."""
     if axis is not None:
-        zp = zero_point if zero_point.is_floating_point() else zero_point.to(torch.int32)
-        return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, quant_min, quant_max)
+        zp = torch.as_tensor(zero_point)
+        zp = zp if zp.is_floating_point() else zp.to(torch.int32)
+        return torch.fake_quantize_per_channel_affine(x, torch.as_tensor(scale), zp, axis, quant_min, quant_max)
     if isinstance(scale, Tensor):
         zp = zero_point if isinstance(zero_point, Tensor) else torch.tensor([zero_point])
         return torch.fake_quantize_per_tensor_affine(x, scale.float(), zp.to(torch.int32), quant_min, quant_max)

@@ -20,7 +20,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import nn
@@ -39,7 +39,7 @@ from pt2q.notes import (
     note,
     value_handle,
 )
-from pt2q.ops import CHOOSE_QPARAMS_OPS, DQ_OPS, Q_OPS, is_observer_node
+from pt2q.ops import CHOOSE_QPARAMS_OPS, DQ_OPS, DQ_PER_CHANNEL, Q_OPS, Q_PER_CHANNEL, is_observer_node, is_op
 
 __all__ = ["TensorQuantization", "ReportRow", "QuantizationReport", "report", "as_batches"]
 
@@ -71,7 +71,7 @@ class TensorQuantization:
         if self.dynamic:
             qp = "dynamic"
         elif self.per_channel_axis is not None:
-            s = self.scale
+            s = torch.as_tensor(self.scale)
             qp = f"per-channel(axis {self.per_channel_axis}) s∈[{float(s.min()):.3g},{float(s.max()):.3g}]"
         else:
             qp = f"s={self.scale:.3g} zp={self.zero_point}"
@@ -243,7 +243,8 @@ def _float_graph(float_model: Any, batches: list[tuple]) -> Optional[GraphModule
         return None if float_model is None else _graph_module(float_model, "float_model")
     if not isinstance(float_model, nn.Module):
         raise TypeError(
-            f"pt2q.report: float_model must be an nn.Module, GraphModule or ExportedProgram, got {type(float_model).__name__}"
+            "pt2q.report: float_model must be an nn.Module, GraphModule or ExportedProgram, "
+            f"got {type(float_model).__name__}"
         )
     if not batches:
         raise ValueError("pt2q.report: an eager float_model needs inputs (it is exported with the first batch)")
@@ -267,16 +268,14 @@ def _module_path(node: Node) -> str:
 
 def _qparams(gm: GraphModule, node: Node) -> tuple[Optional[int], Any, Any, torch.dtype]:
     """(per-channel axis, scale, zero point, dtype) of a Q/DQ node."""
-    dtype = node.args[-1]
-    if node.target in (
-        torch.ops.quantized_decomposed.quantize_per_channel.default,
-        torch.ops.quantized_decomposed.dequantize_per_channel.default,
-    ):
-        return int(node.args[3]), constant_attr(gm, node.args[1]), constant_attr(gm, node.args[2]), dtype
+    dtype = cast(torch.dtype, node.args[-1])
+    if is_op(node, Q_PER_CHANNEL | DQ_PER_CHANNEL):
+        axis = cast(int, node.args[3])
+        return axis, constant_attr(gm, node.args[1]), constant_attr(gm, node.args[2]), dtype
     scale, zp = node.args[1], node.args[2]
     if isinstance(scale, Node):  # dynamic: chosen at run time
         return None, None, None, dtype
-    return None, float(scale), int(zp), dtype
+    return None, float(cast(float, scale)), int(cast(int, zp)), dtype
 
 
 def _tensor_quantization(gm: GraphModule, qdq: Node, role: str, source: Optional[str] = None) -> TensorQuantization:
@@ -431,7 +430,7 @@ def report(
     errors = LayerErrors()
     if f_gm is not None and batches:
         with torch.no_grad():
-            owned = [value_of[h] for h, q in quantization.items() if _owns_quantization(q) and value_of[h] is not None]
+            owned = [v for h, q in quantization.items() if _owns_quantization(q) and (v := value_of[h]) is not None]
             groups = {to_float[h]: to_float[g] for h, g in merged_into.items() if h in to_float and g in to_float}
             errors = measure_layer_errors(f_gm, q_gm, batches, owned, sensitivity, groups)
     # a node that computes another's float value (a conv with its BatchNorm folded in) stands for it
@@ -452,12 +451,13 @@ def report(
         shown = f_node or anchor or (op_nodes or ms)[-1]
         quant = quantization.get(q_handle, ()) if q_handle is not None else ()
 
-        measured = to_float.get(value_of.get(q_handle)) if ms else None
+        value = value_of.get(q_handle) if q_handle is not None else None
+        measured = to_float.get(value) if ms and value is not None else None
 
-        def db(table: dict) -> Optional[float]:
+        def db(table: dict, measured: Optional[NodeSourceDebugInfo] = measured) -> Optional[float]:
             return table[measured].sqnr if measured in table else None
 
-        cum = errors.cumulative.get(measured)
+        cum = errors.cumulative.get(measured) if measured is not None else None
         rows.append(
             ReportRow(
                 name=f_handle.name,

@@ -201,7 +201,7 @@ def expected_squared_error(
     cuts = (levels[..., 1:] + levels[..., :-1]) / 2  # where rounding switches level
     inf = torch.full_like(levels[..., :1], torch.inf)
     upper, lower = moments_below(torch.cat([cuts, inf], -1)), moments_below(torch.cat([-inf, cuts], -1))
-    m0, m1, m2 = (u - l for u, l in zip(upper, lower))
+    m0, m1, m2 = (hi - lo for hi, lo in zip(upper, lower))
     return (m2 - 2 * levels * m1 + levels**2 * m0).sum(-1)
 
 

@@ -21,8 +21,8 @@ per output channel (axis 1), as without BatchNorm.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, cast
 
 import torch
 from torch.fx import GraphModule, Node
@@ -44,6 +44,7 @@ from pt2q.ops import (
     RELU,
     SHARE_QPARAMS_OPS,
     is_op,
+    node_arg,
     sole_user,
 )
 from pt2q.quantizers.annotation import (
@@ -131,7 +132,7 @@ def _dynamic_conv_supported(gm: GraphModule, match: tuple[Node, ...], config: Op
     """Dynamically quantized convs must be 2-D, and not have a single input channel per group."""
     if not is_dynamic_config(config):
         return True
-    weight = match[0].args[1]
+    weight = node_arg(match[0], 1)
     rank = tensor_rank(weight)
     if rank is not None and rank != 4:
         return False
@@ -184,8 +185,8 @@ def annotate_cat_node(cat: Node, config: Optional[QuantizationConfig]) -> list[N
     The group is rooted at the first input already known to be quantized (else the
     first input), which gets the config's input spec.
     """
-    tensors = list(cat.args[0])
-    source = next((t for t in tensors if isinstance(t, Node) and _traces_to_annotated_output(t)), tensors[0])
+    tensors = [t for t in cast(Sequence[Any], cat.args[0]) if isinstance(t, Node)]
+    source = next((t for t in tensors if _traces_to_annotated_output(t)), tensors[0])
     shared = SharedQuantizationSpec((source, cat))
     inputs: InputSpecs = {source: get_input_act_qspec(config)}
     for t in tensors:
@@ -200,7 +201,7 @@ def annotate_pool_node(pool: Node, config: Optional[QuantizationConfig]) -> list
     The input edge shares its producer's output spec when that is annotated, and gets
     the config's input spec otherwise.
     """
-    act = pool.args[0]
+    act = node_arg(pool, 0)
     act_qspec = SharedQuantizationSpec(act) if _has_annotated_output(act) else get_input_act_qspec(config)
     annotate_node(pool, {act: act_qspec}, SharedQuantizationSpec((act, pool)))
     return [pool]

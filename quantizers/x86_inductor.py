@@ -55,7 +55,21 @@ from torch._ops import OpOverload
 from torch.fx import GraphModule, Node
 
 from pt2q.notes import module_paths
-from pt2q.ops import ADD, BATCH_NORM, GELU, HARDSWISH, HARDTANH, LEAKY_RELU, RELU, SILU, TANH, aten, is_op, ops
+from pt2q.ops import (
+    ADD,
+    BATCH_NORM,
+    GELU,
+    HARDSWISH,
+    HARDTANH,
+    LEAKY_RELU,
+    RELU,
+    SILU,
+    TANH,
+    aten,
+    is_op,
+    node_arg,
+    ops,
+)
 from pt2q.pattern import NodeIndex
 from pt2q.quantizer import Quantizer
 from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
@@ -188,11 +202,17 @@ def _two_tensor_operands(gm: GraphModule, match: tuple[Node, ...], config: Optio
 
 def _same_shape_tensors(gm: GraphModule, match: tuple[Node, ...], config: Optional[QuantizationConfig]) -> bool:
     vals = [a.meta.get("val") if isinstance(a, Node) else None for a in match[0].args[:2]]
-    return len(vals) == 2 and all(isinstance(v, torch.Tensor) for v in vals) and vals[0].shape == vals[1].shape
+    a, b = vals if len(vals) == 2 else (None, None)
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
 
 
 def _both(a: Guard, b: Guard) -> Guard:
     return lambda gm, match, config: a(gm, match, config) and b(gm, match, config)
+
+
+def _in(anchors: frozenset, owned: FilterFn) -> FilterFn:
+    """Accept the anchors of ``anchors`` that ``owned`` accepts."""
+    return lambda n: is_op(n, anchors) and owned(n)
 
 
 def _passthrough_ready(gm: GraphModule, match: tuple[Node, ...], config: Optional[QuantizationConfig]) -> bool:
@@ -201,11 +221,12 @@ def _passthrough_ready(gm: GraphModule, match: tuple[Node, ...], config: Optiona
     node = match[0]
     if node.target == CAT:
         return all(is_quantized_output(a) for a in node.all_input_nodes)
-    if not isinstance(node.args[0], Node):
+    act = node.args[0]
+    if not isinstance(act, Node):
         return False
     if node.target == FLATTEN and node.users and not any(u.target in QUANTIZABLE_OPS for u in node.users):
         return False  # nobody downstream would take int8
-    return is_quantized_output(node.args[0])
+    return is_quantized_output(act)
 
 
 def _annotate_passthrough(node: Node, config: Optional[QuantizationConfig]) -> list[Node]:
@@ -215,7 +236,7 @@ def _annotate_passthrough(node: Node, config: Optional[QuantizationConfig]) -> l
         return annotate_cat_node(node, config)
     if node.target == ADAPTIVE_AVG_POOL2D:
         return annotate_pool_node(node, config)
-    act = node.args[0]
+    act = node_arg(node, 0)
     node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
         input_qspec_map={act: get_input_act_qspec(config)},
         output_qspec=SharedQuantizationSpec((act, node)),
@@ -227,7 +248,7 @@ def _annotate_passthrough(node: Node, config: Optional[QuantizationConfig]) -> l
 _SHARED = {p.name: p for p in PATTERNS}
 _C2 = ops(CONV2D)
 # conv/linear fused with an add: the chain is found from the add, whose either operand may be the conv
-_FROM_ADD = {"link_args": (0, 1), "params_exclusive": False, "guard": _two_tensor_operands}
+_FROM_ADD: dict[str, Any] = {"link_args": (0, 1), "params_exclusive": False, "guard": _two_tensor_operands}
 
 # In precedence order: earlier rows claim nodes first. The anchor (position 0) is the conv/linear/...
 X86_PATTERNS: tuple[Pattern, ...] = (
@@ -335,9 +356,10 @@ class X86InductorQuantizer(Quantizer):
 
     def _set_operator(self, kind: OperatorType, config: Optional[QuantizationConfig]) -> X86InductorQuantizer:
         op = kind if isinstance(kind, OpOverload) else _OPERATOR_OF.get(kind)
-        if op not in QUANTIZABLE_OPS:
+        if op is None or op not in QUANTIZABLE_OPS:
+            quantizable = sorted(map(str, QUANTIZABLE_OPS))
             warnings.warn(
-                f"X86InductorQuantizer cannot set a config for {kind}; it quantizes {sorted(map(str, QUANTIZABLE_OPS))}"
+                f"X86InductorQuantizer cannot set a config for {kind}; it quantizes {quantizable}", stacklevel=3
             )
             return self
         if not self._mode_clash(config, str(op)):
@@ -352,11 +374,15 @@ class X86InductorQuantizer(Quantizer):
             if other is None:
                 continue
             if other.is_qat != config.is_qat:
-                warnings.warn(f"Mixed QAT and non-QAT configs are not supported; skipping the config for {what}.")
+                warnings.warn(
+                    f"Mixed QAT and non-QAT configs are not supported; skipping the config for {what}.", stacklevel=3
+                )
                 return True
             dyn, other_dyn = (getattr(c.input_activation, "is_dynamic", None) for c in (config, other))
             if dyn is not None and other_dyn is not None and dyn != other_dyn:
-                warnings.warn(f"Mixed dynamic and static configs are not supported; skipping the config for {what}.")
+                warnings.warn(
+                    f"Mixed dynamic and static configs are not supported; skipping the config for {what}.", stacklevel=3
+                )
                 return True
         return False
 
@@ -418,10 +444,10 @@ class X86InductorQuantizer(Quantizer):
         if config is None:
             return
         for row in X86_PATTERNS:
-            anchors = row.anchor_ops & ops
+            anchors = frozenset(row.anchor_ops & ops)
             if (row.qat_only and not config.is_qat) or not anchors:
                 continue
             # QAT rows keep their output spec (BatchNorm still sits between conv and output);
             # fusion rows quantize inputs only; pass-through ops take the whole config
             cfg = config if row.qat_only or row is _PASSTHROUGH else _inputs_only(config)
-            annotate_pattern(model, row, cfg, lambda n, anchors=anchors: is_op(n, anchors) and owned(n), index)
+            annotate_pattern(model, row, cfg, _in(anchors, owned), index)

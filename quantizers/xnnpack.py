@@ -244,7 +244,7 @@ class XNNPACKQuantizer(Quantizer):
         float_ops = [op for op, config in self.operator_type_config.items() if config is None]
         self._annotate_patterns(model, index, self.global_config, scoped(None), skip_ops=float_ops)
 
-        float_owners = {("name", k) for k, v in self.module_name_config.items() if v is None}
+        float_owners: set[_Owner] = {("name", k) for k, v in self.module_name_config.items() if v is None}
         float_owners |= {("type", k) for k, v in self.module_type_config.items() if v is None}
         propagate_annotation(
             model, lambda n: owners.get(n) not in float_owners and (self.filter_fn is None or self.filter_fn(n))
