@@ -49,8 +49,6 @@ __all__ = [
     "default_placeholder_observer",
     "default_dynamic_quant_observer",
     "default_float_qparams_observer",
-    "PercentileObserver",
-    "MSEObserver",
 ]
 
 _F32_EPS = torch.finfo(torch.float32).eps
@@ -556,4 +554,12 @@ default_float_qparams_observer = PerChannelMinMaxObserver.with_args(
     dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0
 )
 
-from pt2q.range_estimators import MSEObserver, PercentileObserver  # noqa: E402  (they build on the classes above)
+
+def __getattr__(name: str) -> Any:
+    """``PercentileObserver`` and ``MSEObserver`` (defined in :mod:`pt2q.range_estimators`, on top of
+    the classes here) are importable from this module too."""
+    if name in ("PercentileObserver", "MSEObserver"):
+        from pt2q import range_estimators
+
+        return getattr(range_estimators, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""The ``Quantizer`` interface a backend implements, and the public spec names."""
+"""The ``Quantizer`` interface a backend implements, ``ComposableQuantizer`` that runs several, and the
+public spec names."""
 
 from __future__ import annotations
 
@@ -68,4 +69,54 @@ class Quantizer(ABC):
         return None
 
 
-from pt2q.composable import ComposableQuantizer  # noqa: E402  (depends on Quantizer)
+class ComposableQuantizer(Quantizer):
+    """Apply ``quantizers`` one after another; earlier ones take precedence.
+
+    A later quantizer may annotate nodes the earlier ones left alone, but changing
+    an annotation an earlier quantizer wrote is an error that names the node.
+    """
+
+    def __init__(self, quantizers: list[Quantizer]):
+        super().__init__()
+        self.quantizers = list(quantizers)
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        for quantizer in self.quantizers:
+            model = quantizer.transform_for_annotation(model)
+        return model
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        # node -> (annotation object, snapshot of its content, owner quantizer)
+        seen: dict[Node, tuple[QuantizationAnnotation, tuple, Quantizer]] = {}
+        for quantizer in self.quantizers:
+            quantizer.annotate(model)
+            for node in model.graph.nodes:
+                ann = node.meta.get(Q_ANNOTATION_KEY)
+                if ann is None:
+                    continue
+                snap = _snapshot(ann)
+                if node in seen:
+                    old_ann, old_snap, owner = seen[node]
+                    if ann is not old_ann or snap != old_snap:
+                        raise RuntimeError(
+                            f"{type(quantizer).__name__} changed the quantization annotation of node "
+                            f"'{node.name}' that {type(owner).__name__} wrote before it. Quantizers in a "
+                            "ComposableQuantizer must annotate disjoint nodes: skip nodes whose "
+                            "annotation has `_annotated=True`, or reorder the quantizers."
+                        )
+                else:
+                    seen[node] = (ann, snap, quantizer)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        for quantizer in self.quantizers:
+            quantizer.validate(model)
+
+    def explain_unannotated(self, node: Node) -> Optional[str]:
+        reasons = [f"{type(q).__name__}: {r}" for q in self.quantizers if (r := q.explain_unannotated(node))]
+        return "; ".join(reasons) or None
+
+
+def _snapshot(ann: QuantizationAnnotation) -> tuple:
+    inputs = tuple((n, id(s)) for n, s in ann.input_qspec_map.items())
+    return (inputs, id(ann.output_qspec), ann.allow_implicit_sharing, ann._annotated)

@@ -56,12 +56,17 @@ from torch.fx import GraphModule, Node
 
 from pt2q.notes import module_paths
 from pt2q.ops import (
+    ADAPTIVE_AVG_POOL2D,
     ADD,
     BATCH_NORM,
+    CAT,
+    FLATTEN,
     GELU,
     HARDSWISH,
     HARDTANH,
     LEAKY_RELU,
+    LINEAR,
+    MATMUL,
     RELU,
     SILU,
     TANH,
@@ -93,38 +98,43 @@ __all__ = [
     "QUANTIZABLE_OPS",
 ]
 
-# The overloads torchao's x86 recipe quantizes (one each: e.g. conv2d with string padding is not fused).
-CONV2D, CONV1D, LINEAR = aten.conv2d.default, aten.conv1d.default, aten.linear.default
-MUL, MATMUL = aten.mul.Tensor, aten.matmul.default
-MAX_POOL2D, AVG_POOL2D = aten.max_pool2d.default, aten.avg_pool2d.default
-ADAPTIVE_AVG_POOL2D, CAT, FLATTEN = aten.adaptive_avg_pool2d.default, aten.cat.default, aten.flatten.using_ints
+# The recipe quantizes one overload of each operator, as torchao's does (conv2d with string padding,
+# in-place mul: not fused), spelled out below as aten.<op>.<overload>.
 CONV_UNARY = HARDTANH | HARDSWISH | SILU  # relu has the shared "conv_relu" row; hardtanh covers nn.ReLU6
 LINEAR_UNARY = LEAKY_RELU | TANH | GELU
 
 # Ops oneDNN runs on int8 directly when their input is int8; their output keeps the input's qparams.
-INT8_IN_INT8_OUT_OPS = ops(MAX_POOL2D, AVG_POOL2D, ADAPTIVE_AVG_POOL2D, CAT, FLATTEN)
+INT8_IN_INT8_OUT_OPS = ops(
+    aten.max_pool2d.default,
+    aten.avg_pool2d.default,
+    aten.adaptive_avg_pool2d.default,
+    aten.cat.default,
+    aten.flatten.using_ints,
+)
 # Anchors the global config quantizes; matmul is opt-in.
-DEFAULT_QUANTIZABLE_OPS = INT8_IN_INT8_OUT_OPS | {CONV1D, CONV2D, LINEAR, MUL}
-QUANTIZABLE_OPS = DEFAULT_QUANTIZABLE_OPS | {MATMUL}
+DEFAULT_QUANTIZABLE_OPS = INT8_IN_INT8_OUT_OPS | ops(
+    aten.conv1d.default, aten.conv2d.default, aten.linear.default, aten.mul.Tensor
+)
+QUANTIZABLE_OPS = DEFAULT_QUANTIZABLE_OPS | ops(aten.matmul.default)
 
 # What set_function_type_qconfig / set_module_type_qconfig accept, and the operator each means.
 _OPERATOR_OF: dict[Any, OpOverload] = {
-    nn.Conv1d: CONV1D,
-    F.conv1d: CONV1D,
-    nn.Conv2d: CONV2D,
-    F.conv2d: CONV2D,
-    nn.Linear: LINEAR,
-    F.linear: LINEAR,
-    nn.MaxPool2d: MAX_POOL2D,
-    F.max_pool2d: MAX_POOL2D,
-    nn.AvgPool2d: AVG_POOL2D,
-    F.avg_pool2d: AVG_POOL2D,
-    nn.AdaptiveAvgPool2d: ADAPTIVE_AVG_POOL2D,
-    F.adaptive_avg_pool2d: ADAPTIVE_AVG_POOL2D,
-    torch.cat: CAT,
-    torch.flatten: FLATTEN,
-    torch.matmul: MATMUL,
-    torch.mul: MUL,
+    nn.Conv1d: aten.conv1d.default,
+    F.conv1d: aten.conv1d.default,
+    nn.Conv2d: aten.conv2d.default,
+    F.conv2d: aten.conv2d.default,
+    nn.Linear: aten.linear.default,
+    F.linear: aten.linear.default,
+    nn.MaxPool2d: aten.max_pool2d.default,
+    F.max_pool2d: aten.max_pool2d.default,
+    nn.AvgPool2d: aten.avg_pool2d.default,
+    F.avg_pool2d: aten.avg_pool2d.default,
+    nn.AdaptiveAvgPool2d: aten.adaptive_avg_pool2d.default,
+    F.adaptive_avg_pool2d: aten.adaptive_avg_pool2d.default,
+    torch.cat: aten.cat.default,
+    torch.flatten: aten.flatten.using_ints,
+    torch.matmul: aten.matmul.default,
+    torch.mul: aten.mul.Tensor,
 }
 
 
@@ -219,12 +229,12 @@ def _passthrough_ready(gm: GraphModule, match: tuple[Node, ...], config: Optiona
     """x86's conditions to quantize an int8-in/int8-out op: its (every, for cat) input ends an int8 pattern
     and, for flatten, some user takes int8."""
     node = match[0]
-    if node.target == CAT:
+    if is_op(node, CAT):
         return all(is_quantized_output(a) for a in node.all_input_nodes)
     act = node.args[0]
     if not isinstance(act, Node):
         return False
-    if node.target == FLATTEN and node.users and not any(u.target in QUANTIZABLE_OPS for u in node.users):
+    if is_op(node, FLATTEN) and node.users and not any(u.target in QUANTIZABLE_OPS for u in node.users):
         return False  # nobody downstream would take int8
     return is_quantized_output(act)
 
@@ -232,9 +242,9 @@ def _passthrough_ready(gm: GraphModule, match: tuple[Node, ...], config: Optiona
 def _annotate_passthrough(node: Node, config: Optional[QuantizationConfig]) -> list[Node]:
     """cat and adaptive_avg_pool2d as the shared rows; max/avg_pool2d and flatten: input spec on the input,
     the output shares it."""
-    if node.target == CAT:
+    if is_op(node, CAT):
         return annotate_cat_node(node, config)
-    if node.target == ADAPTIVE_AVG_POOL2D:
+    if is_op(node, ADAPTIVE_AVG_POOL2D):
         return annotate_pool_node(node, config)
     act = node_arg(node, 0)
     node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
@@ -246,7 +256,7 @@ def _annotate_passthrough(node: Node, config: Optional[QuantizationConfig]) -> l
 
 
 _SHARED = {p.name: p for p in PATTERNS}
-_C2 = ops(CONV2D)
+_C2 = ops(aten.conv2d.default)
 # conv/linear fused with an add: the chain is found from the add, whose either operand may be the conv
 _FROM_ADD: dict[str, Any] = {"link_args": (0, 1), "params_exclusive": False, "guard": _two_tensor_operands}
 
@@ -267,17 +277,19 @@ X86_PATTERNS: tuple[Pattern, ...] = (
     _SHARED["conv_bn"].restricted(_C2),
     Pattern("x86_conv_add_relu", (_C2, ADD, RELU), weighted=0, extra_operand=1, root=1, **_FROM_ADD),
     Pattern("x86_conv_add", (_C2, ADD), weighted=0, extra_operand=1, root=1, **_FROM_ADD),
-    _SHARED["conv_relu"].restricted(ops(CONV2D, CONV1D)),
+    _SHARED["conv_relu"].restricted(ops(aten.conv2d.default, aten.conv1d.default)),
     Pattern("x86_conv_unary", (_C2, CONV_UNARY), weighted=0, params_exclusive=False),
     _SHARED["conv"].restricted(_C2),
     # the add's other operand stays float: oneDNN accumulates it in fp32
-    Pattern("x86_linear_add_relu", (ops(LINEAR), ADD, RELU), weighted=0, root=1, **_FROM_ADD),
-    Pattern("x86_linear_add", (ops(LINEAR), ADD), weighted=0, root=1, **_FROM_ADD),
+    Pattern("x86_linear_add_relu", (LINEAR, ADD, RELU), weighted=0, root=1, **_FROM_ADD),
+    Pattern("x86_linear_add", (LINEAR, ADD), weighted=0, root=1, **_FROM_ADD),
     _SHARED["linear_relu"],
-    Pattern("x86_linear_unary", (ops(LINEAR), LINEAR_UNARY), weighted=0, params_exclusive=False),
+    Pattern("x86_linear_unary", (LINEAR, LINEAR_UNARY), weighted=0, params_exclusive=False),
     _SHARED["linear"],
-    Pattern("matmul", (ops(MATMUL),), operands=0, output=0, params_exclusive=False),
-    dataclasses.replace(_SHARED["mul"].restricted(ops(MUL)), guard=_both(float_operands, _same_shape_tensors)),
+    Pattern("matmul", (MATMUL,), operands=0, output=0, params_exclusive=False),
+    dataclasses.replace(
+        _SHARED["mul"].restricted(ops(aten.mul.Tensor)), guard=_both(float_operands, _same_shape_tensors)
+    ),
     # int8-in/int8-out ops, in graph order, once what feeds them is known to be int8
     Pattern("x86_int8_passthrough", (INT8_IN_INT8_OUT_OPS,), guard=_passthrough_ready, annotate=_annotate_passthrough),
 )
