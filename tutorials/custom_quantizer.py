@@ -1,9 +1,10 @@
 """Writing your own Quantizer, and composing it with others.
 
-A pt2q quantizer is two things: *which* patterns to quantize (a list of registered
-operator annotators, ``pt2q.quantizers.ANNOTATORS``: ``"linear"``, ``"linear_relu"``,
-``"conv_bn_relu"``, ``"add"``, ...) and *how* (a ``QuantizationConfig`` of
-``QuantizationSpec``s, each naming an observer from ``pt2q.observer``). This script:
+A pt2q quantizer is two things: *which* patterns to quantize (a table of ``Pattern`` rows:
+the operator chain and where the specs go; ``pt2q.quantizers.PATTERNS`` holds the shared
+ones, ``"linear"``, ``"linear_relu"``, ``"conv_bn_relu"``, ``"add"``, ...) and *how* (a
+``QuantizationConfig`` of ``QuantizationSpec``s, each naming an observer from
+``pt2q.observer``). This script:
 
 1. writes ``LinearOnlyQuantizer`` in ~40 lines: int8 per-tensor activations calibrated
    with a ``HistogramObserver``, symmetric per-channel int8 weights, applied to linear
@@ -27,16 +28,23 @@ from torch.fx import GraphModule
 
 from pt2q import QuantizationConfig, QuantizationSpec, Quantizer, convert_pt2e, prepare_pt2e
 from pt2q.observer import HistogramObserver, PerChannelMinMaxObserver
+from pt2q.ops import GELU, LINEAR, RELU
 from pt2q.quantizer import ComposableQuantizer
-from pt2q.quantizers import EmbeddingQuantizer, get_annotator
+from pt2q.quantizers import EmbeddingQuantizer, Pattern, annotate_pattern, propagate_annotation
 
 
 # 1. A quantizer of your own ---------------------------------------------------------
 class LinearOnlyQuantizer(Quantizer):
-    """int8 linear layers (with their fused ReLU); everything else stays float."""
+    """int8 linear layers (with their fused ReLU or GELU); everything else stays float."""
 
-    # Order matters: "linear_relu" must claim linear+relu before "linear" takes the linear alone.
-    PATTERNS = ("linear_relu", "linear")
+    # The table, in precedence order: a fused row claims linear+relu before "linear" takes a
+    # linear alone. weighted=0: the chain's first op gets the input, weight and bias specs; the
+    # output spec goes on the chain's last node.
+    PATTERNS = (
+        Pattern("linear_relu", (LINEAR, RELU), weighted=0),
+        Pattern("linear_gelu", (LINEAR, GELU), weighted=0),
+        Pattern("linear", (LINEAR,), weighted=0),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -60,10 +68,10 @@ class LinearOnlyQuantizer(Quantizer):
         )
 
     def annotate(self, model: GraphModule) -> GraphModule:
-        for name in self.PATTERNS:
-            get_annotator(name)(model, self.config, None)  # (graph, config, filter_fn)
+        for row in self.PATTERNS:
+            annotate_pattern(model, row, self.config)
         # Ops that only move data (view, flatten, max_pool2d, ...) share their input's qparams.
-        get_annotator("propagate_annotation")(model, None, None)
+        propagate_annotation(model)
         return model
 
     def validate(self, model: GraphModule) -> None:
