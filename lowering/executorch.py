@@ -10,7 +10,7 @@
 >>> _ = prepared(*example_inputs)
 >>> ep = torch.export.export(convert_pt2e(prepared), example_inputs)
 >>> lowered = to_executorch(ep)
->>> print(lowered.report.share(XNNPACK), lowered.report.int8_weight_share)  # where each op runs
+>>> print(lowered.report.share("XNNPACK"), lowered.report.int8_weight_share)  # where each op runs
 1.0 1.0
 >>> path = lowered.save(f"{tempfile.mkdtemp()}/model.pte")
 >>> runtime.load(path)(*example_inputs).shape
