@@ -12,6 +12,7 @@ from pt2q.prepare import _require_graph_module
 from pt2q.qat_conv_bn import fold_trained_conv_bn
 from pt2q.qdq import replace_observers_with_qdq
 from pt2q.reference_representation import reference_representation_rewrite
+from pt2q.scale_check import warn_absurd_scales
 from pt2q.train_eval import disallow_eval_train, move_exported_model_to_eval
 
 __all__ = ["convert_pt2e"]
@@ -28,7 +29,9 @@ def convert_pt2e(
     dequantize gets one consumer; with ``fold_quantize`` the weights are stored
     as integer tensors and their float originals are dropped, so a saved program
     holds no float copy of a quantized weight. Dropout and BatchNorm are put in
-    eval mode first: the result is an inference program.
+    eval mode first: the result is an inference program. A tensor quantized with a
+    scale above ``pt2q.scale_check.ABSURD_SCALE`` (1e3: its range comes from constants
+    such as an attention mask) gets a ``QuantizationRangeWarning`` naming the node.
     """
     model = _require_graph_module(model, "convert_pt2e")
     torch._C._log_api_usage_once("pt2q.convert_pt2e")
@@ -37,6 +40,7 @@ def convert_pt2e(
     # (torchao leaves a QAT model's dropout training if the user forgot to switch it).
     move_exported_model_to_eval(model)
     replace_observers_with_qdq(model)
+    warn_absurd_scales(model)
     fold_trained_conv_bn(model)
     duplicate_dq(model)
     if fold_quantize:

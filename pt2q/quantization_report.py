@@ -293,11 +293,13 @@ def _weight_role(dq: Node) -> str:
 
 
 def _value_name(node: Node, row_of: dict[NodeSourceDebugInfo, NodeSourceDebugInfo]) -> str:
-    """The float value a Q/DQ chain carries: the name of its layer's row, or the graph input's."""
-    handle = value_handle(node)
-    while handle is None and node.op == "call_function" and node.args and isinstance(node.args[0], Node):
+    """The float value a Q/DQ chain carries: the row of the nearest node up the chain that holds one
+    (its layer's), or the graph input's / constant's name."""
+    while (handle := value_handle(node)) is None:
+        if node.op != "call_function" or not node.args or not isinstance(node.args[0], Node):
+            return node.name
         node = node.args[0]
-    return row_of.get(handle, handle).name if handle is not None else node.name
+    return row_of.get(handle, handle).name
 
 
 def _describe(

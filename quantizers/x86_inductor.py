@@ -80,6 +80,7 @@ from pt2q.quantizer import Quantizer
 from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
 from pt2q.quantizers.annotators import PATTERNS, annotate_cat_node, annotate_pool_node, float_operands
 from pt2q.quantizers.cpu_capability import cpu_has_vnni
+from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Guard, Pattern, annotate_pattern
 from pt2q.spec import (
@@ -330,6 +331,7 @@ class X86InductorQuantizer(Quantizer):
         self.global_config: Optional[QuantizationConfig] = None
         self.operator_type_qconfig: dict[OpOverload, Optional[QuantizationConfig]] = {}
         self.module_name_qconfig: dict[str, Optional[QuantizationConfig]] = {}
+        self.mask_guard = MaskGuard()  # keeps attention masks float; MaskGuard(enabled=False) to quantize them
 
     # --- configuration -------------------------------------------------------------
 
@@ -403,9 +405,10 @@ class X86InductorQuantizer(Quantizer):
     def annotate(self, model: GraphModule) -> GraphModule:
         owners = {node: self._owner(node) for node in model.graph.nodes}
         index = NodeIndex(model)
+        guard = self.mask_guard.scan(model)
 
         def owned_by(name: Optional[str]) -> FilterFn:
-            return lambda n: owners.get(n) == name
+            return lambda n: owners.get(n) == name and guard.allows(n)
 
         for name, config in self.module_name_qconfig.items():
             self._annotate_stage(model, index, config, owned_by(name), QUANTIZABLE_OPS)
@@ -423,6 +426,8 @@ class X86InductorQuantizer(Quantizer):
         op = getattr(node.target, "__name__", str(node.target))
         if not is_op(node, QUANTIZABLE_OPS):
             return f"X86InductorQuantizer has no pattern for {op}"
+        if (guarded := self.mask_guard.reason(node)) is not None:
+            return guarded
         owner = self._owner(node)
         if owner is not None:
             if self.module_name_qconfig[owner] is None:

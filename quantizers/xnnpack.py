@@ -44,6 +44,7 @@ from pt2q.pattern import NodeIndex
 from pt2q.quantizer import Quantizer
 from pt2q.quantizers.annotation import FilterFn, is_dynamic_config
 from pt2q.quantizers.annotators import PATTERNS, propagate_annotation
+from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
 from pt2q.spec import QuantizationConfig, QuantizationSpec
@@ -184,6 +185,7 @@ class XNNPACKQuantizer(Quantizer):
         self.module_type_config: dict[Callable, Optional[QuantizationConfig]] = {}
         self.module_name_config: dict[str, Optional[QuantizationConfig]] = {}
         self.filter_fn: Optional[FilterFn] = None
+        self.mask_guard = MaskGuard()  # keeps attention masks float; MaskGuard(enabled=False) to quantize them
 
     # --- configuration -------------------------------------------------------------
 
@@ -231,9 +233,12 @@ class XNNPACKQuantizer(Quantizer):
     def annotate(self, model: GraphModule) -> GraphModule:
         owners = {node: self._owner(node) for node in model.graph.nodes}
         index = NodeIndex(model)
+        guard = self.mask_guard.scan(model)
 
         def scoped(owner: _Owner) -> FilterFn:
-            return lambda n: owners.get(n) == owner and (self.filter_fn is None or self.filter_fn(n))
+            return lambda n: (
+                owners.get(n) == owner and guard.allows(n) and (self.filter_fn is None or self.filter_fn(n))
+            )
 
         for name, config in self.module_name_config.items():
             self._annotate_patterns(model, index, config, scoped(("name", name)))
@@ -262,6 +267,8 @@ class XNNPACKQuantizer(Quantizer):
             if is_op(node, SHARE_QPARAMS_OPS):
                 return f"{op} only shares its input's qparams, and its input is not quantized"
             return f"XNNPACKQuantizer has no pattern for {op}"
+        if (guarded := self.mask_guard.reason(node)) is not None:
+            return guarded
         owner = self._owner(node)
         if owner is not None:
             kind, key = owner
