@@ -18,7 +18,10 @@ The flow, as in ``torchao.quantization.pt2e``:
 [('linear', 'linear+relu', 'linear_relu'), ('linear_1', 'linear', 'linear')]
 """
 
+from pt2q.accuracy_aware import FallbackStep, QuantizeResult, quantize
+from pt2q.bias_correction import correct_bias
 from pt2q.convert import convert_pt2e
+from pt2q.keep_float import KeepFloat
 from pt2q.learnable_fake_quantize import (
     LearnableFakeQuantize,
     disable_range_learning,
@@ -45,6 +48,8 @@ from pt2q.quantizer import (
     Quantizer,
     SharedQuantizationSpec,
 )
+from pt2q.scale_check import QuantizationRangeWarning
+from pt2q.smoothing import smooth_quant
 from pt2q.train_eval import (
     allow_exported_model_train_eval,
     move_exported_model_to_eval,
@@ -64,6 +69,13 @@ __all__ = [
     "compare_results",
     "NodeSourceDebugInfo",
     "report",
+    "quantize",
+    "QuantizeResult",
+    "FallbackStep",
+    "KeepFloat",
+    "smooth_quant",
+    "correct_bias",
+    "QuantizationRangeWarning",
     "QuantizationReport",
     "LearnableFakeQuantize",
     "enable_range_learning",

@@ -53,6 +53,12 @@ __all__ = [
     "FLATTEN",
     "MEAN",
     "DROPOUT",
+    "LAYER_NORM",
+    "SUB",
+    "DIV",
+    "WHERE",
+    "MASKED_FILL",
+    "MOVE_OPS",
     "VIEW",
     "SHARE_QPARAMS_OPS",
     "Q_PER_TENSOR",
@@ -125,8 +131,41 @@ ADAPTIVE_AVG_POOL2D = ops(aten.adaptive_avg_pool2d.default)
 FLATTEN = ops(aten.flatten.using_ints)
 MEAN = ops(aten.mean.default, aten.mean.dim)
 DROPOUT = ops(aten.dropout.default, aten.dropout_.default)
+LAYER_NORM = ops(aten.layer_norm.default)
+SUB = ops(aten.sub.Tensor, aten.sub_.Tensor, aten.sub.Scalar, aten.rsub.Scalar, aten.rsub.Tensor)
+DIV = ops(aten.div.Tensor, aten.div_.Tensor, aten.div.Scalar)
+WHERE = ops(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)
+MASKED_FILL = ops(aten.masked_fill.Scalar, aten.masked_fill.Tensor, aten.masked_fill_.Scalar, aten.masked_fill_.Tensor)
 VIEW = ops(
     aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.permute.default, aten.expand.default
+)
+# Ops that move, copy, select or retype values without computing new ones.
+MOVE_OPS = VIEW | ops(
+    aten.expand_as.default,
+    aten.unsqueeze.default,
+    aten.squeeze.dim,
+    aten.squeeze.dims,
+    aten.squeeze.default,
+    aten.slice.Tensor,
+    aten.select.int,
+    aten.transpose.int,
+    aten.t.default,
+    aten.clone.default,
+    aten.contiguous.default,
+    aten.to.dtype,
+    aten.to.dtype_layout,
+    aten.to.device,
+    aten._to_copy.default,
+    aten.type_as.default,
+    aten.repeat.default,
+    aten.flatten.using_ints,
+    aten.alias.default,
+    aten.view_copy.default,
+    aten.expand_copy.default,
+    aten.unsqueeze_copy.default,
+    aten.permute_copy.default,
+    aten.slice_copy.Tensor,
+    aten.squeeze_copy.dim,
 )
 
 # Ops whose output keeps the quantization parameters of their (first) input: they move,

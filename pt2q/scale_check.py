@@ -17,7 +17,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import constant_attr
-from pt2q.qdq import DQ_OPS, Q_OPS
+from pt2q.ops import DQ_OPS, Q_OPS, is_op
 
 __all__ = ["ABSURD_SCALE", "QuantizationRangeWarning", "absurd_scales", "warn_absurd_scales"]
 
@@ -40,7 +40,7 @@ def absurd_scales(gm: GraphModule) -> list[tuple[Node, float]]:
     """(quantize node, scale) for every static quantize op of ``gm`` whose scale exceeds ``ABSURD_SCALE``."""
     found = []
     for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in Q_OPS:
+        if is_op(node, Q_OPS):
             scale = _scale(gm, node)
             if scale is not None and not scale <= ABSURD_SCALE:  # NaN counts as absurd
                 found.append((node, scale))
@@ -48,7 +48,7 @@ def absurd_scales(gm: GraphModule) -> list[tuple[Node, float]]:
 
 
 def _readers(q: Node) -> list[str]:
-    users = [u for dq in q.users for u in (dq.users if dq.target in DQ_OPS else [dq])]
+    users = [u for dq in q.users for u in (dq.users if is_op(dq, DQ_OPS) else [dq])]
     return sorted({u.name for u in users})
 
 

@@ -22,6 +22,7 @@ from pt2q.quantizers.annotators import (
 )
 from pt2q.quantizers.embedding import EmbeddingQuantizer, get_embedding_quantization_config
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
+from pt2q.quantizers.transformer import TransformerPreset, xnnpack_transformer_quantizer
 from pt2q.quantizers.x86_inductor import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 from pt2q.quantizers.xnnpack import (
     XNNPACKQuantizer,
@@ -36,6 +37,8 @@ __all__ = [
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
     "EmbeddingQuantizer",
+    "TransformerPreset",
+    "xnnpack_transformer_quantizer",
     "get_embedding_quantization_config",
     "ANNOTATORS",
     "PATTERNS",

@@ -30,74 +30,18 @@ import torch
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import get_attr_value
+from pt2q.ops import ADD, DIV, MASKED_FILL, MOVE_OPS, MUL, SUB, WHERE, is_op, ops
 
 __all__ = ["MASK_VALUE_BOUND", "find_mask_like", "MaskGuard"]
 
 MASK_VALUE_BOUND = 1e4
 
-aten = torch.ops.aten
-# ops that move or retype values without making new ones
-_VIEW_OPS = {
-    aten.view.default,
-    aten.reshape.default,
-    aten._unsafe_view.default,
-    aten.expand.default,
-    aten.expand_as.default,
-    aten.unsqueeze.default,
-    aten.squeeze.dim,
-    aten.squeeze.dims,
-    aten.squeeze.default,
-    aten.slice.Tensor,
-    aten.select.int,
-    aten.permute.default,
-    aten.transpose.int,
-    aten.t.default,
-    aten.clone.default,
-    aten.contiguous.default,
-    aten.to.dtype,
-    aten.to.dtype_layout,
-    aten.to.device,
-    aten._to_copy.default,
-    aten.type_as.default,
-    aten.repeat.default,
-    aten.flatten.using_ints,
-    aten.alias.default,
-    aten.view_copy.default,
-    aten.expand_copy.default,
-    aten.unsqueeze_copy.default,
-    aten.permute_copy.default,
-    aten.slice_copy.Tensor,
-    aten.squeeze_copy.dim,
-}
 # ops that fill masked positions with a value
-_FILL_OPS = {
-    aten.where.self,
-    aten.where.ScalarOther,
-    aten.where.ScalarSelf,
-    aten.where.Scalar,
-    aten.masked_fill.Scalar,
-    aten.masked_fill.Tensor,
-    aten.masked_fill_.Scalar,
-    aten.masked_fill_.Tensor,
-}
+_FILL_OPS = WHERE | MASKED_FILL
 # elementwise arithmetic whose result a mask operand dominates
-_ARITH_OPS = {
-    aten.add.Tensor,
-    aten.add_.Tensor,
-    aten.add.Scalar,
-    aten.sub.Tensor,
-    aten.sub_.Tensor,
-    aten.sub.Scalar,
-    aten.rsub.Scalar,
-    aten.rsub.Tensor,
-    aten.mul.Tensor,
-    aten.mul_.Tensor,
-    aten.mul.Scalar,
-    aten.div.Tensor,
-    aten.div_.Tensor,
-    aten.div.Scalar,
-    aten.neg.default,
-}
+_ARITH_OPS = (
+    ADD | SUB | MUL | DIV | ops(torch.ops.aten.add.Scalar, torch.ops.aten.mul.Scalar, torch.ops.aten.neg.default)
+)
 
 
 def _is_float(node: Node) -> bool:
@@ -156,11 +100,11 @@ def find_mask_like(gm: GraphModule) -> dict[Node, str]:
         masks = [a for a in inputs if a in found]
         if constant[n] and extreme[n] is not None:
             found[n] = f"an attention mask (it holds {_fmt(extreme[n])})"
-        elif n.target in _FILL_OPS and scalars:
+        elif is_op(n, _FILL_OPS) and scalars:
             found[n] = f"a masked tensor (filled with {_fmt(scalars[0])})"
-        elif masks and n.target in _VIEW_OPS:
+        elif masks and is_op(n, MOVE_OPS):
             found[n] = found[masks[0]]
-        elif masks and n.target in _FILL_OPS | _ARITH_OPS:
+        elif masks and is_op(n, _FILL_OPS | _ARITH_OPS):
             found[n] = f"a masked tensor (it reads the mask {masks[0].name})"
     return found
 

@@ -1,0 +1,240 @@
+"""``pt2q.quantize``: export, prepare, calibrate, convert in one call, with accuracy-aware fallback.
+
+    result = pt2q.quantize(model, example_inputs, quantizer, calibration_batches, min_sqnr=30)
+    model_int8, report = result          # or result.model, result.report, result.steps
+    print(report)                        # what was kept float, and what each choice bought
+
+Without a target it quantizes once. With one (``min_sqnr`` on the default metric, the
+output SQNR in dB against the float model; ``max_drop`` on a ``metric`` of your own,
+higher is better) it measures the converted model and, while the target is missed, keeps
+nodes float one at a time in the order the report's *sensitivity* column ranks them
+(the output SQNR when only that node is quantized, worst first): each candidate costs
+one prepare + calibration + convert and is kept only if the metric improves. At most
+``max_passes`` candidates are tried, so the cost is bounded.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from torch.export import ExportedProgram
+from torch.fx import GraphModule
+from tqdm import tqdm
+
+from pt2q.bias_correction import correct_bias
+from pt2q.convert import convert_pt2e
+from pt2q.keep_float import KeepFloat, layer_name
+from pt2q.layer_errors import ErrorStats
+from pt2q.notes import FLOAT_REASON_KEY, set_note
+from pt2q.prepare import prepare_pt2e
+from pt2q.quantization_report import QuantizationReport, as_batches, report
+from pt2q.quantizer import Quantizer
+from pt2q.smoothing import smooth_quant as apply_smooth_quant
+
+__all__ = ["FallbackStep", "QuantizeResult", "quantize", "output_sqnr"]
+
+Metric = Callable[[torch.nn.Module], float]
+
+
+@dataclass(frozen=True)
+class FallbackStep:
+    """One candidate of the accuracy-aware fallback: the layer tried in float, the metric before and
+    with it float, and whether it was kept float (it was, if the metric improved)."""
+
+    layer: str
+    module_path: str
+    sensitivity_sqnr: float
+    before: float
+    after: float
+    kept: bool
+
+    @property
+    def gain(self) -> float:
+        return self.after - self.before
+
+
+@dataclass
+class QuantizeResult:
+    """The converted model, its report, and the fallback's record; unpacks as ``(model, report)``."""
+
+    model: GraphModule
+    report: QuantizationReport
+    metric: float  # of the returned model
+    float_metric: Optional[float]  # of the float model (user metric only; the SQNR of float is inf)
+    target_met: bool
+    steps: list[FallbackStep] = field(default_factory=list)
+
+    @property
+    def kept_float(self) -> list[str]:
+        return [s.layer for s in self.steps if s.kept]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.model, self.report))
+
+
+def output_sqnr(reference: nn.Module, model: nn.Module, batches: Sequence[Sequence[Any]]) -> float:
+    """SQNR (dB) of ``model``'s outputs against ``reference``'s over ``batches``."""
+    stats = ErrorStats()
+    with torch.no_grad():
+        for batch in batches:
+            stats.add_outputs(reference(*batch), model(*batch))
+    return stats.sqnr
+
+
+def _float_graph(model: Union[nn.Module, GraphModule, ExportedProgram], example_inputs: tuple) -> GraphModule:
+    if isinstance(model, ExportedProgram):
+        return model.module()
+    if isinstance(model, GraphModule):
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"pt2q.quantize: model must be an nn.Module, GraphModule or ExportedProgram, got {type(model).__name__}"
+        )
+    eager = copy.deepcopy(model).eval()
+    return torch.export.export(eager, tuple(example_inputs)).module()
+
+
+def _describe(value: float, metric: Optional[Metric]) -> str:
+    return f"{value:.4g}" if metric is not None else f"{value:.1f} dB"
+
+
+def quantize(
+    model: Union[nn.Module, GraphModule, ExportedProgram],
+    example_inputs: Sequence[Any],
+    quantizer: Quantizer,
+    calibration_data: Any,
+    *,
+    metric: Optional[Metric] = None,
+    max_drop: Optional[float] = None,
+    min_sqnr: Optional[float] = None,
+    eval_data: Any = None,
+    max_passes: int = 12,
+    smooth_quant: Optional[float] = None,
+    bias_correction: bool = False,
+    report_batches: int = 2,
+    progress: bool = True,
+) -> QuantizeResult:
+    """Quantize ``model`` with ``quantizer`` on ``calibration_data``; meet a target by keeping nodes float.
+
+    * ``model``: an eager module (exported here, in eval mode, with ``example_inputs``), or
+      an exported graph (``ep`` or ``ep.module()``, left untouched).
+    * ``calibration_data``: a list of input tuples (one tuple or tensor: one batch).
+    * ``metric(model) -> float``: your accuracy, higher is better; ``max_drop``: how far below
+      ``metric(float model)`` it may fall. ``min_sqnr``: the least output SQNR in dB against
+      the float model on ``eval_data`` (default: the calibration data). Either target, or
+      both, turn the fallback on; with neither the model is quantized once.
+    * ``max_passes``: most candidates the fallback tries (each one prepare/calibrate/convert).
+    * ``smooth_quant=alpha`` runs :func:`pt2q.smooth_quant` on the float graph
+      first; ``bias_correction=True`` runs :func:`pt2q.correct_bias` after
+      each convert. ``report_batches``: batches the report's SQNR columns are measured on.
+    """
+    if max_drop is not None and metric is None:
+        raise ValueError("pt2q.quantize: max_drop needs a metric (for the default output SQNR use min_sqnr)")
+    batches = as_batches(calibration_data)
+    if not batches:
+        raise ValueError("pt2q.quantize: calibration_data is empty; pass a list of input tuples")
+    evaluation = as_batches(eval_data) if eval_data is not None else batches
+    float_gm = _float_graph(model, tuple(example_inputs))
+    float_metric = metric(float_gm) if metric is not None and max_drop is not None else None
+
+    def attempt(layers: dict[str, str]) -> GraphModule:
+        gm = copy.deepcopy(float_gm)
+        if smooth_quant is not None:
+            apply_smooth_quant(gm, batches, alpha=smooth_quant)
+        prepared = prepare_pt2e(gm, KeepFloat(quantizer, layers) if layers else quantizer)
+        with torch.no_grad():
+            for batch in tqdm(
+                batches, desc="pt2q: calibrating", unit="batch", leave=False, disable=not progress, file=sys.stderr
+            ):
+                prepared(*batch)
+        converted = convert_pt2e(prepared)
+        if bias_correction:
+            correct_bias(converted, float_gm, batches)
+        return converted
+
+    def measure(gm: GraphModule) -> tuple[float, float]:
+        """(score: the user metric or the SQNR, SQNR or nan when not needed)."""
+        sqnr = output_sqnr(float_gm, gm, evaluation) if metric is None or min_sqnr is not None else math.nan
+        return (metric(gm) if metric is not None else sqnr), sqnr
+
+    def met(score: float, sqnr: float) -> bool:
+        drop_ok = max_drop is None or (float_metric is not None and float_metric - score <= max_drop)
+        return drop_ok and (min_sqnr is None or sqnr >= min_sqnr)
+
+    current = attempt({})
+    score, sqnr = measure(current)
+    steps: list[FallbackStep] = []
+    layers: dict[str, str] = {}
+    targeted = max_drop is not None or min_sqnr is not None
+    if targeted and not met(score, sqnr):
+        ranking = report(current, float_gm, batches[:report_batches]).worst(n=len(float_gm.graph.nodes))
+        candidates = [r for r in ranking if r.quantized and r.sensitivity_sqnr is not None][:max_passes]
+        for row in tqdm(
+            candidates, desc="pt2q: accuracy fallback", unit="try", leave=False, disable=not progress, file=sys.stderr
+        ):
+            trial = {**layers, row.name: "kept float by pt2q.quantize"}
+            candidate = attempt(trial)
+            new_score, new_sqnr = measure(candidate)
+            kept = new_score > score
+            steps.append(FallbackStep(row.name, row.module_path, row.sensitivity_sqnr, score, new_score, kept))
+            if kept:
+                layers, current, score, sqnr = trial, candidate, new_score, new_sqnr
+                if met(score, sqnr):
+                    break
+
+    _explain_kept(current, steps, metric)
+    final = report(current, float_gm, evaluation[:report_batches], sensitivity=False)
+    final.notes.extend(
+        _summary(steps, score, sqnr, float_metric, metric, max_drop, min_sqnr, targeted, met(score, sqnr))
+    )
+    return QuantizeResult(current, final, score, float_metric, met(score, sqnr), steps)
+
+
+def _explain_kept(gm: GraphModule, steps: list[FallbackStep], metric: Optional[Metric]) -> None:
+    """Say on each kept-float node what keeping it float bought (shown by the report)."""
+    bought = {
+        s.layer: f"kept float by pt2q.quantize: {_describe(s.before, metric)} -> {_describe(s.after, metric)}"
+        for s in steps
+        if s.kept
+    }
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and layer_name(node) in bought:
+            set_note(node, FLOAT_REASON_KEY, bought[layer_name(node)])
+
+
+def _summary(
+    steps: list[FallbackStep],
+    score: float,
+    sqnr: float,
+    float_metric: Optional[float],
+    metric: Optional[Metric],
+    max_drop: Optional[float],
+    min_sqnr: Optional[float],
+    targeted: bool,
+    met: bool,
+) -> list[str]:
+    what = "metric" if metric is not None else "output SQNR"
+    lines = [
+        f"pt2q.quantize: {what} {_describe(score, metric)}"
+        + (f" (float {float_metric:.4g}, allowed drop {max_drop:g})" if float_metric is not None else "")
+        + (
+            f", output SQNR {sqnr:.1f} dB (target >= {min_sqnr:g})"
+            if metric is not None and min_sqnr is not None
+            else (f" (target >= {min_sqnr:g} dB)" if min_sqnr is not None else "")
+        )
+        + ("" if not targeted else ("; target met" if met else "; target NOT met"))
+    ]
+    if steps:
+        kept = [s for s in steps if s.kept]
+        lines.append(
+            f"accuracy fallback: tried {len(steps)} layer(s) in float by sensitivity, kept {len(kept)}: "
+            + (", ".join(f"{s.layer} ({s.gain:+.3g})" for s in kept) or "none helped")
+        )
+    return lines
