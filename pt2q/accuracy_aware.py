@@ -137,7 +137,7 @@ def quantize(
     """
     if max_drop is not None and metric is None:
         raise ValueError("pt2q.quantize: max_drop needs a metric (for the default output SQNR use min_sqnr)")
-    batches = as_batches(calibration_data)
+    batches = [] if isinstance(calibration_data, (list, tuple)) and not calibration_data else as_batches(calibration_data)
     if not batches:
         raise ValueError("pt2q.quantize: calibration_data is empty; pass a list of input tuples")
     evaluation = as_batches(eval_data) if eval_data is not None else batches

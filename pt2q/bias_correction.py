@@ -21,6 +21,7 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 
 from pt2q.attrs import get_attr_value, set_new_attr
+from pt2q.layer_errors import match_handles
 from pt2q.notes import NodeSourceDebugInfo, debug_info
 from pt2q.ops import CONV, DQ_OPS, LINEAR, is_op
 
@@ -114,10 +115,13 @@ def correct_bias(
     """
     if not calibration_data:
         raise ValueError("bias_correction: needs calibration data")
-    targets = _targets(quantized)
-    handles: dict[Node, NodeSourceDebugInfo] = {t: h for t in targets if (h := debug_info(t)) is not None}
+    to_float = match_handles(float_model, quantized)  # by debug handle, or by node name if exported apart
+    handles: dict[Node, NodeSourceDebugInfo] = {}
+    for t in _targets(quantized):
+        if (h := debug_info(t)) is not None and h in to_float:
+            handles[t] = to_float[h]
     float_nodes = {h: n for n in float_model.graph.nodes if (h := debug_info(n)) in set(handles.values())}
-    targets = [t for t in targets if handles.get(t) in float_nodes]
+    targets = [t for t in handles if handles[t] in float_nodes]
     conv = {t: is_op(t, CONV) for t in targets}
 
     float_run = _Until(float_model, record={float_nodes[handles[t]] for t in targets})
