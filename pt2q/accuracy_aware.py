@@ -7,16 +7,19 @@
 Without a target it quantizes once. With one (``min_sqnr`` on the default metric, the
 output SQNR in dB against the float model; ``max_drop`` on a ``metric`` of your own,
 higher is better) it measures the converted model and, while the target is missed, keeps
-nodes float one at a time in the order the report's *sensitivity* column ranks them
-(the output SQNR when only that node is quantized, worst first): each candidate costs
-one prepare + calibration + convert and is kept only if the metric improves. At most
-``max_passes`` candidates are tried, so the cost is bounded.
+nodes float in the order the report's *sensitivity* column ranks them (the output SQNR
+when only that node is quantized, worst first): each try costs one prepare + calibration
++ convert and is kept only if the metric improves. When a node helps, its siblings (the
+same op at the same place of the other repeated blocks, e.g. every layer's FFN output
+linear) are tried together next, as one try. At most ``max_passes`` tries are made, so
+the cost is bounded.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ from pt2q.keep_float import KeepFloat, layer_name
 from pt2q.layer_errors import ErrorStats
 from pt2q.notes import FLOAT_REASON_KEY, set_note
 from pt2q.prepare import prepare_pt2e
-from pt2q.quantization_report import QuantizationReport, as_batches, report
+from pt2q.quantization_report import QuantizationReport, ReportRow, as_batches, report
 from pt2q.quantizer import Quantizer
 from pt2q.smoothing import smooth_quant as apply_smooth_quant
 
@@ -45,10 +48,11 @@ Metric = Callable[[torch.nn.Module], float]
 
 @dataclass(frozen=True)
 class FallbackStep:
-    """One candidate of the accuracy-aware fallback: the layer tried in float, the metric before and
-    with it float, and whether it was kept float (it was, if the metric improved)."""
+    """One try of the accuracy-aware fallback: the layers tried in float (one, or the siblings of one
+    kept float before), the metric before and with them float, and whether they were kept float (they
+    were, if the metric improved)."""
 
-    layer: str
+    layers: tuple[str, ...]
     module_path: str
     sensitivity_sqnr: float
     before: float
@@ -73,7 +77,7 @@ class QuantizeResult:
 
     @property
     def kept_float(self) -> list[str]:
-        return [s.layer for s in self.steps if s.kept]
+        return [layer for s in self.steps if s.kept for layer in s.layers]
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.report))
@@ -137,7 +141,9 @@ def quantize(
     """
     if max_drop is not None and metric is None:
         raise ValueError("pt2q.quantize: max_drop needs a metric (for the default output SQNR use min_sqnr)")
-    batches = [] if isinstance(calibration_data, (list, tuple)) and not calibration_data else as_batches(calibration_data)
+    batches = (
+        [] if isinstance(calibration_data, (list, tuple)) and not calibration_data else as_batches(calibration_data)
+    )
     if not batches:
         raise ValueError("pt2q.quantize: calibration_data is empty; pass a list of input tuples")
     evaluation = as_batches(eval_data) if eval_data is not None else batches
@@ -175,19 +181,37 @@ def quantize(
     targeted = max_drop is not None or min_sqnr is not None
     if targeted and not met(score, sqnr):
         ranking = report(current, float_gm, batches[:report_batches]).worst(n=len(float_gm.graph.nodes))
-        candidates = [r for r in ranking if r.quantized and r.sensitivity_sqnr is not None][:max_passes]
-        for row in tqdm(
-            candidates, desc="pt2q: accuracy fallback", unit="try", leave=False, disable=not progress, file=sys.stderr
-        ):
-            trial = {**layers, row.name: "kept float by pt2q.quantize"}
-            candidate = attempt(trial)
-            new_score, new_sqnr = measure(candidate)
-            kept = new_score > score
-            steps.append(FallbackStep(row.name, row.module_path, row.sensitivity_sqnr, score, new_score, kept))
-            if kept:
-                layers, current, score, sqnr = trial, candidate, new_score, new_sqnr
-                if met(score, sqnr):
+        queue = [r for r in ranking if r.quantized and r.sensitivity_sqnr is not None]
+        tried: set[str] = set()
+        bar = tqdm(
+            total=max_passes,
+            desc="pt2q: accuracy fallback",
+            unit="try",
+            leave=False,
+            disable=not progress,
+            file=sys.stderr,
+        )
+        while queue and len(steps) < max_passes and not met(score, sqnr):
+            row = queue.pop(0)
+            for group in ([row], [r for r in queue if _siblings(r, row)]):
+                if not group or len(steps) >= max_passes or met(score, sqnr):
                     break
+                tried.update(r.name for r in group)
+                trial = {**layers, **{r.name: "kept float by pt2q.quantize" for r in group}}
+                candidate = attempt(trial)
+                new_score, new_sqnr = measure(candidate)
+                kept = new_score > score
+                steps.append(
+                    FallbackStep(
+                        tuple(r.name for r in group), row.module_path, row.sensitivity_sqnr, score, new_score, kept
+                    )
+                )
+                bar.update()
+                if not kept:
+                    break  # the siblings of a node that did not help are not tried together
+                layers, current, score, sqnr = trial, candidate, new_score, new_sqnr
+            queue = [r for r in queue if r.name not in tried]
+        bar.close()
 
     _explain_kept(current, steps, metric)
     final = report(current, float_gm, evaluation[:report_batches], sensitivity=False)
@@ -197,12 +221,20 @@ def quantize(
     return QuantizeResult(current, final, score, float_metric, met(score, sqnr), steps)
 
 
+def _siblings(row: ReportRow, of: ReportRow) -> bool:
+    """The same op in the same place of another repeated block (``layer.3.output.dense`` for
+    ``layer.0.output.dense``): in a transformer, siblings are about as sensitive."""
+    shape = re.sub(r"\d+", "#", of.module_path)
+    return bool(of.module_path) and row.op == of.op and row is not of and re.sub(r"\d+", "#", row.module_path) == shape
+
+
 def _explain_kept(gm: GraphModule, steps: list[FallbackStep], metric: Optional[Metric]) -> None:
     """Say on each kept-float node what keeping it float bought (shown by the report)."""
     bought = {
-        s.layer: f"kept float by pt2q.quantize: {_describe(s.before, metric)} -> {_describe(s.after, metric)}"
+        layer: f"kept float by pt2q.quantize: {_describe(s.before, metric)} -> {_describe(s.after, metric)}"
         for s in steps
         if s.kept
+        for layer in s.layers
     }
     for node in gm.graph.nodes:
         if node.op == "call_function" and layer_name(node) in bought:
@@ -234,7 +266,8 @@ def _summary(
     if steps:
         kept = [s for s in steps if s.kept]
         lines.append(
-            f"accuracy fallback: tried {len(steps)} layer(s) in float by sensitivity, kept {len(kept)}: "
-            + (", ".join(f"{s.layer} ({s.gain:+.3g})" for s in kept) or "none helped")
+            f"accuracy fallback: {len(steps)} tries in sensitivity order, {sum(len(s.layers) for s in kept)} "
+            "layer(s) kept float: "
+            + (", ".join(f"{'+'.join(s.layers)} ({s.gain:+.3g})" for s in kept) or "none helped")
         )
     return lines

@@ -141,8 +141,9 @@ def tiny_encoder(mask_style: str = "where", seed: int = 0) -> SentenceEncoder:
             num_attention_heads=4,
             intermediate_size=128,
             max_position_embeddings=64,
+            attn_implementation="eager",
         )
-        bert = BertModel(config, attn_implementation="eager")
+        bert = BertModel(config)
     return SentenceEncoder(bert, mask_style).eval()
 
 
