@@ -9,7 +9,9 @@ numbers measured in this same run. Suites:
 * overhead: prepare+convert time and calibration cost — ``benchmarks/overhead.py``;
 * size: saved ``.pt2`` and ``.pte`` bytes — ``benchmarks/size.py``;
 * accuracy: SQNR of int8 vs fp32 outputs on the benchmark models, and digits accuracy
-  (fp32 / PTQ / QAT) — ``benchmarks/accuracy.py``.
+  (fp32 / PTQ / QAT) — ``benchmarks/accuracy.py``;
+* transformer: static int8 recipes on a real sentence-embedding BERT, accuracy and ``.pte``
+  latency — ``benchmarks/transformer.py``.
 
     python -m benchmarks.run [--small] [--suites speed,overhead,size,accuracy] [--models mlp,...] [--out PATH]
 """
@@ -32,7 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks import accuracy, overhead, size
+from benchmarks import accuracy, overhead, size, transformer
 from benchmarks.executorch_speed import export_variants, lower_to_pte, pte_latencies
 from benchmarks.models import benchmark_models
 from benchmarks.speed import BASELINE, x86_latencies
@@ -298,6 +300,7 @@ SUITES: dict[str, Callable[[Models, Variants, Settings], list[Section]]] = {
     "overhead": overhead_suite,
     "size": size_suite,
     "accuracy": accuracy_suite,
+    "transformer": transformer.suite,  # the real MiniLM, its own models and data (benchmarks/transformer.py)
 }
 
 

@@ -211,7 +211,7 @@ def suite(models: Any = None, variants: Any = None, settings: Any = None) -> lis
         row
         for name in (MODELS[:1] if small else MODELS)
         for row in measure(
-            name, small, runs=5 if small else 20, rounds=2 if small else 3, max_passes=3 if small else 12
+            name, small, runs=5 if small else 20, rounds=2 if small else 3, max_passes=3 if small else 10
         )
     ]
     method = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]

@@ -21,6 +21,7 @@ import copy
 import math
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -151,7 +152,9 @@ def quantize(
     float_metric = metric(float_gm) if metric is not None and max_drop is not None else None
 
     def attempt(layers: dict[str, str]) -> GraphModule:
-        gm = copy.deepcopy(float_gm)
+        with warnings.catch_warnings():  # torch's own pytree deprecation notice when copying a GraphModule
+            warnings.simplefilter("ignore", FutureWarning)
+            gm = copy.deepcopy(float_gm)
         if smooth_quant is not None:
             apply_smooth_quant(gm, batches, alpha=smooth_quant)
         prepared = prepare_pt2e(gm, KeepFloat(quantizer, layers) if layers else quantizer)

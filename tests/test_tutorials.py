@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 
 
@@ -73,3 +75,17 @@ def test_debug_accuracy(tmp_path):
     assert r["percentile_lowest_cumulative_sqnr_db"] > r["lowest_cumulative_sqnr_db"] + 10
     png = Path(r["png"])
     assert png.parent == tmp_path and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_transformer_int8():
+    pytest.importorskip("transformers")
+    r = load_tutorial("transformer_int8").main(fast=True)
+    # the plain recipe quantizes the additive mask with a scale of ~1e36, and convert says so by node
+    assert r["range_warnings"] and all("above 1000" in w for w in r["range_warnings"])
+    assert r["range_warnings"][0].startswith("convert_pt2e: node 'mul' (read by add_2, add_5)")
+    # the default quantizer keeps the mask and the two scores + mask adds float
+    assert r["mask_rows"] == ["mul", "add_2", "add_5"]
+    assert r["guarded_cosine"] > 0.999 and r["aware_cosine"] > 0.999  # a random tiny BERT: no outliers to lose
+    assert r["aware_notes"][0].endswith("; target met")
+    assert r["preset_cosine"] > 0.999 and r["pte"]["preset"]["pte_cosine"] > 0.999
+    assert r["pte"]["preset"]["int8_weight_share"] == 1.0  # embedding rows uint8, linears int8
