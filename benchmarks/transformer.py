@@ -107,7 +107,7 @@ def _data(small: bool) -> tuple[list, list, list]:
     tokenizer = minilm.load_tokenizer(length=32 if small else 48)
     calib_sentences = minilm.docstring_sentences(minilm.CALIBRATION_MODULES)
     test_sentences = minilm.docstring_sentences(minilm.EVALUATION_MODULES)
-    n_cal, n_sel, n_test = (32, 16, 16) if small else (96, 64, 128)
+    n_cal, n_sel, n_test = (32, 16, 16) if small else (64, 32, 64)
     calibration = minilm.token_batches(tokenizer, calib_sentences[:n_cal])
     selection = minilm.token_batches(tokenizer, calib_sentences[n_cal : n_cal + n_sel])
     test = minilm.token_batches(tokenizer, test_sentences[:n_test])
@@ -211,7 +211,7 @@ def suite(models: Any = None, variants: Any = None, settings: Any = None) -> lis
         row
         for name in (MODELS[:1] if small else MODELS)
         for row in measure(
-            name, small, runs=5 if small else 20, rounds=2 if small else 3, max_passes=3 if small else 10
+            name, small, runs=5 if small else 20, rounds=2 if small else 3, max_passes=3 if small else 8
         )
     ]
     method = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
@@ -231,7 +231,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in args.models.split(","):
-            rows += measure(name, args.small, runs=args.runs, max_passes=3 if args.small else 10)
+            rows += measure(name, args.small, runs=args.runs, max_passes=3 if args.small else 8)
             print(markdown_table(rows), flush=True)
 
 
