@@ -8,6 +8,7 @@ int8 kernels, ``EmbeddingQuantizer`` for weight-only embedding tables (ExecuTorc
 registered by name in ``ANNOTATORS`` for other quantizers to reuse.
 """
 
+from pt2q.quantizers.activation_options import with_activation_observer
 from pt2q.quantizers.annotators import (
     ANNOTATORS,
     PATTERNS,
@@ -38,6 +39,7 @@ __all__ = [
     "get_default_x86_inductor_quantization_config",
     "EmbeddingQuantizer",
     "TransformerPreset",
+    "with_activation_observer",
     "xnnpack_transformer_quantizer",
     "get_embedding_quantization_config",
     "ANNOTATORS",

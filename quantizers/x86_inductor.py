@@ -77,6 +77,7 @@ from pt2q.ops import (
 )
 from pt2q.pattern import NodeIndex
 from pt2q.quantizer import Quantizer
+from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
 from pt2q.quantizers.annotators import PATTERNS, annotate_cat_node, annotate_pool_node, float_operands
 from pt2q.quantizers.cpu_capability import cpu_has_vnni
@@ -419,7 +420,8 @@ class X86InductorQuantizer(Quantizer):
         return model
 
     def validate(self, model: GraphModule) -> None:
-        """Nothing beyond the core's annotation checks."""
+        """oneDNN's int8 kernels take per-tensor activations; the rest is the core's annotation checks."""
+        check_per_tensor_activations(model, "X86InductorQuantizer (oneDNN)")
 
     def explain_unannotated(self, node: Node) -> Optional[str]:
         """Which setting, or missing pattern, left ``node`` float (for ``pt2q.report``)."""

@@ -42,6 +42,7 @@ from pt2q.notes import module_paths
 from pt2q.ops import SHARE_QPARAMS_OPS, aten, is_op
 from pt2q.pattern import NodeIndex
 from pt2q.quantizer import Quantizer
+from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, is_dynamic_config
 from pt2q.quantizers.annotators import PATTERNS, propagate_annotation
 from pt2q.quantizers.mask_guard import MaskGuard
@@ -257,7 +258,8 @@ class XNNPACKQuantizer(Quantizer):
         return model
 
     def validate(self, model: GraphModule) -> None:
-        """Nothing beyond the core's annotation checks."""
+        """XNNPACK's int8 kernels take per-tensor activations; the rest is the core's annotation checks."""
+        check_per_tensor_activations(model, "XNNPACK")
 
     def explain_unannotated(self, node: Node) -> Optional[str]:
         """Which setting, or missing pattern, left ``node`` float (for ``pt2q.report``)."""
