@@ -18,8 +18,10 @@ quantized by ``pt2q.quantize`` for the XNNPACK target:
 
 Columns: mean cosine of the sentence embeddings against fp32 (PyTorch Q/DQ graph, and the
 lowered ``.pte``), nodes kept float by the mask guard / the fallback / the preset, ``.pte``
-size and int8 share of weight bytes, single-thread ``.pte`` latency (interleaved medians,
-``benchmarks.executorch_speed.pte_latencies``) and its ratio to the plain recipe's.
+size and int8 share of weight bytes, single-thread ``.pte`` latency and its ratio to the plain
+recipe's: each variant's program is timed right after it is built, interleaved with the fp32 and
+plain programs (``benchmarks.executorch_speed.pte_latencies``: best of 3 medians), so each ratio
+comes from one measurement.
 
     python -m benchmarks.transformer [--small] [--models minilm_additive,minilm_where]
 """
@@ -70,14 +72,14 @@ class Variant:
     fallback: bool = False  # aim at TARGET_COSINE on the selection sentences
 
 
-VARIANTS = (
+VARIANTS = (  # the plain recipe first: every latency is taken against it
     Variant("plain (no guard)", lambda: _xnnpack(guard=False), {}),
     Variant("guards", _xnnpack, {}),
-    Variant("guards + SmoothQuant 0.5", _xnnpack, {"smooth_quant": 0.5}),
-    Variant("guards + bias correction", _xnnpack, {"bias_correction": True}),
     Variant("guards + accuracy-aware", _xnnpack, {}, fallback=True),
     Variant("preset", xnnpack_transformer_quantizer, {}),
     Variant("preset + accuracy-aware", xnnpack_transformer_quantizer, {}, fallback=True),
+    Variant("guards + SmoothQuant 0.5", _xnnpack, {"smooth_quant": 0.5}),
+    Variant("guards + bias correction", _xnnpack, {"bias_correction": True}),
     Variant("dynamic int8 (reference)", lambda: _xnnpack(dynamic=True), {}),
 )
 
@@ -93,6 +95,7 @@ class Row:
     int8_weight_share: float
     pte_ms: float = float("nan")
     seconds: float = 0.0
+    vs_plain: float = float("nan")  # latency / the plain recipe's, interleaved in one measurement
 
 
 def _kept_float(report: pt2q.QuantizationReport) -> int:
@@ -126,8 +129,13 @@ def measure(
     rounds: int = 3,
     max_passes: int = 12,
     variants: Sequence[Variant] = VARIANTS,
+    on_row: Optional[Callable[[Row], None]] = None,
 ) -> list[Row]:
-    """Quantize model ``name`` with each variant, lower each to ``.pte``; accuracy, size and latency."""
+    """Quantize model ``name`` with each variant, lower each to ``.pte``; accuracy, size and latency.
+
+    Each variant's latency is measured right after it is lowered, interleaved with the fp32 and
+    plain programs, so every ratio comes from one measurement; ``on_row`` sees each row as it is done.
+    """
     model = _model(name, small)
     calibration, selection, test = _data(small)
     example = calibration[0]
@@ -163,7 +171,11 @@ def measure(
         )
         seconds = time.perf_counter() - start
         lowered = to_executorch(torch.export.export(result.model, example))
-        buffers[variant.name] = lowered.buffer
+        timed = {k: buffers[k] for k in ("fp32", VARIANTS[0].name) if k in buffers} | {variant.name: lowered.buffer}
+        buffers.setdefault(VARIANTS[0].name, lowered.buffer)
+        latency = pte_latencies(timed, example, runs, warmup=3, rounds=rounds)
+        if len(rows) == 1:  # the plain recipe's measurement times fp32 too
+            rows[0].pte_ms, rows[0].vs_plain = latency["fp32"], latency["fp32"] / latency[variant.name]
         rows.append(
             Row(
                 name,
@@ -173,27 +185,27 @@ def measure(
                 _kept_float(result.report),
                 len(lowered.buffer),
                 lowered.report.int8_weight_share,
-                seconds=seconds,
+                latency[variant.name],
+                seconds,
+                latency[variant.name] / latency.get(VARIANTS[0].name, latency[variant.name]),
             )
         )
-    latency = pte_latencies(buffers, example, runs, warmup=3, rounds=rounds)
-    for row in rows:
-        row.pte_ms = latency[row.variant]
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
-    plain = {r.model: r.pte_ms for r in rows if r.variant.startswith("plain")}
     lines = [
         "| model | recipe | cosine vs fp32 (Q/DQ) | cosine vs fp32 (.pte) | nodes kept float | .pte MB "
         "| int8 weight share | .pte ms (1 thread) | latency / plain | quantize s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        ratio = r.pte_ms / plain[r.model] if r.model in plain else float("nan")
         lines.append(
             f"| {r.model} | {r.variant} | {r.cosine:.4f} | {r.pte_cosine:.4f} | {r.kept_float} "
-            f"| {r.pte_bytes / 1e6:.1f} | {r.int8_weight_share:.2f} | {r.pte_ms:.2f} | {ratio:.2f} | {r.seconds:.0f} |"
+            f"| {r.pte_bytes / 1e6:.1f} | {r.int8_weight_share:.2f} | {r.pte_ms:.2f} | {r.vs_plain:.2f} "
+            f"| {r.seconds:.0f} |"
         )
     return "\n".join(lines)
 
@@ -210,9 +222,7 @@ def suite(models: Any = None, variants: Any = None, settings: Any = None) -> lis
     rows = [
         row
         for name in (MODELS[:1] if small else MODELS)
-        for row in measure(
-            name, small, runs=5 if small else 20, rounds=2 if small else 3, max_passes=3 if small else 8
-        )
+        for row in measure(name, small, runs=5 if small else 20, rounds=2 if small else 3, max_passes=3 if small else 6)
     ]
     method = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
     if small:
@@ -231,8 +241,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in args.models.split(","):
-            rows += measure(name, args.small, runs=args.runs, max_passes=3 if args.small else 8)
-            print(markdown_table(rows), flush=True)
+            rows += measure(
+                name,
+                args.small,
+                runs=args.runs,
+                max_passes=3 if args.small else 6,
+                on_row=lambda row: print(markdown_table([row]).splitlines()[-1], flush=True),
+            )
+        print(markdown_table(rows), flush=True)
 
 
 if __name__ == "__main__":
