@@ -77,32 +77,14 @@ def main(fast: bool = False) -> dict:
     def cosine(m: torch.nn.Module) -> float:
         return minilm.mean_cosine(model, m, selection)
 
-    passes = 2 if fast else 10
-    aware = pt2q.quantize(
-        float_graph,
-        example,
-        xnnpack(),
-        calibration,
-        metric=cosine,
-        max_drop=0.003,
-        max_passes=passes,
-        progress=not fast,
-    )
+    target = {"metric": cosine, "max_drop": 0.003, "max_passes": 2 if fast else 10, "progress": not fast}
+    aware = pt2q.quantize(float_graph, example, xnnpack(), calibration, **target)
     aware_cosine = minilm.mean_cosine(model, aware.model, test)
     print(f"accuracy-aware: cosine {aware_cosine:.4f}, kept float: {aware.kept_float}")
     print("\n".join(aware.report.notes))
 
     # --- 4. the transformer preset: int8 linears, uint8 embedding rows, float adds/muls
-    preset = pt2q.quantize(
-        float_graph,
-        example,
-        xnnpack_transformer_quantizer(),
-        calibration,
-        metric=cosine,
-        max_drop=0.003,
-        max_passes=passes,
-        progress=not fast,
-    )
+    preset = pt2q.quantize(float_graph, example, xnnpack_transformer_quantizer(), calibration, **target)
     preset_cosine = minilm.mean_cosine(model, preset.model, test)
     print(f"preset + accuracy-aware: cosine {preset_cosine:.4f}, kept float: {preset.kept_float}")
 
