@@ -54,6 +54,7 @@ __all__ = [
     "MEAN",
     "DROPOUT",
     "LAYER_NORM",
+    "FULL",
     "SUB",
     "DIV",
     "WHERE",
@@ -132,6 +133,9 @@ FLATTEN = ops(aten.flatten.using_ints)
 MEAN = ops(aten.mean.default, aten.mean.dim)
 DROPOUT = ops(aten.dropout.default, aten.dropout_.default)
 LAYER_NORM = ops(aten.layer_norm.default)
+FULL = ops(
+    aten.full.default, aten.full_like.default, aten.new_full.default, aten.scalar_tensor.default, aten.fill.Scalar
+)
 SUB = ops(aten.sub.Tensor, aten.sub_.Tensor, aten.sub.Scalar, aten.rsub.Scalar, aten.rsub.Tensor)
 DIV = ops(aten.div.Tensor, aten.div_.Tensor, aten.div.Scalar)
 WHERE = ops(aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar)

@@ -12,7 +12,8 @@ A float tensor is **mask-like** when either
 * it is computed without any float activation or weight (only from integer/bool inputs,
   scalars and stored masks) and an extreme constant takes part in computing it, where
   extreme means non-finite or of magnitude at least :data:`MASK_VALUE_BOUND` (1e4: HF's
-  ``-10000.0``, ``-1e9``, ``finfo.min``, ``-inf``); or
+  ``-10000.0``, ``-1e9``, ``finfo.min``, ``-inf``) reaches it through ops that keep it (a fill,
+  ``full``, add, sub, mul, a view; not ``10000 ** x`` as in rotary frequencies); or
 * it is a ``where`` / ``masked_fill`` that fills with an extreme constant; or
 * it is an add, sub, mul, div, ``where``, ``masked_fill`` or a view/copy of a mask-like
   tensor (``scores + mask`` is dominated by the mask's constants just the same).
@@ -30,7 +31,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import get_attr_value
-from pt2q.ops import ADD, DIV, MASKED_FILL, MOVE_OPS, MUL, SUB, WHERE, is_op, ops
+from pt2q.ops import ADD, DIV, FULL, MASKED_FILL, MOVE_OPS, MUL, SUB, WHERE, is_op, ops
 
 __all__ = ["MASK_VALUE_BOUND", "find_mask_like", "MaskGuard"]
 
@@ -42,6 +43,10 @@ _FILL_OPS = WHERE | MASKED_FILL
 _ARITH_OPS = (
     ADD | SUB | MUL | DIV | ops(torch.ops.aten.add.Scalar, torch.ops.aten.mul.Scalar, torch.ops.aten.neg.default)
 )
+# ops whose extreme scalar argument ends up in their output (not pow(10000, x), not x / 1e4)
+_TAKES_EXTREME = _FILL_OPS | FULL | ADD | SUB | MUL | ops(torch.ops.aten.add.Scalar, torch.ops.aten.mul.Scalar)
+# ops whose output keeps an extreme value of their input (not exp, pow, softmax, ...)
+_KEEPS_EXTREME = MOVE_OPS | _FILL_OPS | _ARITH_OPS
 
 
 def _is_float(node: Node) -> bool:
@@ -92,8 +97,8 @@ def find_mask_like(gm: GraphModule) -> dict[Node, str]:
             continue
         inputs = n.all_input_nodes
         constant[n] = all(constant.get(a, False) for a in inputs)
-        scalars = [float(x) for x in _scalar_args(n) if _extreme_number(x)]
-        upstream = [extreme[a] for a in inputs if extreme.get(a) is not None]
+        scalars = [float(x) for x in _scalar_args(n) if _extreme_number(x)] if is_op(n, _TAKES_EXTREME) else []
+        upstream = [extreme[a] for a in inputs if extreme.get(a) is not None] if is_op(n, _KEEPS_EXTREME) else []
         extreme[n] = scalars[0] if scalars else (upstream[0] if upstream else None)
         if not _is_float(n):
             continue

@@ -155,3 +155,14 @@ def test_ordinary_scales_do_not_warn() -> None:
     _, m, warned = _quantize(model, [example], _xnnpack())
     assert warned == [] and absurd_scales(m) == []
     assert ABSURD_SCALE == 1e3
+
+
+def test_rotary_frequencies_are_no_mask() -> None:
+    class Rotary(nn.Module):
+        def forward(self, x, positions):
+            inv_freq = 1.0 / (10000 ** (torch.arange(0, 8, 2, dtype=torch.float32) / 8))
+            angles = positions[:, :, None].float() * inv_freq
+            return x * torch.cos(angles).repeat(1, 1, 2) + torch.full_like(x, -1e4).clamp(min=-1.0)
+
+    example = (torch.randn(2, 5, 8), torch.arange(5).expand(2, 5))
+    assert find_mask_like(torch.export.export(Rotary(), example).module()) == {}
