@@ -37,6 +37,7 @@ from pt2q.convert import convert_pt2e
 from pt2q.keep_float import KeepFloat, layer_name
 from pt2q.layer_errors import ErrorStats
 from pt2q.notes import FLOAT_REASON_KEY, set_note
+from pt2q.ops import SHARE_QPARAMS_OPS, is_op
 from pt2q.prepare import prepare_pt2e
 from pt2q.quantization_report import QuantizationReport, ReportRow, as_batches, report
 from pt2q.quantizer import Quantizer
@@ -184,7 +185,12 @@ def quantize(
     targeted = max_drop is not None or min_sqnr is not None
     if targeted and not met(score, sqnr):
         ranking = report(current, float_gm, batches[:report_batches]).worst(n=len(float_gm.graph.nodes))
-        queue = [r for r in ranking if r.quantized and r.sensitivity_sqnr is not None]
+        by_name = {n.name: n for n in float_gm.graph.nodes}
+        queue = [  # a view or dropout only shares its producer's qparams: keeping it float changes nothing
+            r
+            for r in ranking
+            if r.quantized and r.sensitivity_sqnr is not None and not is_op(by_name.get(r.name), SHARE_QPARAMS_OPS)
+        ]
         tried: set[str] = set()
         bar = tqdm(
             total=max_passes,
