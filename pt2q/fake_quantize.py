@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from pt2q.observer import (
     FixedQParamsObserver,
+    MergeSteps,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
     _with_args,
@@ -68,6 +69,14 @@ class FakeQuantizeBase(ABC, nn.Module):
 
     def disable_observer(self) -> None:
         self.enable_observer(False)
+
+    def merge_across_ranks(self) -> MergeSteps:
+        """Merge the statistics with the other processes' (see ``ObserverBase.merge_across_ranks``)."""
+        raise NotImplementedError(
+            f"{self.target_name or type(self).__name__}: {type(self).__name__} does not define "
+            "merge_across_ranks, so its statistics cannot be merged across processes; implement it"
+        )
+        yield []  # a generator, like the implementations
 
     @property
     def target_name(self) -> str:
@@ -138,15 +147,26 @@ class FakeQuantize(FakeQuantizeBase):
     def forward(self, x: Tensor) -> Tensor:
         if self.observer_enabled.item() == 1:
             self.activation_post_process(x.detach())
-            scale, zero_point = self.calculate_qparams()
-            if self.scale.shape != scale.shape:
-                self.scale.resize_(scale.shape)
-                self.zero_point.resize_(zero_point.shape)
-            self.scale.copy_(scale)
-            self.zero_point.copy_(zero_point)
+            self._update_qparams()
         if self.fake_quant_enabled.item() == 1:
             return self._fake_quantize(x)
         return x
+
+    def _update_qparams(self) -> None:
+        """Set ``scale`` and ``zero_point`` from the observer's statistics."""
+        scale, zero_point = self.calculate_qparams()
+        if self.scale.shape != scale.shape:
+            self.scale.resize_(scale.shape)
+            self.zero_point.resize_(zero_point.shape)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zero_point)
+
+    def merge_across_ranks(self) -> MergeSteps:
+        """Merge the observer's statistics; ``scale`` and ``zero_point`` then follow them (also with
+        the observer disabled: they were computed from the same statistics before the merge)."""
+        yield from self.activation_post_process.merge_across_ranks()
+        if self.has_statistics:
+            self._update_qparams()
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
         if self.is_per_channel:

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pt2q.fake_quantize import FakeQuantizeBase
-from pt2q.observer import MovingAverageMinMaxObserver
+from pt2q.observer import MergeSteps, MovingAverageMinMaxObserver
 from pt2q.qparams import PER_CHANNEL_QSCHEMES, SYMMETRIC_QSCHEMES, storage_dtype
 
 __all__ = ["LearnableFakeQuantize", "enable_range_learning", "disable_range_learning"]
@@ -136,6 +136,19 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         self.scale.data.copy_(scale)
         self.zero_point.data.copy_(zero_point.float())
         self.initialized[0] = 1
+
+    def merge_across_ranks(self) -> MergeSteps:
+        """Merge the observer's statistics; while the observer is enabled the qparams follow them,
+        once they are learned (DDP keeps them equal) they are averaged across ranks."""
+        yield from self.activation_post_process.merge_across_ranks()
+        if not self.has_statistics:
+            return
+        if self.observer_enabled[0] == 1:
+            self._set_qparams(*self.activation_post_process.calculate_qparams())
+            return
+        scale, zero_point = yield [(self.scale.detach(), "mean"), (self.zero_point.detach(), "mean")]
+        self.scale.data.copy_(scale)
+        self.zero_point.data.copy_(zero_point)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.observer_enabled[0] == 1 or not self.has_statistics:

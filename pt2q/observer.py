@@ -13,8 +13,7 @@ import math
 import warnings
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any, Callable, Generator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +51,11 @@ __all__ = [
 ]
 
 _F32_EPS = torch.finfo(torch.float32).eps
+
+Reductions = list[tuple[Tensor, str]]
+"""(this rank's tensor, how to combine it across ranks: "min", "max", "sum" or "mean") pairs."""
+MergeSteps = Generator[Reductions, list[Tensor], None]
+"""What ``merge_across_ranks`` returns: it yields reductions and is sent their results."""
 
 
 class _Constructor:
@@ -105,6 +109,19 @@ class ObserverBase(ABC, nn.Module):
 
     def _where(self) -> str:
         return self.target_name or type(self).__name__
+
+    def merge_across_ranks(self) -> MergeSteps:
+        """Merge these statistics with the other processes' (driven by ``pt2q.distributed.sync_observers``).
+
+        A generator: each ``yield`` hands over a list of ``(tensor, op)`` reductions
+        (op ``"min"``, ``"max"``, ``"sum"`` or ``"mean"`` across ranks) and receives
+        the reduced tensors; when it returns, the observer holds the merged state.
+        """
+        raise NotImplementedError(
+            f"{self._where()}: {type(self).__name__} does not define merge_across_ranks, so its statistics "
+            "cannot be merged across processes; implement it (see ObserverBase.merge_across_ranks)"
+        )
+        yield []  # a generator, like the implementations
 
     def _uncalibrated_qparams(self) -> tuple[Tensor, Tensor]:
         """torchao's answer for an observer that saw no data: scale 1.0, zero point 0, with a warning."""
@@ -203,6 +220,35 @@ class UniformQuantizationObserverBase(ObserverBase):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
+def _merge_range(obs: MinMaxObserver | PerChannelMinMaxObserver, lo_op: str, hi_op: str) -> MergeSteps:
+    """Merge ``obs.min_val`` / ``obs.max_val`` across ranks with the given reductions."""
+    lo, hi = yield [(obs.min_val, lo_op), (obs.max_val, hi_op)]
+    obs.min_val.copy_(lo)
+    obs.max_val.copy_(hi)
+
+
+def _merging_sums(obs: UniformQuantizationObserverBase, count: float) -> Generator[Reductions, list[Tensor], bool]:
+    """First step of merging summed statistics (``count`` values observed): whether to merge now.
+
+    Merging sums every rank's statistics, so every rank then holds all of them. Merging
+    again with nothing new observed anywhere is a no-op; after new data it is an error,
+    as the statistics merged before would count once per rank.
+    """
+    before = obs.__dict__.get("_merged_count")
+    (flags,) = yield [(torch.tensor([before is not None, before != count], dtype=torch.float64), "max")]
+    merged_before, fresh = bool(flags[0]), bool(flags[1])
+    if merged_before and fresh:
+        raise RuntimeError(
+            f"{obs._where()}: {type(obs).__name__} observed more data after its statistics were merged across "
+            "ranks; merging again would count the merged data once per rank. Sync once, after calibration."
+        )
+    return not merged_before
+
+
+def _remember_merge(obs: UniformQuantizationObserverBase, count: float) -> None:
+    obs.__dict__["_merged_count"] = count
+
+
 class MinMaxObserver(UniformQuantizationObserverBase):
     """Qparams from the running min and max of everything observed (per tensor)."""
 
@@ -253,6 +299,10 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         self.max_val.fill_(float("-inf"))
         self._forget()
 
+    def merge_across_ranks(self) -> MergeSteps:
+        """Exact: the min and max over every rank's data."""
+        return _merge_range(self, "min", "max")
+
     def extra_repr(self) -> str:
         return f"min_val={self.min_val}, max_val={self.max_val}"
 
@@ -269,6 +319,12 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
             raise ValueError("MovingAverageMinMaxObserver supports dynamic quantization only with averaging_constant=1")
         super().__init__(is_dynamic=is_dynamic, **kwargs)
         self.averaging_constant = averaging_constant
+
+    def merge_across_ranks(self) -> MergeSteps:
+        """The mean of the ranks' moving averages. A moving average is linear in the batch
+        statistics, so this is the moving average of the rank-averaged batch min/max, whether
+        the ranks sync once or after every batch (if each ran as many batches)."""
+        return _merge_range(self, "mean", "mean")
 
     def forward(self, x_orig: Tensor) -> Tensor:
         if x_orig.numel() == 0:
@@ -361,6 +417,10 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         self.max_val.resize_(0)
         self._forget()
 
+    def merge_across_ranks(self) -> MergeSteps:
+        """Exact: the per-channel min and max over every rank's data."""
+        return _merge_range(self, "min", "max")
+
     def extra_repr(self) -> str:
         return f"ch_axis={self.ch_axis}, min_val={self.min_val}, max_val={self.max_val}"
 
@@ -371,6 +431,12 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
     def __init__(self, averaging_constant: float = 0.01, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.averaging_constant = averaging_constant
+
+    def merge_across_ranks(self) -> MergeSteps:
+        """The mean of the ranks' moving averages. A moving average is linear in the batch
+        statistics, so this is the moving average of the rank-averaged batch min/max, whether
+        the ranks sync once or after every batch (if each ran as many batches)."""
+        return _merge_range(self, "mean", "mean")
 
     def forward(self, x_orig: Tensor) -> Tensor:
         if x_orig.numel() == 0:
@@ -438,16 +504,31 @@ class HistogramObserver(UniformQuantizationObserverBase):
             accumulate_histc_(self.histogram, x, cur_lo, cur_hi)
         else:
             new_lo, new_hi = min(lo, cur_lo), max(hi, cur_hi)
-            if cur_lo == cur_hi:  # all mass so far at one point
-                moved = torch.histc(self.min_val, self.bins, new_lo, new_hi) * self.histogram.sum()
-            else:
-                moved = upscale_histogram(
-                    self.histogram, self.min_val, self.max_val, new_lo, new_hi, self.upsample_rate
-                )
-            self.histogram.copy_(accumulate_histc_(moved, x, new_lo, new_hi))
+            self.histogram.copy_(accumulate_histc_(self._histogram_on(new_lo, new_hi), x, new_lo, new_hi))
             self.min_val.fill_(new_lo)
             self.max_val.fill_(new_hi)
         return x_orig
+
+    def _histogram_on(self, new_lo: float, new_hi: float) -> Tensor:
+        """The histogram re-binned onto ``[new_lo, new_hi]``, a range containing the current one."""
+        if (new_lo, new_hi) == (self.min_val.item(), self.max_val.item()):
+            return self.histogram.clone()
+        if self.min_val.item() == self.max_val.item():  # all mass so far at one point
+            return torch.histc(self.min_val, self.bins, new_lo, new_hi) * self.histogram.sum()
+        return upscale_histogram(self.histogram, self.min_val, self.max_val, new_lo, new_hi, self.upsample_rate)
+
+    def merge_across_ranks(self) -> MergeSteps:
+        """The common range is the min and max over all ranks (exact); each rank's histogram is
+        re-binned onto it as ``forward`` does when a batch widens the range, and the histograms
+        are summed. Merging once, after calibration, is what this supports (see ``_merging_sums``)."""
+        if not (yield from _merging_sums(self, self.histogram.sum(dtype=torch.float64).item())):
+            return
+        lo, hi = yield [(self.min_val, "min"), (self.max_val, "max")]
+        (total,) = yield [(self._histogram_on(lo.item(), hi.item()), "sum")]
+        self.histogram.copy_(total)
+        self.min_val.copy_(lo)
+        self.max_val.copy_(hi)
+        _remember_merge(self, self.histogram.sum(dtype=torch.float64).item())
 
     @property
     def has_statistics(self) -> bool:
@@ -497,6 +578,9 @@ class FixedQParamsObserver(ObserverBase):
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:
         return self.scale, self.zero_point
 
+    def merge_across_ranks(self) -> MergeSteps:
+        yield from ()  # fixed qparams: nothing observed
+
 
 class _PassThroughObserver(ObserverBase):
     """Records nothing; carries dtype, range and qscheme to convert."""
@@ -521,6 +605,9 @@ class _PassThroughObserver(ObserverBase):
 
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:
         raise RuntimeError(f"{self._where()}: a {type(self).__name__} has no qparams to calculate")
+
+    def merge_across_ranks(self) -> MergeSteps:
+        yield from ()  # nothing observed
 
     def extra_repr(self) -> str:
         return f"dtype={self.dtype}, is_dynamic={self.is_dynamic}"

@@ -13,6 +13,8 @@ import types
 import torch
 from torch.fx import GraphModule
 
+from pt2q.sync_batch_norm import to_plain_batch_norm, to_sync_batch_norm
+
 __all__ = [
     "move_exported_model_to_eval",
     "move_exported_model_to_train",
@@ -57,6 +59,8 @@ def _is_batch_counter(node: torch.fx.Node) -> bool:
 def _set_training(model: GraphModule, training: bool) -> GraphModule:
     changed = False
     for node in model.graph.nodes:
+        if not training and to_plain_batch_norm(node):  # a synchronized BatchNorm is a plain one in eval
+            changed = True
         if _is_batch_counter(node):
             # BatchNorm counts training batches only: add 1 in training, 0 in eval
             if node.args[1] != int(training):
@@ -72,6 +76,8 @@ def _set_training(model: GraphModule, training: bool) -> GraphModule:
             changed = True
         elif keyword in node.kwargs and node.kwargs[keyword] != training:
             node.kwargs = {**node.kwargs, keyword: training}
+            changed = True
+        if training and to_sync_batch_norm(node):  # pt2q.distributed.convert_sync_batchnorm marked it
             changed = True
     if changed:
         model.recompile()

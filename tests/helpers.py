@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import collections
 import copy
+import datetime
 import io
-from collections.abc import Callable
-from typing import Any
+import os
+import tempfile
+import time
+from typing import Any, Callable
 
 import torch
 from torch.fx import GraphModule
@@ -73,3 +76,37 @@ def saved_size(gm: GraphModule, example: tuple) -> int:
     buf = io.BytesIO()
     torch.export.save(torch.export.export(gm, example), buf)
     return buf.getbuffer().nbytes
+
+
+
+def run_on_ranks(fn: Callable[..., Any], world: int = 2, timeout: float = 120.0, args: tuple = ()) -> list[Any]:
+    """``fn(rank, world, *args)`` in ``world`` forked processes joined by a gloo process group; each rank's result.
+
+    Every process runs one thread. Results travel through ``torch.save`` files, so they
+    hold tensors, numbers, strings and containers of them. A worker's exception is
+    re-raised here; a hang (a collective that some rank never joins) is killed and
+    raises ``TimeoutError`` after ``timeout`` seconds instead of blocking.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = torch.multiprocessing.start_processes(
+            _rank_main, args=(world, tmp, fn, args, timeout), nprocs=world, join=False, start_method="fork"
+        )
+        deadline = time.monotonic() + timeout
+        while not ctx.join(timeout=max(deadline - time.monotonic(), 0.0)):
+            if time.monotonic() >= deadline:
+                for process in ctx.processes:
+                    process.kill()
+                raise TimeoutError(f"run_on_ranks: {fn.__name__} did not finish on {world} ranks in {timeout:.0f} s")
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(world)]
+
+
+def _rank_main(rank: int, world: int, tmp: str, fn: Callable[..., Any], args: tuple, timeout: float) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world,
+        timeout=datetime.timedelta(seconds=timeout),
+    )
+    try:
+        torch.save(fn(rank, world, *args), os.path.join(tmp, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()

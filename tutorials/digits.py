@@ -46,6 +46,18 @@ def train_epochs(model, x, y, epochs: int, lr: float = 3e-3) -> None:
             opt.step()
 
 
+def train_on_loader(model, loader, epochs: int, lr: float = 1e-3) -> None:
+    """Adam over a DataLoader's ``(x, y)`` batches; a DistributedSampler is told the epoch, so it reshuffles."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for epoch in range(epochs):
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        for x, y in loader:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+
 def train(model: nn.Module, x, y, epochs: int) -> nn.Module:
     """Train an eager model (``train_epochs`` in training mode); return it in eval mode."""
     model.train()
