@@ -65,7 +65,8 @@ from tqdm import tqdm
 
 from pt2q.derived import DerivedObserverOrFakeQuantize
 from pt2q.fake_quantize import FakeQuantizeBase
-from pt2q.observer import MergeSteps, ObserverBase, Reductions
+from pt2q.merge_across_ranks import MergeSteps, Reductions
+from pt2q.observer import ObserverBase
 from pt2q.sync_batch_norm import convert_sync_batchnorm, require_process_group, sync_batch_norm
 
 __all__ = ["sync_observers", "calibrate", "convert_sync_batchnorm"]

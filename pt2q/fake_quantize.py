@@ -14,9 +14,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from pt2q.merge_across_ranks import MergeSteps
 from pt2q.observer import (
     FixedQParamsObserver,
-    MergeSteps,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
     _with_args,

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from pt2q.fake_quantize import FakeQuantizeBase
-from pt2q.observer import MergeSteps, MovingAverageMinMaxObserver
+from pt2q.merge_across_ranks import MergeSteps
+from pt2q.observer import MovingAverageMinMaxObserver
 from pt2q.qparams import PER_CHANNEL_QSCHEMES, SYMMETRIC_QSCHEMES, storage_dtype
 
 __all__ = ["LearnableFakeQuantize", "enable_range_learning", "disable_range_learning"]

@@ -13,11 +13,12 @@ import math
 import warnings
 import weakref
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Generator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
+from pt2q.merge_across_ranks import MergeSteps, merge_range, merging_sums, remember_merge
 from pt2q.qparams import (
     PER_CHANNEL_QSCHEMES,
     PER_TENSOR_QSCHEMES,
@@ -51,11 +52,6 @@ __all__ = [
 ]
 
 _F32_EPS = torch.finfo(torch.float32).eps
-
-Reductions = list[tuple[Tensor, str]]
-"""(this rank's tensor, how to combine it across ranks: "min", "max", "sum" or "mean") pairs."""
-MergeSteps = Generator[Reductions, list[Tensor], None]
-"""What ``merge_across_ranks`` returns: it yields reductions and is sent their results."""
 
 
 class _Constructor:
@@ -111,12 +107,7 @@ class ObserverBase(ABC, nn.Module):
         return self.target_name or type(self).__name__
 
     def merge_across_ranks(self) -> MergeSteps:
-        """Merge these statistics with the other processes' (driven by ``pt2q.distributed.sync_observers``).
-
-        A generator: each ``yield`` hands over a list of ``(tensor, op)`` reductions
-        (op ``"min"``, ``"max"``, ``"sum"`` or ``"mean"`` across ranks) and receives
-        the reduced tensors; when it returns, the observer holds the merged state.
-        """
+        """Merge the statistics with the other processes' (see ``pt2q.merge_across_ranks``)."""
         raise NotImplementedError(
             f"{self._where()}: {type(self).__name__} does not define merge_across_ranks, so its statistics "
             "cannot be merged across processes; implement it (see ObserverBase.merge_across_ranks)"
@@ -220,35 +211,6 @@ class UniformQuantizationObserverBase(ObserverBase):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
-def _merge_range(obs: MinMaxObserver | PerChannelMinMaxObserver, lo_op: str, hi_op: str) -> MergeSteps:
-    """Merge ``obs.min_val`` / ``obs.max_val`` across ranks with the given reductions."""
-    lo, hi = yield [(obs.min_val, lo_op), (obs.max_val, hi_op)]
-    obs.min_val.copy_(lo)
-    obs.max_val.copy_(hi)
-
-
-def _merging_sums(obs: UniformQuantizationObserverBase, count: float) -> Generator[Reductions, list[Tensor], bool]:
-    """First step of merging summed statistics (``count`` values observed): whether to merge now.
-
-    Merging sums every rank's statistics, so every rank then holds all of them. Merging
-    again with nothing new observed anywhere is a no-op; after new data it is an error,
-    as the statistics merged before would count once per rank.
-    """
-    before = obs.__dict__.get("_merged_count")
-    (flags,) = yield [(torch.tensor([before is not None, before != count], dtype=torch.float64), "max")]
-    merged_before, fresh = bool(flags[0]), bool(flags[1])
-    if merged_before and fresh:
-        raise RuntimeError(
-            f"{obs._where()}: {type(obs).__name__} observed more data after its statistics were merged across "
-            "ranks; merging again would count the merged data once per rank. Sync once, after calibration."
-        )
-    return not merged_before
-
-
-def _remember_merge(obs: UniformQuantizationObserverBase, count: float) -> None:
-    obs.__dict__["_merged_count"] = count
-
-
 class MinMaxObserver(UniformQuantizationObserverBase):
     """Qparams from the running min and max of everything observed (per tensor)."""
 
@@ -301,7 +263,7 @@ class MinMaxObserver(UniformQuantizationObserverBase):
 
     def merge_across_ranks(self) -> MergeSteps:
         """Exact: the min and max over every rank's data."""
-        return _merge_range(self, "min", "max")
+        return merge_range(self, "min", "max")
 
     def extra_repr(self) -> str:
         return f"min_val={self.min_val}, max_val={self.max_val}"
@@ -324,7 +286,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         """The mean of the ranks' moving averages. A moving average is linear in the batch
         statistics, so this is the moving average of the rank-averaged batch min/max, whether
         the ranks sync once or after every batch (if each ran as many batches)."""
-        return _merge_range(self, "mean", "mean")
+        return merge_range(self, "mean", "mean")
 
     def forward(self, x_orig: Tensor) -> Tensor:
         if x_orig.numel() == 0:
@@ -419,7 +381,7 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
 
     def merge_across_ranks(self) -> MergeSteps:
         """Exact: the per-channel min and max over every rank's data."""
-        return _merge_range(self, "min", "max")
+        return merge_range(self, "min", "max")
 
     def extra_repr(self) -> str:
         return f"ch_axis={self.ch_axis}, min_val={self.min_val}, max_val={self.max_val}"
@@ -433,10 +395,8 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
         self.averaging_constant = averaging_constant
 
     def merge_across_ranks(self) -> MergeSteps:
-        """The mean of the ranks' moving averages. A moving average is linear in the batch
-        statistics, so this is the moving average of the rank-averaged batch min/max, whether
-        the ranks sync once or after every batch (if each ran as many batches)."""
-        return _merge_range(self, "mean", "mean")
+        """The mean of the ranks' moving averages (see ``MovingAverageMinMaxObserver``)."""
+        return merge_range(self, "mean", "mean")
 
     def forward(self, x_orig: Tensor) -> Tensor:
         if x_orig.numel() == 0:
@@ -520,15 +480,15 @@ class HistogramObserver(UniformQuantizationObserverBase):
     def merge_across_ranks(self) -> MergeSteps:
         """The common range is the min and max over all ranks (exact); each rank's histogram is
         re-binned onto it as ``forward`` does when a batch widens the range, and the histograms
-        are summed. Merging once, after calibration, is what this supports (see ``_merging_sums``)."""
-        if not (yield from _merging_sums(self, self.histogram.sum(dtype=torch.float64).item())):
+        are summed. Once, after calibration (see ``merging_sums``)."""
+        if not (yield from merging_sums(self, self.histogram.sum(dtype=torch.float64).item())):
             return
         lo, hi = yield [(self.min_val, "min"), (self.max_val, "max")]
         (total,) = yield [(self._histogram_on(lo.item(), hi.item()), "sum")]
         self.histogram.copy_(total)
         self.min_val.copy_(lo)
         self.max_val.copy_(hi)
-        _remember_merge(self, self.histogram.sum(dtype=torch.float64).item())
+        remember_merge(self, self.histogram.sum(dtype=torch.float64).item())
 
     @property
     def has_statistics(self) -> bool:

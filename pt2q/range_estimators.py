@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pt2q.observer import MergeSteps, PerChannelMinMaxObserver, _merging_sums, _remember_merge
+from pt2q.merge_across_ranks import MergeSteps, merging_sums, remember_merge
+from pt2q.observer import PerChannelMinMaxObserver
 from pt2q.qparams import PER_TENSOR_QSCHEMES, SYMMETRIC_QSCHEMES
 
 __all__ = ["PercentileObserver", "MSEObserver"]
@@ -114,12 +115,12 @@ class _ClippingObserver(PerChannelMinMaxObserver):
         """Forget everything observed."""
         super().reset_min_max_vals()
         self.histogram.resize_(2, 0, 0)
-        self.__dict__.pop("_merged_count", None)
+        remember_merge(self, None)
 
     def merge_across_ranks(self) -> MergeSteps:
         """Exact: per-channel min and max over all ranks, and the sum of the ranks' histograms
         (their bins are fixed, so they only need padding to the longest). Once, after calibration."""
-        if not (yield from _merging_sums(self, self.histogram.sum().item())):
+        if not (yield from merging_sums(self, self.histogram.sum().item())):
             return
         lo, hi, length = yield [
             (self.min_val, "min"), (self.max_val, "max"), (torch.tensor([self.histogram.shape[2]]), "max")
@@ -130,7 +131,7 @@ class _ClippingObserver(PerChannelMinMaxObserver):
         self.histogram.resize_(total.shape).copy_(total)
         self.min_val.copy_(lo)
         self.max_val.copy_(hi)
-        _remember_merge(self, self.histogram.sum().item())
+        remember_merge(self, self.histogram.sum().item())
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         saved = state_dict.get(prefix + "histogram")
