@@ -84,6 +84,7 @@ class _Member:
     kind: str
     has_statistics: bool
     merge: Callable[[], MergeSteps]
+    tensors: list[Tensor]  # the state it merges
 
 
 def _batch_norm_merge(stats: list[Tensor]) -> MergeSteps:
@@ -102,7 +103,7 @@ def _members(model: nn.Module) -> list[_Member]:
         if isinstance(module, (ObserverBase, FakeQuantizeBase)):
             where = f"{name} ({module.target_name})" if module.target_name else name
             members.append(_Member(name, where, type(module).__name__, bool(getattr(module, "has_statistics", True)),
-                                   module.merge_across_ranks))
+                                   module.merge_across_ranks, [*module.parameters(), *module.buffers()]))
             owners.append(name + ".")
         elif hasattr(module, "calculate_qparams"):
             raise TypeError(
@@ -128,7 +129,7 @@ def _batch_norm_members(gm: GraphModule) -> list[_Member]:
         if attrs[0].target.endswith("running_mean") and _has_buffer(gm, counter):
             stats.append(gm.get_buffer(counter))
         members.append(_Member(node.name, f"BatchNorm statistics of node {node.name!r}", "BatchNorm", True,
-                               functools.partial(_batch_norm_merge, stats)))
+                               functools.partial(_batch_norm_merge, stats), stats))
     return members
 
 
@@ -172,6 +173,38 @@ def _check_same_members(members: list[_Member], rank: int, group: Any) -> None:
         f"differs from rank {other}'s observer at the same position. Every rank must prepare the same model with "
         "the same quantizer."
     )
+
+
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _checksum(t: Tensor) -> int:
+    """The sum of the tensor's elements read as integers: equal tensors, equal sums (any thread count)."""
+    t = t.detach().contiguous()
+    if t.dtype == torch.bool:
+        t = t.view(torch.uint8)
+    elif t.element_size() in _INT_VIEW:
+        t = t.view(_INT_VIEW[t.element_size()])
+    return int(t.sum(dtype=torch.int64))
+
+
+def _check_same_weights(model: nn.Module, members: list[_Member], rank: int, group: Any) -> None:
+    """Everything else convert_pt2e reads (weights, constants) must already be equal on every rank."""
+    merged = {id(t) for m in members for t in m.tensors}
+    named = [(n, t) for n, t in [*model.named_parameters(), *model.named_buffers()] if id(t) not in merged]
+    mine = torch.tensor([[_checksum(t), t.numel()] for _, t in named], dtype=torch.int64).reshape(-1, 2)
+    counts = _gather(torch.tensor([len(named)]), group)
+    if (counts != len(named)).any():
+        raise ValueError(f"sync_observers: the ranks hold different models ({counts.flatten().tolist()} weights)")
+    differ = (_gather(mine, group) != mine).any(-1).any(0).nonzero().flatten().tolist()
+    if differ:
+        raise ValueError(
+            f"sync_observers: the ranks hold different weights, e.g. {named[differ[0]][0]!r} "
+            f"({len(differ)} tensor(s) differ from another rank's). Every rank must prepare the same float model: "
+            "DistributedDataParallel keeps parameters equal, but BatchNorm running statistics (which prepare_pt2e "
+            "folds into the weights) are per rank; broadcast the float model's buffers from rank 0, or load the same "
+            "checkpoint everywhere, before exporting."
+        )
 
 
 def _check_every_rank_saw_data(members: list[_Member], rank: int, group: Any) -> list[bool]:
@@ -257,8 +290,10 @@ def sync_observers(model: nn.Module, group: Optional[Any] = None) -> nn.Module:
     rank, world = require_process_group("sync_observers", group)
     if world == 1:
         return model
-    members = _members(_unwrap(model))
+    module = _unwrap(model)
+    members = _members(module)
     _check_same_members(members, rank, group)
+    _check_same_weights(module, members, rank, group)
     active = [m for m, ok in zip(members, _check_every_rank_saw_data(members, rank, group)) if ok]
     steps: list[Optional[MergeSteps]] = [m.merge() for m in active]
     rounds = [_advance(s, None) for s in steps]

@@ -169,6 +169,10 @@ def error_messages(rank: int, batches: list[torch.Tensor]) -> dict[str, str]:
     channels = PerChannelMinMaxObserver(ch_axis=1)
     channels(batches[0] if rank == 0 else batches[0][:, :8])
     attempt("8_channels_on_rank_1", channels)
+    torch.manual_seed(rank)
+    weights = nn.ModuleDict({"obs": MinMaxObserver(), "linear": nn.Linear(2, 2)})
+    observe(nn.ModuleDict({"obs": weights["obs"]}), batches[:1])
+    attempt("other_weights_on_rank_1", weights)
     starved = HistogramObserver()
     if rank == 0:
         starved(batches[0])
@@ -284,6 +288,8 @@ def test_bad_setups_fail_on_every_rank_with_a_clear_error(calibration):
     assert "different models (rank 0: 1, rank 1: 2 observers" in messages["more_observers_on_rank_1"]
     assert "differently shaped statistics on the ranks (rank 0: 32, rank 1: 16 values)" in messages[
         "8_channels_on_rank_1"]
+    assert "different weights, e.g. 'linear.weight' (2 tensor(s) differ" in messages["other_weights_on_rank_1"]
+    assert "broadcast the float model's buffers from rank 0" in messages["other_weights_on_rank_1"]
     assert "rank(s) [1] saw no data" in messages["no_data_on_rank_1"]
     assert "DistributedSampler" in messages["no_data_on_rank_1"]
     assert "observed more data after its statistics were merged" in messages["observed_after_merge"]

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+import pt2q  # noqa: F401  (registers the quantized_decomposed ops a saved program holds)
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 
@@ -89,3 +96,44 @@ def test_transformer_int8():
     assert r["aware_notes"][0].endswith("; target met")
     assert r["preset_cosine"] > 0.999 and r["pte"]["preset"]["pte_cosine"] > 0.999
     assert r["pte"]["preset"]["int8_weight_share"] == 1.0  # embedding rows uint8, linears int8
+
+
+def test_distributed_calibration(tmp_path):
+    """Launched as its docstring says: torchrun, 2 processes, gloo on CPU; killed if it hangs."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(TUTORIALS / "distributed_calibration.py"),
+        "--fast",
+        "--out",
+        str(tmp_path),
+    ]
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
+        raise
+    assert proc.returncode == 0, err[-4000:]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["world_size"] == 2
+    assert r["ptq_same_program"] and r["qat_same_program"]
+    assert r["fp32_accuracy"] > 85
+    assert r["ptq_int8_accuracy"] > r["fp32_accuracy"] - 3
+    assert r["qat_int8_accuracy"] > r["fp32_accuracy"] - 3
+    assert "programs identical on every rank: PTQ True, QAT True" in out and out.count("accuracy on") == 1
+    assert err.count("100%") == 1  # one progress bar: rank 0's
+    assert "Warning" not in out + err
+    program = torch.export.load(tmp_path / "digits_qat_int8.pt2")
+    assert program.module()(torch.rand(3, 1, 8, 8)).shape == (3, 10)
