@@ -14,7 +14,7 @@ from typing import Any, Generator, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Reductions", "MergeSteps", "merge_range", "merging_sums", "remember_merge"]
+__all__ = ["Reductions", "MergeSteps", "merge_range", "merge_flags", "first_merge", "remember_merge"]
 
 Reductions = list[tuple[Tensor, str]]
 """(this rank's tensor, how to combine it across ranks: "min", "max", "sum" or "mean") pairs."""
@@ -29,15 +29,19 @@ def merge_range(obs: Any, lo_op: str, hi_op: str) -> MergeSteps:
     obs.max_val.copy_(hi)
 
 
-def merging_sums(obs: Any, count: float) -> Generator[Reductions, list[Tensor], bool]:
-    """First step of merging summed statistics (``count`` values observed so far): whether to merge now.
+def merge_flags(obs: Any, count: float) -> tuple[Tensor, str]:
+    """The reduction to ask for, in the first round, before merging summed statistics of ``count`` values.
 
     Merging sums every rank's statistics, so every rank then holds all of them. Merging
     again with nothing new observed anywhere is a no-op; after new data it is an error,
-    as the statistics merged before would count once per rank.
+    as the statistics merged before would count once per rank (see :func:`first_merge`).
     """
     before = obs.__dict__.get("_merged_count")
-    (flags,) = yield [(torch.tensor([before is not None, before != count], dtype=torch.float64), "max")]
+    return torch.tensor([before is not None, before != count], dtype=torch.float64), "max"
+
+
+def first_merge(obs: Any, flags: Tensor) -> bool:
+    """Whether to merge now, given the reduced :func:`merge_flags`; an error if new data came after a merge."""
     merged_before, fresh = bool(flags[0]), bool(flags[1])
     if merged_before and fresh:
         raise RuntimeError(
@@ -49,5 +53,5 @@ def merging_sums(obs: Any, count: float) -> Generator[Reductions, list[Tensor], 
 
 
 def remember_merge(obs: Any, count: Optional[float]) -> None:
-    """Record that ``obs`` holds merged statistics of ``count`` values (None: it forgot them; see :func:`merging_sums`)."""
+    """Record that ``obs`` holds merged statistics of ``count`` values (None: it forgot them; see :func:`merge_flags`)."""
     obs.__dict__["_merged_count"] = count

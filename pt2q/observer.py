@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from pt2q.merge_across_ranks import MergeSteps, merge_range, merging_sums, remember_merge
+from pt2q.merge_across_ranks import MergeSteps, first_merge, merge_flags, merge_range, remember_merge
 from pt2q.qparams import (
     PER_CHANNEL_QSCHEMES,
     PER_TENSOR_QSCHEMES,
@@ -480,10 +480,11 @@ class HistogramObserver(UniformQuantizationObserverBase):
     def merge_across_ranks(self) -> MergeSteps:
         """The common range is the min and max over all ranks (exact); each rank's histogram is
         re-binned onto it as ``forward`` does when a batch widens the range, and the histograms
-        are summed. Once, after calibration (see ``merging_sums``)."""
-        if not (yield from merging_sums(self, self.histogram.sum(dtype=torch.float64).item())):
+        are summed. Once, after calibration (see ``merge_flags``)."""
+        count = self.histogram.sum(dtype=torch.float64).item()
+        lo, hi, flags = yield [(self.min_val, "min"), (self.max_val, "max"), merge_flags(self, count)]
+        if not first_merge(self, flags):
             return
-        lo, hi = yield [(self.min_val, "min"), (self.max_val, "max")]
         (total,) = yield [(self._histogram_on(lo.item(), hi.item()), "sum")]
         self.histogram.copy_(total)
         self.min_val.copy_(lo)

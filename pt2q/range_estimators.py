@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pt2q.merge_across_ranks import MergeSteps, merging_sums, remember_merge
+from pt2q.merge_across_ranks import MergeSteps, first_merge, merge_flags, remember_merge
 from pt2q.observer import PerChannelMinMaxObserver
 from pt2q.qparams import PER_TENSOR_QSCHEMES, SYMMETRIC_QSCHEMES
 
@@ -120,11 +120,12 @@ class _ClippingObserver(PerChannelMinMaxObserver):
     def merge_across_ranks(self) -> MergeSteps:
         """Exact: per-channel min and max over all ranks, and the sum of the ranks' histograms
         (their bins are fixed, so they only need padding to the longest). Once, after calibration."""
-        if not (yield from merging_sums(self, self.histogram.sum().item())):
-            return
-        lo, hi, length = yield [
-            (self.min_val, "min"), (self.max_val, "max"), (torch.tensor([self.histogram.shape[2]]), "max")
+        length = torch.tensor([self.histogram.shape[2]])
+        lo, hi, length, flags = yield [
+            (self.min_val, "min"), (self.max_val, "max"), (length, "max"), merge_flags(self, self.histogram.sum().item())
         ]
+        if not first_merge(self, flags):
+            return
         padded = torch.zeros(*self.histogram.shape[:2], int(length), dtype=self.histogram.dtype)
         padded[..., : self.histogram.shape[2]] = self.histogram
         (total,) = yield [(padded, "sum")]
