@@ -11,7 +11,9 @@ numbers measured in this same run. Suites:
 * accuracy: SQNR of int8 vs fp32 outputs on the benchmark models, and digits accuracy
   (fp32 / PTQ / QAT) — ``benchmarks/accuracy.py``;
 * transformer: static int8 recipes on a real sentence-embedding BERT, accuracy and ``.pte``
-  latency — ``benchmarks/transformer.py``.
+  latency — ``benchmarks/transformer.py``;
+* distributed: calibration throughput on 1 and 2 processes, cost of ``sync_observers`` —
+  ``benchmarks/distributed.py``.
 
     python -m benchmarks.run [--small] [--suites speed,overhead,size,accuracy] [--models mlp,...] [--out PATH]
 """
@@ -34,7 +36,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks import accuracy, overhead, size, transformer
+from benchmarks import accuracy, distributed, overhead, size, transformer
 from benchmarks.executorch_speed import export_variants, lower_to_pte, pte_latencies
 from benchmarks.models import benchmark_models
 from benchmarks.speed import BASELINE, x86_latencies
@@ -301,6 +303,7 @@ SUITES: dict[str, Callable[[Models, Variants, Settings], list[Section]]] = {
     "size": size_suite,
     "accuracy": accuracy_suite,
     "transformer": transformer.suite,  # the real MiniLM, its own models and data (benchmarks/transformer.py)
+    "distributed": distributed.suite,  # calibration throughput on 1 and 2 processes, cost of sync_observers
 }
 
 
