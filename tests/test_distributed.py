@@ -122,6 +122,7 @@ def observer_bag() -> nn.ModuleDict:
         "fake_quant": FakeQuantize(),
         "fused_fake_quant": FusedMovingAvgObsFakeQuantize(),
         "learnable_fake_quant": LearnableFakeQuantize(),
+        "learned_fake_quant": LearnableFakeQuantize(),  # range learning from the second batch on
         "fixed": FixedQParamsObserver(scale=1 / 128, zero_point=0, **q8),
         "placeholder": PlaceholderObserver(),
     })
@@ -133,9 +134,11 @@ MOVING_AVERAGES = ("moving_average", "moving_average_per_channel", "fake_quant",
 
 
 def observe(bag: nn.ModuleDict, batches: list[torch.Tensor]) -> None:
-    for batch in batches:
+    for i, batch in enumerate(batches):
         for obs in bag.values():
             obs(batch)
+        if i == 0 and "learned_fake_quant" in bag:
+            bag["learned_fake_quant"].enable_range_learning()  # its qparams now stay (no optimizer here)
 
 
 def bag_state(bag: nn.ModuleDict) -> dict[str, dict[str, torch.Tensor]]:
@@ -259,6 +262,13 @@ def test_merged_observers_equal_one_process_over_the_union(digits, calibration):
         if prefix:  # a fake quantizer's scale and zero point follow its merged observer
             assert torch.equal(merged[name]["scale"], merged[name]["qparams.scale"]), name
             assert torch.equal(merged[name]["zero_point"].long(), merged[name]["qparams.zero_point"].long()), name
+    # learned qparams (observer off) are averaged: here each rank's came from its first batch
+    firsts = [LearnableFakeQuantize() for _ in range(WORLD)]
+    for fq, batch in zip(firsts, batches):
+        fq(batch)
+    for key in ("scale", "zero_point"):
+        mean = torch.stack([getattr(fq, key).detach().double() for fq in firsts]).mean(0).float()
+        assert torch.equal(merged["learned_fake_quant"][key], mean), key
 
 
 def test_calibrate_gives_every_rank_one_program(digits, calibration):
@@ -427,3 +437,17 @@ sync_batch_norm('True', '0.1', '1e-05', 'False', '')""")
             with self.assertRaisesRegex(ValueError, r"shards for rank 1 of 2, but this process is rank 0 of 1"):
                 data = TensorDataset(x)
                 calibrate(plain, DataLoader(data, sampler=DistributedSampler(data, num_replicas=2, rank=1)))
+
+
+def test_benchmark_table_holds_its_own_numbers():
+    from benchmarks.distributed import markdown_table, measure
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    row = measure(model, (torch.randn(2, 16),), inputs=8, sync_repeats=2)
+    assert row["observers"] == 5 and row["inputs"] == 8
+    assert row["1p_per_s"] > 0 and row["2p_per_s"] > 0 and row["sync_ms"] > 0 and 0 < row["sync_share"] < 1
+    header, rule, line = markdown_table({"tiny": row}).splitlines()
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert len(cells) == len(header.strip("|").split("|")) == 8
+    assert cells[:3] == ["tiny", "5", "8"] and float(cells[5]) == pytest.approx(row["2p_per_s"] / row["1p_per_s"], abs=0.01)
