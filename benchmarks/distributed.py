@@ -11,6 +11,7 @@ Per model (XNNPACK per-channel PTQ config, random inputs of the model's example 
 
 One thread per process. Usage: ``python -m benchmarks.distributed [--small] [--models mlp,...]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ from tests.helpers import run_on_ranks
 __all__ = ["measure", "markdown_table", "suite", "main"]
 
 
-def _calibrate_on_rank(rank: int, world: int, model: torch.nn.Module, example: tuple, inputs: int,
-                       sync_repeats: int) -> dict[str, float]:
+def _calibrate_on_rank(
+    rank: int, world: int, model: torch.nn.Module, example: tuple, inputs: int, sync_repeats: int
+) -> dict[str, float]:
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
     g = torch.Generator().manual_seed(0)
@@ -56,8 +58,11 @@ def _calibrate_on_rank(rank: int, world: int, model: torch.nn.Module, example: t
         sync_observers(fresh)
         merges.append(time.perf_counter() - t0)
     observers = sum(1 for name, _ in prepared.named_children() if name.startswith("activation_post_process_"))
-    return {"seconds": (observed - start) + (done - copied), "sync_ms": statistics.median(merges) * 1e3 if merges else 0.0,
-            "observers": observers}
+    return {
+        "seconds": (observed - start) + (done - copied),
+        "sync_ms": statistics.median(merges) * 1e3 if merges else 0.0,
+        "observers": observers,
+    }
 
 
 def measure(model: torch.nn.Module, example: tuple, inputs: int, sync_repeats: int) -> dict[str, float]:
@@ -74,12 +79,16 @@ def measure(model: torch.nn.Module, example: tuple, inputs: int, sync_repeats: i
 
 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:
-    lines = ["| model | observers | inputs | 1 process inputs/s | 2 processes inputs/s | 2p / 1p | "
-             "sync_observers ms (2 processes) | sync share of 2-process calibration |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {r['observers']:.0f} | {r['inputs']:.0f} | {r['1p_per_s']:.1f} | {r['2p_per_s']:.1f} | "
-              f"{r['2p_per_s'] / r['1p_per_s']:.2f} | {r['sync_ms']:.1f} | {100 * r['sync_share']:.1f}% |"
-              for name, r in rows.items()]
+    lines = [
+        "| model | observers | inputs | 1 process inputs/s | 2 processes inputs/s | 2p / 1p | "
+        "sync_observers ms (2 processes) | sync share of 2-process calibration |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {r['observers']:.0f} | {r['inputs']:.0f} | {r['1p_per_s']:.1f} | {r['2p_per_s']:.1f} | "
+        f"{r['2p_per_s'] / r['1p_per_s']:.2f} | {r['sync_ms']:.1f} | {100 * r['sync_share']:.1f}% |"
+        for name, r in rows.items()
+    ]
     return "\n".join(lines)
 
 
@@ -89,14 +98,20 @@ def suite(models, variants, settings) -> list:
 
     inputs, repeats = (16, 5) if settings.small else (64, 20)
     rows = {name: measure(*models[name], inputs, repeats) for name in _progress(models, "distributed")}
-    return [Section("Calibration across processes", (
-        f"`pt2q.distributed`: {inputs} random inputs of each model's example shape, XNNPACK per-channel PTQ "
-        "config, calibrated in 1 process and sharded over 2 gloo processes (`DistributedSampler`); inputs/s of the "
-        "slowest rank from a barrier to the end of the merge (`sync_observers`), so 2p / 1p is the speed-up of "
-        f"sharding. sync_observers ms: median of {repeats} merges of a fresh copy of the same calibrated model on 2 "
-        "processes (slowest rank). One thread per process; on a machine whose cores are shared, the 2-process "
-        "speed-up is bounded by the idle cores."
-    ), markdown_table(rows))]
+    return [
+        Section(
+            "Calibration across processes",
+            (
+                f"`pt2q.distributed`: {inputs} random inputs of each model's example shape, XNNPACK per-channel "
+                "PTQ config, calibrated in 1 process and sharded over 2 gloo processes (`DistributedSampler`); "
+                "inputs/s of the slowest rank from a barrier to the end of the merge (`sync_observers`), so 2p / 1p "
+                f"is the speed-up of sharding. sync_observers ms: median of {repeats} merges of a fresh copy of the "
+                "same calibrated model on 2 processes (slowest rank). One thread per process; on a machine whose "
+                "cores are shared, the 2-process speed-up is bounded by the idle cores."
+            ),
+            markdown_table(rows),
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> str:

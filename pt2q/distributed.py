@@ -50,9 +50,11 @@ observations); train; ``sync_observers(m)`` at the end (or also at any earlier
 point, e.g. each epoch); then ``convert_pt2e(move_exported_model_to_eval(m))``
 gives the same program on every rank, so rank 0 may save it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import nn

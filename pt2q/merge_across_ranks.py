@@ -7,9 +7,11 @@ returns, the module holds the merged state. ``pt2q.distributed.sync_observers``
 drives all of a model's merges in step, one bucketed ``all_reduce`` per op and
 round. Nothing here talks to ``torch.distributed``: these are the shared steps.
 """
+
 from __future__ import annotations
 
-from typing import Any, Generator, Optional
+from collections.abc import Generator
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -53,5 +55,5 @@ def first_merge(obs: Any, flags: Tensor) -> bool:
 
 
 def remember_merge(obs: Any, count: Optional[float]) -> None:
-    """Record that ``obs`` holds merged statistics of ``count`` values (None: it forgot them; see :func:`merge_flags`)."""
+    """Record that ``obs`` holds merged statistics of ``count`` values (None: forget; see :func:`merge_flags`)."""
     obs.__dict__["_merged_count"] = count

@@ -122,7 +122,10 @@ class _ClippingObserver(PerChannelMinMaxObserver):
         (their bins are fixed, so they only need padding to the longest). Once, after calibration."""
         length = torch.tensor([self.histogram.shape[2]])
         lo, hi, length, flags = yield [
-            (self.min_val, "min"), (self.max_val, "max"), (length, "max"), merge_flags(self, self.histogram.sum().item())
+            (self.min_val, "min"),
+            (self.max_val, "max"),
+            (length, "max"),
+            merge_flags(self, self.histogram.sum().item()),
         ]
         if not first_merge(self, flags):
             return

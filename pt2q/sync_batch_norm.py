@@ -15,6 +15,7 @@ concatenated batch. Eval needs no synchronization: ``move_exported_model_to_eval
 turns the calls back into ``aten.batch_norm`` (and ``move_exported_model_to_train``
 restores them), so ``convert_pt2e`` folds them into the conv as usual.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -65,8 +66,15 @@ def _channel_view(t: Tensor, dim: int) -> Tensor:
 class _SyncBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
-        running_var: Optional[Tensor], momentum: float, eps: float, group: Any,
+        ctx: Any,
+        x: Tensor,
+        weight: Optional[Tensor],
+        bias: Optional[Tensor],
+        running_mean: Optional[Tensor],
+        running_var: Optional[Tensor],
+        momentum: float,
+        eps: float,
+        group: Any,
     ) -> Tensor:
         channels = x.shape[1]
         dims = [d for d in range(x.dim()) if d != 1]

@@ -11,12 +11,14 @@ first round's tensors have the same shapes; later rounds check their shapes
 the same way. Every rank raises the same error at the same point, so a bad
 setup fails everywhere instead of hanging.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import zlib
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -64,8 +66,16 @@ def _members(model: nn.Module) -> list[_Member]:
         if isinstance(module, (ObserverBase, FakeQuantizeBase)):
             label = name or type(module).__name__
             where = f"{label} ({module.target_name})" if module.target_name else label
-            members.append(_Member(name, where, type(module).__name__, bool(getattr(module, "has_statistics", True)),
-                                   module.merge_across_ranks, [*module.parameters(), *module.buffers()]))
+            members.append(
+                _Member(
+                    name,
+                    where,
+                    type(module).__name__,
+                    bool(getattr(module, "has_statistics", True)),
+                    module.merge_across_ranks,
+                    [*module.parameters(), *module.buffers()],
+                )
+            )
             owners.append(name + ".")
         elif hasattr(module, "calculate_qparams"):
             raise TypeError(
@@ -90,8 +100,16 @@ def _batch_norm_members(gm: GraphModule) -> list[_Member]:
         counter = attrs[0].target.rsplit("running_mean", 1)[0] + "num_batches_tracked"
         if attrs[0].target.endswith("running_mean") and counter in buffers:
             stats.append(buffers[counter])
-        members.append(_Member(node.name, f"BatchNorm statistics of node {node.name!r}", "BatchNorm", True,
-                               functools.partial(_batch_norm_merge, stats), stats))
+        members.append(
+            _Member(
+                node.name,
+                f"BatchNorm statistics of node {node.name!r}",
+                "BatchNorm",
+                True,
+                functools.partial(_batch_norm_merge, stats),
+                stats,
+            )
+        )
     return members
 
 
@@ -116,8 +134,11 @@ def _layout(requests: Optional[Reductions]) -> list[int]:
     """Number, size and a checksum of shapes, dtypes and ops of one member's requests in a round."""
     if requests is None:
         return [0, 0, 0]
-    return [len(requests), sum(t.numel() for t, _ in requests),
-            _crc(";".join(f"{tuple(t.shape)}{t.dtype}{op}" for t, op in requests))]
+    return [
+        len(requests),
+        sum(t.numel() for t, _ in requests),
+        _crc(";".join(f"{tuple(t.shape)}{t.dtype}{op}" for t, op in requests)),
+    ]
 
 
 def _gather(t: Tensor, group: Any) -> Tensor:
@@ -138,11 +159,13 @@ def _check_same_model(members: list[_Member], weights: list[tuple[str, Tensor]],
         return
     if len(set(header[:, 0].tolist())) > 1:
         per_rank = ", ".join(f"rank {r}: {c}" for r, c in enumerate(header[:, 0].tolist()))
-        raise ValueError(f"sync_observers: the ranks hold different models ({per_rank} observers and BatchNorms). "
-                         f"{_SAME_MODEL}")
+        raise ValueError(
+            f"sync_observers: the ranks hold different models ({per_rank} observers and BatchNorms). {_SAME_MODEL}"
+        )
     if len(set(header[:, 2].tolist())) > 1:
-        raise ValueError(f"sync_observers: the ranks hold different models ({header[:, 2].tolist()} weights). "
-                         f"{_SAME_MODEL}")
+        raise ValueError(
+            f"sync_observers: the ranks hold different models ({header[:, 2].tolist()} weights). {_SAME_MODEL}"
+        )
     everyone = _gather(codes, group)
     i = int((everyone != everyone[0]).any(0).nonzero()[0])
     other = int((everyone[:, i] != codes[i]).nonzero()[0])
@@ -170,7 +193,7 @@ def _check_weights_data_and_shapes(
             "folds into the weights) are per rank; broadcast the float model's buffers from rank 0, or load the same "
             "checkpoint everywhere, before exporting."
         )
-    has = everyone[:, n:n + m].bool()
+    has = everyone[:, n : n + m].bool()
     partial = (has.any(0) & ~has.all(0)).nonzero().flatten().tolist()
     if partial:
         empty = sorted({r for i in partial for r in (~has[:, i]).nonzero().flatten().tolist()})
@@ -181,7 +204,7 @@ def _check_weights_data_and_shapes(
             "syncing: check that each rank's DataLoader yields data (a DistributedSampler gives each rank "
             "len(dataset) / world_size samples, rounded up)."
         )
-    _check_layouts(members, everyone[:, n + m:].reshape(everyone.shape[0], m, 3), layouts.reshape(m, 3))
+    _check_layouts(members, everyone[:, n + m :].reshape(everyone.shape[0], m, 3), layouts.reshape(m, 3))
 
 
 def _check_layouts(members: list[_Member], everyone: Tensor, mine: Tensor) -> None:

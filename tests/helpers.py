@@ -9,7 +9,8 @@ import io
 import os
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.fx import GraphModule
@@ -78,7 +79,6 @@ def saved_size(gm: GraphModule, example: tuple) -> int:
     return buf.getbuffer().nbytes
 
 
-
 def run_on_ranks(fn: Callable[..., Any], world: int = 2, timeout: float = 120.0, args: tuple = ()) -> list[Any]:
     """``fn(rank, world, *args)`` in ``world`` forked processes joined by a gloo process group; each rank's result.
 
@@ -103,7 +103,10 @@ def run_on_ranks(fn: Callable[..., Any], world: int = 2, timeout: float = 120.0,
 def _rank_main(rank: int, world: int, tmp: str, fn: Callable[..., Any], args: tuple, timeout: float) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world,
+        "gloo",
+        init_method=f"file://{tmp}/store",
+        rank=rank,
+        world_size=world,
         timeout=datetime.timedelta(seconds=timeout),
     )
     try:

@@ -1,6 +1,7 @@
 """pt2q.distributed on 2 gloo processes (CPU): merged observers equal one process over the union of the
 shards, QAT under DistributedDataParallel (with synchronized BatchNorm) matches single-process QAT and
 converts to the same program on every rank, and bad setups fail with clear errors."""
+
 from __future__ import annotations
 
 import contextlib
@@ -95,11 +96,15 @@ def program_digest(gm: torch.fx.GraphModule) -> str:
 
 
 def observer_qparams(gm: torch.fx.GraphModule) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    return {n: tuple(t.clone() for t in m.calculate_qparams()) for n, m in gm.named_children()
-            if n.startswith("activation_post_process_")}
+    return {
+        n: tuple(t.clone() for t in m.calculate_qparams())
+        for n, m in gm.named_children()
+        if n.startswith("activation_post_process_")
+    }
 
 
 # --- calibration -------------------------------------------------------------------------------------------------
+
 
 def activation_batches(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Real activations: the first conv + BatchNorm of the trained model on 1024 digits, 32 batches [32, 16, 8, 8]."""
@@ -110,27 +115,34 @@ def activation_batches(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 def observer_bag() -> nn.ModuleDict:
     q8 = dict(dtype=torch.qint8, quant_min=-128, quant_max=127)
     symmetric_per_channel = dict(q8, ch_axis=1, qscheme=torch.per_channel_symmetric)
-    return nn.ModuleDict({
-        "minmax": MinMaxObserver(**q8),
-        "per_channel": PerChannelMinMaxObserver(**symmetric_per_channel),
-        "histogram": HistogramObserver(**q8),
-        "percentile": PercentileObserver(percentile=99.9, **q8),
-        "percentile_per_channel": PercentileObserver(percentile=99.9, **symmetric_per_channel),
-        "mse_per_channel": MSEObserver(**symmetric_per_channel),
-        "moving_average": MovingAverageMinMaxObserver(**q8),
-        "moving_average_per_channel": MovingAveragePerChannelMinMaxObserver(**symmetric_per_channel),
-        "fake_quant": FakeQuantize(),
-        "fused_fake_quant": FusedMovingAvgObsFakeQuantize(),
-        "learnable_fake_quant": LearnableFakeQuantize(),
-        "learned_fake_quant": LearnableFakeQuantize(),  # range learning from the second batch on
-        "fixed": FixedQParamsObserver(scale=1 / 128, zero_point=0, **q8),
-        "placeholder": PlaceholderObserver(),
-    })
+    return nn.ModuleDict(
+        {
+            "minmax": MinMaxObserver(**q8),
+            "per_channel": PerChannelMinMaxObserver(**symmetric_per_channel),
+            "histogram": HistogramObserver(**q8),
+            "percentile": PercentileObserver(percentile=99.9, **q8),
+            "percentile_per_channel": PercentileObserver(percentile=99.9, **symmetric_per_channel),
+            "mse_per_channel": MSEObserver(**symmetric_per_channel),
+            "moving_average": MovingAverageMinMaxObserver(**q8),
+            "moving_average_per_channel": MovingAveragePerChannelMinMaxObserver(**symmetric_per_channel),
+            "fake_quant": FakeQuantize(),
+            "fused_fake_quant": FusedMovingAvgObsFakeQuantize(),
+            "learnable_fake_quant": LearnableFakeQuantize(),
+            "learned_fake_quant": LearnableFakeQuantize(),  # range learning from the second batch on
+            "fixed": FixedQParamsObserver(scale=1 / 128, zero_point=0, **q8),
+            "placeholder": PlaceholderObserver(),
+        }
+    )
 
 
 EXACT = ("minmax", "per_channel", "percentile", "percentile_per_channel", "mse_per_channel", "fixed", "placeholder")
-MOVING_AVERAGES = ("moving_average", "moving_average_per_channel", "fake_quant", "fused_fake_quant",
-                   "learnable_fake_quant")
+MOVING_AVERAGES = (
+    "moving_average",
+    "moving_average_per_channel",
+    "fake_quant",
+    "fused_fake_quant",
+    "learnable_fake_quant",
+)
 
 
 def observe(bag: nn.ModuleDict, batches: list[torch.Tensor]) -> None:
@@ -202,17 +214,24 @@ def _calibration_ranks(rank: int, world: int, model: nn.Module, x: torch.Tensor)
     with contextlib.redirect_stderr(stderr):
         calibrate(prepared, DataLoader(data, batch_size=32, sampler=DistributedSampler(data, shuffle=False)))
     qparams = observer_qparams(prepared)
-    return {"bag": merged, "bag_synced_again": bag_state(bag), "graph_qparams": qparams,
-            "program": program_digest(pt2q.convert_pt2e(prepared)), "progress_bar": stderr.getvalue(),
-            "errors": error_messages(rank, batches)}
+    return {
+        "bag": merged,
+        "bag_synced_again": bag_state(bag),
+        "graph_qparams": qparams,
+        "program": program_digest(pt2q.convert_pt2e(prepared)),
+        "progress_bar": stderr.getvalue(),
+        "errors": error_messages(rank, batches),
+    }
 
 
 def rank_averaged_moving_average(batches: list[torch.Tensor], per_channel: bool, c: float = 0.01):
     """The documented result for moving averages: the moving average of the rank-averaged batch min/max."""
     lo = hi = None
     for t in range(0, len(batches), WORLD):
-        stats = [torch.aminmax(b.transpose(0, 1).reshape(16, -1), dim=1) if per_channel else torch.aminmax(b)
-                 for b in batches[t:t + WORLD]]  # rank r's t-th batch is batches[t + r]
+        stats = [
+            torch.aminmax(b.transpose(0, 1).reshape(16, -1), dim=1) if per_channel else torch.aminmax(b)
+            for b in batches[t : t + WORLD]
+        ]  # rank r's t-th batch is batches[t + r]
         b_lo = torch.stack([s[0] for s in stats]).double().mean(0)
         b_hi = torch.stack([s[1] for s in stats]).double().mean(0)
         lo, hi = (b_lo, b_hi) if lo is None else (lo + c * (b_lo - lo), hi + c * (b_hi - hi))
@@ -255,10 +274,12 @@ def test_merged_observers_equal_one_process_over_the_union(digits, calibration):
         per_channel = name == "moving_average_per_channel"
         lo, hi = rank_averaged_moving_average(batches, per_channel)
         prefix = "" if name.startswith("moving_average") else "activation_post_process."
-        torch.testing.assert_close(merged[name][prefix + "min_val"].double(), lo.reshape(-1) if per_channel else lo,
-                                   rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(merged[name][prefix + "max_val"].double(), hi.reshape(-1) if per_channel else hi,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            merged[name][prefix + "min_val"].double(), lo.reshape(-1) if per_channel else lo, rtol=1e-5, atol=1e-6
+        )
+        torch.testing.assert_close(
+            merged[name][prefix + "max_val"].double(), hi.reshape(-1) if per_channel else hi, rtol=1e-5, atol=1e-6
+        )
         if prefix:  # a fake quantizer's scale and zero point follow its merged observer
             assert torch.equal(merged[name]["scale"], merged[name]["qparams.scale"]), name
             assert torch.equal(merged[name]["zero_point"].long(), merged[name]["qparams.zero_point"].long()), name
@@ -296,8 +317,9 @@ def test_bad_setups_fail_on_every_rank_with_a_clear_error(calibration):
     assert errors[0] == errors[1]
     messages = errors[0]
     assert "different models (rank 0: 1, rank 1: 2 observers" in messages["more_observers_on_rank_1"]
-    assert "differently shaped statistics on the ranks (rank 0: 32, rank 1: 16 values)" in messages[
-        "8_channels_on_rank_1"]
+    assert (
+        "differently shaped statistics on the ranks (rank 0: 32, rank 1: 16 values)" in messages["8_channels_on_rank_1"]
+    )
     assert "different weights, e.g. 'linear.weight' (2 tensor(s) differ" in messages["other_weights_on_rank_1"]
     assert "broadcast the float model's buffers from rank 0" in messages["other_weights_on_rank_1"]
     assert "rank(s) [1] saw no data" in messages["no_data_on_rank_1"]
@@ -307,23 +329,32 @@ def test_bad_setups_fail_on_every_rank_with_a_clear_error(calibration):
 
 # --- QAT under DistributedDataParallel ---------------------------------------------------------------------------
 
+
 def fake_quant_buffers(gm: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
-    return {f"{n}.{k}": v.clone() for n, m in gm.named_children() if n.startswith("activation_post_process_")
-            for k, v in m.state_dict().items()}
+    return {
+        f"{n}.{k}": v.clone()
+        for n, m in gm.named_children()
+        if n.startswith("activation_post_process_")
+        for k, v in m.state_dict().items()
+    }
 
 
 def qat_loader(x: torch.Tensor, y: torch.Tensor, rank: int, world: int) -> DataLoader:
     """Global batches of 64 in the same shuffled order on any number of ranks (each takes every world-th sample)."""
     data = TensorDataset(x, y)
-    return DataLoader(data, batch_size=BATCH // world,
-                      sampler=DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=0))
+    return DataLoader(
+        data,
+        batch_size=BATCH // world,
+        sampler=DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=0),
+    )
 
 
 def _qat_ranks(rank: int, world: int, model: nn.Module, x, y, x_test, y_test) -> dict:
     out = {}
     prepared = convert_sync_batchnorm(prepare_qat(model, x))
-    train_on_loader(DistributedDataParallel(prepared, forward_sync_buffers=False), qat_loader(x, y, rank, world),
-                    epochs=QAT_EPOCHS)
+    train_on_loader(
+        DistributedDataParallel(prepared, forward_sync_buffers=False), qat_loader(x, y, rank, world), epochs=QAT_EPOCHS
+    )
     sync_observers(prepared)
     out["buffers"] = fake_quant_buffers(prepared)
     converted = pt2q.convert_pt2e(pt2q.move_exported_model_to_eval(prepared))
@@ -334,7 +365,9 @@ def _qat_ranks(rank: int, world: int, model: nn.Module, x, y, x_test, y_test) ->
     defaults = prepare_qat(model, x)
     ddp = DistributedDataParallel(defaults)
     train_on_loader(ddp, qat_loader(x, y, rank, world), epochs=1)
-    out["defaults_program"] = program_digest(pt2q.convert_pt2e(pt2q.move_exported_model_to_eval(sync_observers(ddp).module)))
+    out["defaults_program"] = program_digest(
+        pt2q.convert_pt2e(pt2q.move_exported_model_to_eval(sync_observers(ddp).module))
+    )
 
     # one step of synchronized BatchNorm (fake quantization off) on this rank's half of a batch of 64
     float_qat = convert_sync_batchnorm(prepare_qat(model, x))
@@ -345,8 +378,11 @@ def _qat_ranks(rank: int, world: int, model: nn.Module, x, y, x_test, y_test) ->
     F.cross_entropy(logits, y[:BATCH][half], reduction="sum").backward()
     grads = torch.cat([p.grad.flatten() for p in float_qat.parameters() if p.grad is not None])
     dist.all_reduce(grads)  # the gradient of the sum of the ranks' losses
-    out["sync_bn"] = {"logits": logits.detach(), "grads": grads,
-                      "running": torch.cat([b.flatten() for n, b in float_qat.named_buffers() if "running" in n])}
+    out["sync_bn"] = {
+        "logits": logits.detach(),
+        "grads": grads,
+        "running": torch.cat([b.flatten() for n, b in float_qat.named_buffers() if "running" in n]),
+    }
     return out
 
 
@@ -388,6 +424,7 @@ def test_sync_batch_norm_equals_batch_norm_over_the_whole_batch(digits, qat):
 
 # --- in one process ----------------------------------------------------------------------------------------------
 
+
 def test_no_process_group_is_a_clear_error(digits):
     model, x, *_ = digits
     assert not dist.is_initialized()
@@ -401,9 +438,11 @@ def test_no_process_group_is_a_clear_error(digits):
 
 
 def batch_norm_calls(gm: torch.fx.GraphModule) -> str:
-    return "\n".join(f"{n.target if isinstance(n.target, torch._ops.OpOverload) else n.target.__name__}"
-                     f"{tuple(map(str, n.args[5:]))}"
-                     for n in gm.graph.nodes if "batch_norm" in str(n.target))
+    return "\n".join(
+        f"{n.target if isinstance(n.target, torch._ops.OpOverload) else n.target.__name__}{tuple(map(str, n.args[5:]))}"
+        for n in gm.graph.nodes
+        if "batch_norm" in str(n.target)
+    )
 
 
 class TestSyncBatchNormGraph(expecttest.TestCase):
@@ -417,20 +456,29 @@ class TestSyncBatchNormGraph(expecttest.TestCase):
             stack.callback(dist.destroy_process_group)
             plain = prepare_qat(model, x)
             synced = convert_sync_batchnorm(copy.deepcopy(plain))
-            self.assertExpectedInline(batch_norm_calls(synced), """\
+            self.assertExpectedInline(
+                batch_norm_calls(synced),
+                """\
 sync_batch_norm('True', '0.1', '1e-05', 'False', '')
-sync_batch_norm('True', '0.1', '1e-05', 'False', '')""")
+sync_batch_norm('True', '0.1', '1e-05', 'False', '')""",
+            )
             # one rank: the same numbers as aten.batch_norm (also the running statistics)
             torch.testing.assert_close(synced(x), plain(x), rtol=0, atol=0)
             torch.testing.assert_close(dict(synced.named_buffers()), dict(plain.named_buffers()), rtol=0, atol=0)
             pt2q.move_exported_model_to_eval(synced)
-            self.assertExpectedInline(batch_norm_calls(synced), """\
+            self.assertExpectedInline(
+                batch_norm_calls(synced),
+                """\
 aten.batch_norm.default('False', '0.1', '1e-05', 'False')
-aten.batch_norm.default('False', '0.1', '1e-05', 'False')""")
+aten.batch_norm.default('False', '0.1', '1e-05', 'False')""",
+            )
             pt2q.move_exported_model_to_train(synced)
-            self.assertExpectedInline(batch_norm_calls(synced), """\
+            self.assertExpectedInline(
+                batch_norm_calls(synced),
+                """\
 sync_batch_norm('True', '0.1', '1e-05', 'False', '')
-sync_batch_norm('True', '0.1', '1e-05', 'False', '')""")
+sync_batch_norm('True', '0.1', '1e-05', 'False', '')""",
+            )
             converted = pt2q.convert_pt2e(synced)  # BatchNorm folded into the convs as without sync
             self.assertEqual(batch_norm_calls(converted), "")
             self.assertEqual(program_digest(converted), program_digest(pt2q.convert_pt2e(plain)))
@@ -450,4 +498,6 @@ def test_benchmark_table_holds_its_own_numbers():
     header, rule, line = markdown_table({"tiny": row}).splitlines()
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert len(cells) == len(header.strip("|").split("|")) == 8
-    assert cells[:3] == ["tiny", "5", "8"] and float(cells[5]) == pytest.approx(row["2p_per_s"] / row["1p_per_s"], abs=0.01)
+    assert cells[:3] == ["tiny", "5", "8"] and float(cells[5]) == pytest.approx(
+        row["2p_per_s"] / row["1p_per_s"], abs=0.01
+    )

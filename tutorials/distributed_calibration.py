@@ -17,6 +17,7 @@ What this teaches (every rank runs this script; rank 0 prints and saves):
    program, which rank 0 saves;
 5. check, with a collective, that every rank holds the same two programs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,13 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from digits import DigitsNet, accuracy, digits_data, train_on_loader  # the tutorials' shared data, model and loop
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from pt2q import convert_pt2e, move_exported_model_to_eval, prepare_pt2e, prepare_qat_pt2e
 from pt2q.distributed import calibrate, convert_sync_batchnorm, sync_observers
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-
-from digits import DigitsNet, accuracy, digits_data, train_on_loader  # the tutorials' shared data, model and loop
 
 
 def sharded(data: TensorDataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -67,9 +67,11 @@ def main(fast: bool = False, out_dir: Path | None = None) -> dict:
     finally:
         dist.destroy_process_group()
     if rank == 0:
-        print(f"{world} ranks, accuracy on the test images: fp32 {results['fp32_accuracy']:.2f}%  "
-              f"PTQ int8 {results['ptq_int8_accuracy']:.2f}%  QAT int8 {results['qat_int8_accuracy']:.2f}%; "
-              f"programs identical on every rank: PTQ {results['ptq_same_program']}, QAT {results['qat_same_program']}")
+        print(
+            f"{world} ranks, accuracy on the test images: fp32 {results['fp32_accuracy']:.2f}%  "
+            f"PTQ int8 {results['ptq_int8_accuracy']:.2f}%  QAT int8 {results['qat_int8_accuracy']:.2f}%; "
+            f"programs identical on every rank: PTQ {results['ptq_same_program']}, QAT {results['qat_same_program']}"
+        )
         if out_dir is not None:
             (out_dir / "results.json").write_text(json.dumps(results))
     return results
@@ -84,8 +86,9 @@ def run(rank: int, world: int, fast: bool, out_dir: Path | None) -> dict:
 
     # 2. fp32 training with DDP, then rank 0's BatchNorm statistics everywhere
     model = DigitsNet().train()
-    train_on_loader(DistributedDataParallel(model), sharded(train_data, batch, shuffle=True),
-                    epochs=4 if fast else 10, lr=3e-3)
+    train_on_loader(
+        DistributedDataParallel(model), sharded(train_data, batch, shuffle=True), epochs=4 if fast else 10, lr=3e-3
+    )
     for t in model.buffers():
         dist.broadcast(t, src=0)
     fp32_accuracy = accuracy(model.eval(), x_test, y_test)
@@ -95,8 +98,9 @@ def run(rank: int, world: int, fast: bool, out_dir: Path | None) -> dict:
 
     # 3. PTQ: calibrate this rank's shard (512 images split over the ranks), merge, convert
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    ptq = prepare_pt2e(torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=dims).module(),
-                       quantizer)
+    ptq = prepare_pt2e(
+        torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=dims).module(), quantizer
+    )
     calibrate(ptq, sharded(TensorDataset(x_train[:512]), 32, shuffle=False))
     ptq = convert_pt2e(ptq)
 
@@ -104,8 +108,12 @@ def run(rank: int, world: int, fast: bool, out_dir: Path | None) -> dict:
     exported = torch.export.export(copy.deepcopy(model).train(), example, dynamic_shapes=dims).module()
     qat_quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
     prepared = convert_sync_batchnorm(prepare_qat_pt2e(exported, qat_quantizer))
-    train_on_loader(DistributedDataParallel(prepared, forward_sync_buffers=False),
-                    sharded(train_data, batch, shuffle=True), epochs=1 if fast else 3, lr=1e-3)
+    train_on_loader(
+        DistributedDataParallel(prepared, forward_sync_buffers=False),
+        sharded(train_data, batch, shuffle=True),
+        epochs=1 if fast else 3,
+        lr=1e-3,
+    )
     sync_observers(prepared)  # fake quantizers and BatchNorm statistics: the same on every rank from here on
     qat = convert_pt2e(move_exported_model_to_eval(prepared))
     if rank == 0 and out_dir is not None:
