@@ -140,7 +140,8 @@ class LearnableFakeQuantize(FakeQuantizeBase):
 
     def merge_across_ranks(self) -> MergeSteps:
         """Merge the observer's statistics; while the observer is enabled the qparams follow them,
-        once they are learned (DDP keeps them equal) they are averaged across ranks."""
+        once they are learned they are averaged across ranks (already equal if DDP reduced their
+        gradients, i.e. they required grad when the model was wrapped)."""
         yield from self.activation_post_process.merge_across_ranks()
         if not self.has_statistics:
             return

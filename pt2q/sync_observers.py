@@ -234,15 +234,13 @@ def _reduce(requests: Round, world: int, group: Any) -> list[Optional[list[Tenso
             flat = torch.cat(tensors)
             dist.all_reduce(flat, op=dist.ReduceOp.MIN if bucket == "min" else dist.ReduceOp.SUM, group=group)
             reduced[bucket] = iter(flat.split([t.numel() for t in tensors]))
-    results: list[Optional[list[Tensor]]] = []
-    for member in requests:
-        out = None if member is None else []
-        for t, op in member or ():
-            value = next(reduced["min" if op in ("min", "max") else "sum"])
-            value = -value if op == "max" else value / world if op == "mean" else value
-            out.append(value.to(t.dtype).reshape(t.shape))
-        results.append(out)
-    return results
+
+    def result(t: Tensor, op: str) -> Tensor:
+        value = next(reduced["min" if op in ("min", "max") else "sum"])
+        value = -value if op == "max" else value / world if op == "mean" else value
+        return value.to(t.dtype).reshape(t.shape)
+
+    return [None if member is None else [result(t, op) for t, op in member] for member in requests]
 
 
 def _advance(steps: Optional[MergeSteps], results: Optional[list[Tensor]]) -> Optional[Reductions]:

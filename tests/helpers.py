@@ -1,17 +1,19 @@
-"""Test utilities: run a model through pt2q's or torchao's PT2E flow, and describe Q/DQ graphs."""
+"""Test utilities: run a model through pt2q's or torchao's PT2E flow, describe Q/DQ graphs, run on ranks."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import datetime
 import io
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import torch
 from torch.fx import GraphModule
 
@@ -113,3 +115,22 @@ def _rank_main(rank: int, world: int, tmp: str, fn: Callable[..., Any], args: tu
         torch.save(fn(rank, world, *args), os.path.join(tmp, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Import it into a test module whose models are tiny: a second intra-op thread only adds
+    spinning on a busy 2-core machine."""
+    with torch_threads(1):
+        yield

@@ -37,7 +37,7 @@ from pt2q.observer import (
     PlaceholderObserver,
 )
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-from tests.helpers import run_on_ranks
+from tests.helpers import one_thread, run_on_ranks, torch_threads  # noqa: F401  (one_thread: autouse fixture)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tutorials"))
 from digits import DigitsNet, accuracy, digits_data, train, train_on_loader  # noqa: E402
@@ -50,24 +50,14 @@ HISTOGRAM_SCALE_RTOL = 0.01
 HISTOGRAM_ZERO_POINT_ATOL = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     """A DigitsNet trained 4 epochs, on 1408 training images (22 global batches of 64, split evenly over 2 ranks)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     x, y, x_test, y_test = digits_data()
     x, y = x[:1408], y[:1408]
-    model = train(DigitsNet(), x, y, epochs=4)
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        model = train(DigitsNet(), x, y, epochs=4)
     return model, x, y, x_test, y_test
 
 

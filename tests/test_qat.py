@@ -28,19 +28,10 @@ from pt2q.qdq import UncalibratedModelError
 from pt2q.qparams import sqnr
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-from tests.helpers import QDQ_TARGETS, qdq_signature
+from tests.helpers import QDQ_TARGETS, one_thread, qdq_signature  # noqa: F401  (one_thread: autouse fixture)
 from tests.zoo import make
 
 aten = torch.ops.aten
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second intra-op thread only adds spinning on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def xnnpack(is_qat: bool = True, per_channel: bool = True, **kw) -> XNNPACKQuantizer:
