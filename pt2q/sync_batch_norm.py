@@ -25,6 +25,8 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.fx import GraphModule, Node
 
+from pt2q.ops import BATCH_NORM, is_op
+
 __all__ = ["convert_sync_batchnorm", "sync_batch_norm", "require_process_group", "SYNC_GROUP_KEY"]
 
 aten = torch.ops.aten
@@ -154,7 +156,7 @@ def sync_batch_norm(
 
 
 def _is_batch_norm(node: Node) -> bool:
-    return node.op == "call_function" and node.target == aten.batch_norm.default and len(node.args) == 9
+    return is_op(node, BATCH_NORM) and len(node.args) == 9
 
 
 def convert_sync_batchnorm(model: GraphModule, group: Optional[Any] = None) -> GraphModule:

@@ -30,11 +30,11 @@ from pt2q.derived import DerivedObserverOrFakeQuantize
 from pt2q.fake_quantize import FakeQuantizeBase
 from pt2q.merge_across_ranks import MergeSteps, Reductions
 from pt2q.observer import ObserverBase
+from pt2q.ops import BATCH_NORM, is_op
 from pt2q.sync_batch_norm import require_process_group, sync_batch_norm
 
 __all__ = ["sync_observers"]
 
-aten = torch.ops.aten
 Round = list[Optional[Reductions]]  # per member: its requests this round (None: done, or never started)
 
 
@@ -90,7 +90,7 @@ def _members(model: nn.Module) -> list[_Member]:
 def _batch_norm_members(gm: GraphModule) -> list[_Member]:
     members, seen, buffers = [], set(), dict(gm.named_buffers())
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in (aten.batch_norm.default, sync_batch_norm):
+        if not is_op(node, BATCH_NORM | {sync_batch_norm}):
             continue
         attrs = [a for a in node.args[3:5] if getattr(a, "op", None) == "get_attr"]
         if len(attrs) != 2 or attrs[0].target in seen:
