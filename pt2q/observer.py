@@ -13,7 +13,8 @@ import math
 import warnings
 import weakref
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
