@@ -59,10 +59,11 @@ def _batch_norm_merge(stats: list[Tensor]) -> MergeSteps:
 
 def _members(model: nn.Module) -> list[_Member]:
     members: list[_Member] = []
-    owners: list[str] = []
+    inside: set[str] = set()  # members and the modules under them (named_modules lists a parent first)
     for name, module in model.named_modules():
-        if any(name.startswith(owner) for owner in owners) or isinstance(module, DerivedObserverOrFakeQuantize):
-            continue  # an observer inside a fake quantizer merges through it; derived qparams follow their sources
+        if (name and name.rpartition(".")[0] in inside) or isinstance(module, DerivedObserverOrFakeQuantize):
+            inside.add(name)  # an observer inside a fake quantizer merges through it; derived qparams follow sources
+            continue
         if isinstance(module, (ObserverBase, FakeQuantizeBase)):
             label = name or type(module).__name__
             where = f"{label} ({module.target_name})" if module.target_name else label
@@ -76,7 +77,7 @@ def _members(model: nn.Module) -> list[_Member]:
                     [*module.parameters(), *module.buffers()],
                 )
             )
-            owners.append(name + ".")
+            inside.add(name)
         elif hasattr(module, "calculate_qparams"):
             raise TypeError(
                 f"sync_observers: module {name!r} ({type(module).__name__}) looks like an observer but is not a pt2q "
