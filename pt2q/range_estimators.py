@@ -62,13 +62,12 @@ class _ClippingObserver(PerChannelMinMaxObserver):
         self.register_buffer("histogram", torch.zeros(2, 0, 0, dtype=torch.float64))
 
     def forward(self, x_orig: Tensor) -> Tensor:
-        if x_orig.numel() == 0 or self._seen(x_orig):
+        if x_orig.numel() == 0:
             return x_orig
         x = x_orig.detach()
         x = x.reshape(1, -1) if self.per_tensor else x
         super().forward(x)  # running min/max; rejects non-finite data and a changed channel count
         self._accumulate(x)
-        self._remember(x_orig)
         return x_orig
 
     def _accumulate(self, x: Tensor) -> None:

@@ -7,6 +7,7 @@ import io
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -386,22 +387,26 @@ def test_defaults_match_torchao() -> None:
     assert po.default_placeholder_observer().dtype == ao.default_placeholder_observer().dtype
 
 
-def test_a_weight_is_observed_once_until_it_changes() -> None:
-    weight = torch.nn.Parameter(torch.randn(8, 4))
-    ours, theirs = feed("PerChannelMinMaxObserver", PER_CHANNEL_CONFIGS[0], [weight, weight])
-    assert ours._seen(weight)
-    with torch.no_grad():
-        weight.mul_(3)  # an in-place update is seen again
-    ours(weight), theirs(weight)
-    assert_same_state(ours, theirs)
-    ours.load_state_dict(po.PerChannelMinMaxObserver(**PER_CHANNEL_CONFIGS[0]).state_dict())
-    assert not ours.has_statistics and not ours._seen(weight)
-    ours(weight)
-    assert ours.has_statistics
-    ours.reset_min_max_vals()
-    assert not ours.has_statistics and not ours._seen(weight)
-    ours(weight)
-    assert_same_state(ours, feed("PerChannelMinMaxObserver", PER_CHANNEL_CONFIGS[0], [weight])[1])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("MinMaxObserver", PER_TENSOR_CONFIGS[0]),
+        ("PerChannelMinMaxObserver", PER_CHANNEL_CONFIGS[0]),
+        ("HistogramObserver", HIST_CONFIGS[0]),
+    ],
+)
+def test_a_buffer_refilled_behind_torchs_back_is_observed_every_call(name, kwargs) -> None:
+    """A calibration loop that refills one numpy-backed tensor (its version counter never moves)
+    is observed on every call, exactly as if each batch were a fresh tensor."""
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((8, 4)).astype(np.float32) * (i + 1) for i in range(3)]
+    buffer = np.empty((8, 4), dtype=np.float32)
+    shared = torch.from_numpy(buffer)
+    refilled = getattr(po, name)(**kwargs)
+    for batch in batches:
+        buffer[...] = batch
+        refilled(shared)
+    assert_same_state(refilled, feed(name, kwargs, [torch.from_numpy(b) for b in batches])[1])  # torchao, fresh tensors
 
 
 @pytest.mark.parametrize(

@@ -305,11 +305,23 @@ def test_state_dict_round_trip_copy_and_reset(ctr) -> None:
     assert not obs.has_statistics and obs.histogram.numel() == 0
 
 
-def test_observing_the_same_weight_again_changes_nothing() -> None:
+def test_every_call_is_observed_and_a_repeated_weight_keeps_its_qparams() -> None:
+    """Each call counts (no caching by identity): a weight seen twice doubles the histogram and
+    keeps its qparams; a buffer refilled behind torch's back (numpy) counts as the new data."""
     w = student_t2(2000, seed=8)
     once = observed(PercentileObserver(percentile=99.0, **INT8_SYMMETRIC), [w])
     twice = observed(PercentileObserver(percentile=99.0, **INT8_SYMMETRIC), [w, w])
-    assert torch.equal(once.histogram, twice.histogram)
+    assert torch.equal(twice.histogram, 2 * once.histogram)
+    assert all(torch.equal(a, b) for a, b in zip(once.calculate_qparams(), twice.calculate_qparams()))
+    buffer = w.numpy().copy()
+    shared = torch.from_numpy(buffer)
+    refilled = PercentileObserver(percentile=99.0, **INT8_SYMMETRIC)
+    refilled(shared)
+    buffer *= 4
+    refilled(shared)
+    assert torch.equal(
+        refilled.histogram, observed(PercentileObserver(percentile=99.0, **INT8_SYMMETRIC), [w, w * 4]).histogram
+    )
 
 
 # ---------------------------------------------------------------------------------------------
