@@ -90,7 +90,7 @@ def predict(fn, x: torch.Tensor) -> torch.Tensor:
 
 
 def saved_bytes(program: torch.export.ExportedProgram, path: Path) -> int:
-    torch.export.save(program, path)
+    pt2q.save_pt2(program, path)
     return path.stat().st_size
 
 

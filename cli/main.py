@@ -1,26 +1,29 @@
 """The ``pt2q`` command: quantize a model factory, inspect a saved program, run a ``.pte``, or run the demo.
 
     pt2q quantize MODULE:FACTORY --quantizer xnnpack --example-inputs 1x3x32x32 --target pte --out m.pte
-    pt2q inspect m.pt2 | m.pte
-    pt2q run m.pte --inputs 1x3x32x32 [--runs 50]
+    pt2q inspect m.pt2 | m.pte [--trust]
+    pt2q run m.pte --inputs 1x3x32x32 [--runs 50] [--trust]
     pt2q demo [--out DIR]
 
 Bad arguments print one ``pt2q: error: ...`` line and exit with status 2
 (set ``PT2Q_TRACEBACK=1`` to see the traceback of an unexpected failure).
+Files are read without running anything stored in them: a ``.pt2`` that needs a pickle
+is refused unless ``--trust`` is given, and a ``.pte`` is first loaded in a child process
+(``--trust`` skips that), so a loader crash is one error line. Every file is written
+atomically with a SHA-256 digest that loading checks.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, Optional
 
 import torch  # pt2q itself imports torch: a lazy import here would save nothing
 
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
 QUANTIZERS = ("embedding", "xnnpack", "x86")  # the order a composition runs them in
 TARGETS = ("pt2", "pte", "x86")
 Rows = list[tuple[str, object]]  # (label, value) lines of a summary table
+TRUST_HELP = (
+    "the file comes from a source you trust: load a .pt2 with torch.export.load (which unpickles), "
+    "a .pte in this process without a trial load in a child process"
+)
 DTYPES = {"float32": "float32", "float": "float32", "int64": "int64", "long": "int64", "int32": "int32", "int": "int32"}
 
 
@@ -58,14 +65,18 @@ def _fail(message: str) -> NoReturn:
 
 
 class InputSpec(NamedTuple):
-    """One model input: its shape and dtype name (``1x16:int64``; float32 by default)."""
+    """One model input: its shape and dtype name (``1x16:int64``; ``dtype`` None: not given, float32)."""
 
     shape: tuple[int, ...]
-    dtype: str = "float32"
+    dtype: Optional[str] = None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype or "float32")
 
     def __str__(self) -> str:
         dims = "x".join(map(str, self.shape))
-        return dims if self.dtype == "float32" else f"{dims}:{self.dtype}"
+        return dims if self.dtype in (None, "float32") else f"{dims}:{self.dtype}"
 
 
 def parse_shape(text: str) -> InputSpec:
@@ -79,7 +90,7 @@ def parse_shape(text: str) -> InputSpec:
         raise argparse.ArgumentTypeError(f"invalid shape {text!r}: expected sizes joined by 'x', e.g. 1x3x32x32")
     if any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"invalid shape {text!r}: sizes must be positive")
-    return InputSpec(dims, DTYPES[dtype or "float32"])
+    return InputSpec(dims, DTYPES[dtype] if dtype else None)
 
 
 def parse_shapes(text: str) -> list[InputSpec]:
@@ -131,12 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--layers", action="store_true", help="per node of a .pt2: how it is quantized, or why it stayed float"
     )
+    i.add_argument("--trust", action="store_true", help=TRUST_HELP)
     i.set_defaults(handler=cmd_inspect)
 
     r = sub.add_parser("run", help="run a .pte on random inputs and time it")
     r.add_argument("file", type=Path)
     r.add_argument("--inputs", type=parse_shape, nargs="+", required=True, metavar="SHAPE")
     r.add_argument("--runs", type=int, default=50)
+    r.add_argument("--trust", action="store_true", help=TRUST_HELP)
     r.set_defaults(handler=cmd_run)
 
     d = sub.add_parser("demo", help="train, quantize and compare the digits CNN")
@@ -180,7 +193,10 @@ def _import_path(path: Path) -> object:
 
 
 def make_model(spec: str) -> torch.nn.Module:
-    model = load_factory(spec)()
+    try:
+        model = load_factory(spec)()
+    except SystemExit as e:  # the factory's module or call ended the program: that is no model
+        raise CLIError(f"{spec} called sys.exit({e.code!r}) instead of returning an nn.Module") from e
     if not isinstance(model, torch.nn.Module):
         raise CLIError(f"{spec} returned {type(model).__name__}, not an nn.Module")
     return model.eval()
@@ -188,7 +204,7 @@ def make_model(spec: str) -> torch.nn.Module:
 
 def random_inputs(specs: Sequence[InputSpec]) -> tuple[torch.Tensor, ...]:
     """Random inputs: normal floats, or integers in [0, 2) (valid indices for any embedding)."""
-    return random_like([torch.empty(s.shape, dtype=getattr(torch, s.dtype)) for s in specs])
+    return random_like([torch.empty(s.shape, dtype=s.torch_dtype) for s in specs])
 
 
 def random_like(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -229,31 +245,13 @@ def build_quantizer(names: Sequence[str]) -> object:
     return quantizers[0] if len(quantizers) == 1 else ComposableQuantizer(quantizers)
 
 
-@contextlib.contextmanager
-def _quiet_fd2() -> Iterator[None]:
-    """Silence what native libraries write straight to file descriptor 2 (log lines at load time)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def load_pte(path: Path) -> Program:
-    """``pt2q.runtime.load`` without the log lines ExecuTorch and XNNPACK print while loading."""
-    from pt2q.runtime import ProgramLoadError, load
+def load_pte(path: Path, trust: bool = False) -> Program:
+    """``pt2q.runtime.load``; unless ``trust``, after a trial load in a child process (a crash is an error)."""
+    from pt2q.runtime import load
 
     if not path.is_file():
         raise CLIError(f"no such file: {path}")
-    with _quiet_fd2(), open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
-        try:
-            return load(path)
-        except ProgramLoadError as e:
-            raise CLIError(str(e)) from e
+    return load(path, isolate=not trust)
 
 
 def print_table(title: str, rows: Rows, header: str = "value") -> None:
@@ -321,10 +319,19 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         print(pt2q.report(quantized, model, [random_like(inputs) for _ in range(args.calibrate)]))
 
 
+def _make_folder(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create the folder of --out {out}: {e.strerror or e}") from e
+
+
 def _save_pt2(model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path) -> Rows:
+    from pt2q.pt2_file import save_pt2
+
     program = torch.export.export(quantized, inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(out))
+    _make_folder(out)
+    save_pt2(program, out)
     stats = pt2_stats(program)
     return [
         ("quantize / dequantize ops", f"{stats['quantize']} / {stats['dequantize']}"),
@@ -338,7 +345,7 @@ def _save_pte(model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: t
     from pt2q.runtime import compare, load
 
     lowered = to_executorch(quantized, inputs)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(out)
     lowered.save(out)
     program = load(out)
     sqnr = compare(program, model, *test).sqnr_db
@@ -392,16 +399,15 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     if not path.is_file():
         raise CLIError(f"no such file: {path}")
     if path.suffix == ".pt2":
-        inspect_pt2(path, args.layers)
+        inspect_pt2(path, args.layers, args.trust)
     else:
-        inspect_pte(path)
+        inspect_pte(path, args.trust)
 
 
-def inspect_pt2(path: Path, layers: bool = False) -> None:
-    try:
-        program = torch.export.load(str(path))
-    except Exception as e:
-        raise CLIError(f"cannot load {path} as a torch.export program: {e}") from e
+def inspect_pt2(path: Path, layers: bool = False, trust: bool = False) -> None:
+    from pt2q.pt2_file import load_pt2
+
+    program = load_pt2(path, trust=trust)
     if layers:
         import pt2q
 
@@ -424,17 +430,14 @@ def inspect_pt2(path: Path, layers: bool = False) -> None:
     print_table("ops", [(op, count) for op, count in stats["ops"].most_common()], header="count")
 
 
-def inspect_pte(path: Path) -> None:
-    program = load_pte(path)
-    from executorch.runtime import Runtime
-
-    methods = sorted(Runtime.get().load_program(path.read_bytes()).method_names)
+def inspect_pte(path: Path, trust: bool = False) -> None:
+    program = load_pte(path, trust)
     describe = lambda specs: ", ".join(f"{str(d).replace('torch.', '')}{list(s)}" for s, d in specs)  # noqa: E731
     print_table(
         f"{path} (ExecuTorch program)",
         [
-            ("file size", _human(program.size)),
-            ("methods", ", ".join(methods)),
+            ("file size", _human(path.stat().st_size)),
+            ("methods", ", ".join(program.method_names)),
             (f"{program.method} inputs", f"{len(program.input_specs)}: {describe(program.input_specs)}"),
             (f"{program.method} outputs", f"{len(program.output_specs)}: {describe(program.output_specs)}"),
         ],
@@ -449,9 +452,15 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     if args.runs < 1:
         raise CLIError("--runs must be at least 1")
-    program = load_pte(args.file)
+    program = load_pte(args.file, args.trust)
     specs = args.inputs
     if len(specs) == len(program.input_specs):  # the program knows its dtypes: SHAPE alone is enough
+        for i, (spec, (_, dtype)) in enumerate(zip(specs, program.input_specs)):
+            if spec.dtype is not None and spec.torch_dtype != dtype:
+                raise CLIError(
+                    f"--inputs {spec} gives input {i} dtype {spec.dtype}, but {program.method} takes "
+                    f"{str(dtype).replace('torch.', '')}: give {InputSpec(spec.shape)} or the right dtype"
+                )
         specs = [InputSpec(s.shape, str(d).replace("torch.", "")) for s, (_, d) in zip(specs, program.input_specs)]
     inputs = random_inputs(specs)
     try:
@@ -486,10 +495,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``pt2q``."""
+    from pt2q.atomic_file import FileWriteError
+    from pt2q.pt2_file import Pt2LoadError
+    from pt2q.runtime import ProgramLoadError
+
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except CLIError as e:
+    except (CLIError, FileWriteError, Pt2LoadError, ProgramLoadError) as e:
         _fail(str(e))
     except Exception as e:  # an unexpected failure: still one line unless asked for the traceback
         if os.environ.get("PT2Q_TRACEBACK"):

@@ -47,8 +47,12 @@ from torch.fx import GraphModule, Node
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.utils import _pytree as pytree
 
+from pt2q.atomic_file import write_atomic
+from pt2q.digest import seal_trailer
 from pt2q.lowering.delegation_report import DelegationReport, build_delegation_report, source_name
 from pt2q.ops import ANY_DEQUANTIZE, DQ_PER_TENSOR, LINEAR, Q_PER_TENSOR, aten, is_observer_node, is_op, op_name, ops
+from pt2q.pt2_file import save_pt2
+from pt2q.quiet import quiet
 
 __all__ = [
     "LoweringError",
@@ -107,16 +111,15 @@ class LoweredProgram:
         return len(self.buffer)
 
     def save(self, path: PathLike) -> Path:
-        """Write the ``.pte`` (load it with ``pt2q.runtime.load``)."""
-        path = Path(path)
-        path.write_bytes(self.buffer)
-        return path
+        """Write the ``.pte`` atomically, sealed with a SHA-256 digest (load it with ``pt2q.runtime.load``).
+
+        The digest is a trailer ExecuTorch's loaders never read; ``pt2q.runtime.load`` checks it.
+        """
+        return write_atomic(path, seal_trailer(self.buffer))
 
     def save_pt2(self, path: PathLike) -> Path:
-        """Write the quantized ``ExportedProgram`` (``torch.export.save``; reload with ``torch.export.load``)."""
-        path = Path(path)
-        torch.export.save(self.exported_program, str(path))
-        return path
+        """Write the quantized ``ExportedProgram`` (``pt2q.save_pt2``: atomic, digest-sealed; ``torch.export.load`` reads it)."""
+        return save_pt2(self.exported_program, path)
 
     def save_all(self, directory: PathLike, name: str) -> tuple[Path, Path]:
         """Write both deployable artifacts, ``<name>.pt2`` and ``<name>.pte``, into ``directory``."""
@@ -140,14 +143,16 @@ def to_executorch(
     time raises :class:`UnsupportedQuantizedPatternError` naming the nodes; a
     quantized pattern left outside the delegate warns (raises with ``strict``).
     """
-    import executorch.kernels.quantized  # noqa: F401  out variants of quantize/dequantize/embedding_byte
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    with quiet():  # ExecuTorch imports torchao (log lines) and lowering warns about torch deprecations
+        import executorch.kernels.quantized  # noqa: F401  out variants of quantize/dequantize/embedding_byte
+        from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
 
     exported = _as_exported_program(program, example_inputs)
     if delegate:
         _reject_weight_only_linears(exported)
-    partitioners = [_xnnpack_partitioner()] if delegate else []
-    edge = to_edge_transform_and_lower(exported, partitioner=partitioners)
+    with quiet():
+        partitioners = [_xnnpack_partitioner()] if delegate else []
+        edge = to_edge_transform_and_lower(exported, partitioner=partitioners)
     violations = check_delegate_qparams(edge.exported_program())
     if violations:
         raise UnsupportedQuantizedPatternError(
@@ -156,8 +161,9 @@ def to_executorch(
             + "\n  ".join(violations)
             + "\nShare the qparams (SharedQuantizationSpec from the input) or leave these ops unquantized."
         )
-    edge = edge.transform([pack_embedding_4bit], compile_config=EdgeCompileConfig(_check_ir_validity=False))
-    manager = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True))
+    with quiet():
+        edge = edge.transform([pack_embedding_4bit], compile_config=EdgeCompileConfig(_check_ir_validity=False))
+        manager = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True))
     report = build_delegation_report(manager.exported_program())
     if report.fallbacks:
         names = ", ".join(sorted({f"'{r.source}' ({r.op})" for r in report.fallbacks}))

@@ -54,6 +54,8 @@ import torch._inductor.config as inductor_config
 from torch.fx import GraphModule, Node
 from torch.utils import _pytree as pytree
 
+from pt2q.quiet import quiet
+
 __all__ = ["lower_pt2e_quantized_to_x86", "compile_quantized_for_x86", "X86CompiledModel", "int8_inference"]
 
 aten = torch.ops.aten
@@ -120,7 +122,10 @@ class X86CompiledModel:
             with torch.no_grad():
                 if signature not in self._validated:
                     self.model(*args, **kwargs)  # the module's own checks, with their error messages
+                    with quiet():  # this call compiles: Inductor's warnings are not the caller's
+                        out = self._compiled(*args, **kwargs)
                     self._validated.add(signature)
+                    return out
                 return self._compiled(*args, **kwargs)
         finally:
             inductor_config.freezing = frozen

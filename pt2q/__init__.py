@@ -35,6 +35,7 @@ from pt2q.numeric_debugger import (
     prepare_for_propagation_comparison,
 )
 from pt2q.prepare import prepare_pt2e, prepare_qat_pt2e
+from pt2q.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
 from pt2q.quantization_report import QuantizationReport, report
 from pt2q.quantizer import (
     ComposableQuantizer,
@@ -90,4 +91,8 @@ __all__ = [
     "QuantizationAnnotation",
     "QuantizationConfig",
     "EdgeOrNode",
+    "save_pt2",
+    "load_pt2",
+    "Pt2LoadError",
+    "UntrustedContentError",
 ]

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
+from torch.utils import _pytree as pytree
 
 __all__ = ["Comparison", "compare_outputs", "compare"]
 
@@ -40,14 +41,14 @@ class Comparison:
         )
 
 
-def _flat(outputs: Outputs) -> list[torch.Tensor]:
-    if isinstance(outputs, torch.Tensor):
-        return [outputs]
-    return [t for t in outputs]
+def _flat(outputs: Any) -> list[torch.Tensor]:
+    """The tensors of ``outputs`` (a tensor, or any nesting of tuples, lists and dicts) in pytree order:
+    the order a lowered program returns a model's outputs in."""
+    return [t for t in pytree.tree_leaves(outputs) if isinstance(t, torch.Tensor)]
 
 
 def compare_outputs(actual: Outputs, reference: Outputs) -> Comparison:
-    """Compare ``actual`` with ``reference`` (tensors or equally long sequences of same-shaped tensors)."""
+    """Compare ``actual`` with ``reference``: tensors, or nestings (tuples, lists, dicts) with as many same-shaped tensors."""
     a, r = _flat(actual), _flat(reference)
     if len(a) != len(r):
         raise ValueError(f"{len(a)} outputs to compare with {len(r)} reference outputs")

@@ -4,12 +4,17 @@
 
     prog = pt2q.runtime.load("model.pte")     # or the bytes of one
     y = prog(x)                                # a tensor, or a tuple for several outputs
+    prog = pt2q.runtime.load("theirs.pte", isolate=True)   # a loader crash becomes an error
 
-Loading goes through ExecuTorch's Python runtime (flatbuffer bytes, no pickle);
-ExecuTorch's quantized kernel library is registered first so ``embedding_byte`` and
-friends resolve. The ``.pte`` header is checked before ExecuTorch sees the bytes, and
-inputs are checked against the method's signature before it runs, so a corrupt file
-or a wrong input gives an error that says what is wrong.
+Loading goes through ExecuTorch's Python runtime (flatbuffer bytes, no pickle) with its
+internal-consistency verification; ExecuTorch's quantized kernel library is registered
+first so ``embedding_byte`` and friends resolve. A ``.pte`` written by pt2q carries a
+SHA-256 digest (:mod:`pt2q.digest`) that is checked before ExecuTorch sees the bytes, so
+a corrupt copy is a :class:`ProgramLoadError`, never different numbers. Then the header
+is checked, and inputs are checked against the method's signature before it runs.
+With ``isolate=True`` the program is first loaded (and run once on zeros) in a forked
+child process: ExecuTorch aborts the process on some malformed programs, and this turns
+that into a :class:`ProgramLoadError`.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from __future__ import annotations
 import functools
 import os
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import torch
+
+from pt2q.digest import DigestMismatchError, verify_trailer
+from pt2q.quiet import quiet
 
 __all__ = ["Program", "ProgramLoadError", "InputMismatchError", "load", "check_pte_header", "live_programs"]
 
@@ -65,10 +73,51 @@ class InputMismatchError(ValueError):
 @functools.lru_cache(maxsize=1)
 def _runtime() -> Any:
     """ExecuTorch's runtime, with the quantized kernel library registered."""
-    import executorch.kernels.quantized  # noqa: F401  registers quantized_decomposed::* kernels
-    from executorch.runtime import Runtime
+    with quiet():  # importing ExecuTorch imports torchao, which logs its missing CUDA libraries
+        import executorch.kernels.quantized  # noqa: F401  registers quantized_decomposed::* kernels
+        from executorch.runtime import Runtime
 
-    return Runtime.get()
+        return Runtime.get()
+
+
+def _said(native_line: Callable[[], str]) -> str:
+    line = native_line()
+    return f" [ExecuTorch: {line}]" if line else ""
+
+
+def open_method(data: bytes, method: str, source: str, native_line: Callable[[], str] = str) -> tuple[Any, Any]:
+    """ExecuTorch's (program, method) for verified ``.pte`` bytes, or a :class:`ProgramLoadError`.
+
+    ``native_line`` returns the last line ExecuTorch logged, for the error message.
+    """
+    from executorch.runtime import Verification
+
+    runtime = _runtime()
+    try:
+        program = runtime.load_program(data, verification=Verification.InternalConsistency)
+    except RuntimeError as e:
+        raise ProgramLoadError(
+            f"ExecuTorch could not load {source}: {e}{_said(native_line)} (corrupt or incompatible .pte)"
+        ) from e
+    if method not in program.method_names:
+        raise ProgramLoadError(f"{source} has no method {method!r}; it has {sorted(program.method_names)}")
+    try:
+        return program, program.load_method(method)
+    except RuntimeError as e:
+        raise ProgramLoadError(
+            f"ExecuTorch could not initialise method {method!r} of {source}: {e}{_said(native_line)}. A delegate "
+            "rejected its blob or a kernel is missing (corrupt .pte, or a runtime without the ops it needs)."
+        ) from e
+
+
+def verified_payload(data: bytes, source: str = "<bytes>") -> bytes:
+    """The program bytes of ``data``: its pt2q digest checked and stripped, its header checked."""
+    try:
+        data = verify_trailer(data, source).payload
+    except DigestMismatchError as e:
+        raise ProgramLoadError(str(e)) from e
+    check_pte_header(data)
+    return data
 
 
 def check_pte_header(data: bytes) -> None:
@@ -104,22 +153,11 @@ class Program:
     """A loaded ``.pte`` method (``forward`` by default), callable with tensors."""
 
     def __init__(self, data: bytes, method: str = "forward", source: str = "<bytes>") -> None:
-        check_pte_header(data)
+        data = verified_payload(data, source)
         self.source = source
         self.data = data
-        try:
-            self._program = _runtime().load_program(data)
-        except RuntimeError as e:
-            raise ProgramLoadError(f"ExecuTorch could not load {source}: {e} (corrupt or incompatible .pte)") from e
-        if method not in self._program.method_names:
-            raise ProgramLoadError(f"{source} has no method {method!r}; it has {sorted(self._program.method_names)}")
-        try:
-            self._method = self._program.load_method(method)
-        except RuntimeError as e:
-            raise ProgramLoadError(
-                f"ExecuTorch could not initialise method {method!r} of {source}: {e}. A delegate rejected its "
-                "blob or a kernel is missing (corrupt .pte, or a runtime without the ops it needs)."
-            ) from e
+        with quiet(native=True) as native:  # ExecuTorch logs CPU probing to fd 2 on first load
+            self._program, self._method = open_method(data, method, source, native.last_line)
         meta = self._method.metadata
         self.method = method
         self.input_specs = tuple(_describe(meta.input_tensor_meta(i)) for i in range(meta.num_inputs()))
@@ -158,6 +196,11 @@ class Program:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     @property
+    def method_names(self) -> list[str]:
+        """The program's methods, sorted."""
+        return sorted(self._program.method_names)
+
+    @property
     def size(self) -> int:
         return len(self.data)
 
@@ -166,11 +209,23 @@ class Program:
         return f"Program({self.source}, {self.method}({ins}), {self.size} bytes)"
 
 
-def load(path_or_bytes: Union[PathLike, bytes, bytearray, memoryview], method: str = "forward") -> Program:
-    """Load a ``.pte`` from a path or from its bytes."""
+def load(
+    path_or_bytes: Union[PathLike, bytes, bytearray, memoryview], method: str = "forward", *, isolate: bool = False
+) -> Program:
+    """Load a ``.pte`` from a path or from its bytes.
+
+    ``isolate=True`` first loads it in a child process (see :mod:`pt2q.runtime.isolation`):
+    use it for files you did not write, whose malformations may abort the process.
+    """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        return Program(bytes(path_or_bytes), method)
-    path = Path(path_or_bytes)
-    if not path.is_file():
-        raise ProgramLoadError(f"no .pte file at {path}")
-    return Program(path.read_bytes(), method, source=str(path))
+        data, source = bytes(path_or_bytes), "<bytes>"
+    else:
+        path = Path(path_or_bytes)
+        if not path.is_file():
+            raise ProgramLoadError(f"no .pte file at {path}")
+        data, source = path.read_bytes(), str(path)
+    if isolate:
+        from pt2q.runtime.isolation import check_in_child
+
+        check_in_child(verified_payload(data, source), method, source)
+    return Program(data, method, source=source)

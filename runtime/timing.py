@@ -15,6 +15,8 @@ from typing import Optional
 
 import torch
 
+from pt2q.quiet import quiet
+
 __all__ = ["Timing", "time_program", "set_num_threads", "get_num_threads"]
 
 
@@ -30,14 +32,16 @@ class Timing:
 
 
 def _pybindings():
-    from executorch.extension.pybindings import portable_lib
+    with quiet():  # importing ExecuTorch imports torchao, which logs its missing CUDA libraries
+        from executorch.extension.pybindings import portable_lib
 
     return portable_lib
 
 
 def get_num_threads() -> int:
     """Threads in ExecuTorch's thread pool (which XNNPACK uses)."""
-    return int(_pybindings()._threadpool_get_thread_count())
+    with quiet(native=True):  # the first call creates the pool, which logs its CPU probing to fd 2
+        return int(_pybindings()._threadpool_get_thread_count())
 
 
 def set_num_threads(threads: int) -> None:
@@ -58,7 +62,8 @@ def set_num_threads(threads: int) -> None:
             f"set_num_threads({threads}) must come before loading programs: {live_programs()} loaded program(s) "
             f"still use the current {get_num_threads()}-thread pool. Delete them, or set the thread count first."
         )
-    _pybindings()._unsafe_reset_threadpool(threads)
+    with quiet(native=True):  # the pool logs its CPU probing and size to fd 2
+        _pybindings()._unsafe_reset_threadpool(threads)
 
 
 def time_program(

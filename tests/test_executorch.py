@@ -28,6 +28,7 @@ pytest.importorskip("executorch.exir")
 
 import pt2q
 import pt2q.runtime as runtime
+from pt2q.digest import verify_trailer
 from pt2q.lowering import (
     LoweringError,
     QuantizedFallbackWarning,
@@ -273,10 +274,10 @@ def test_embedding_kernels_are_bit_exact(bits: int, kernel: str) -> None:
 
 def test_save_and_load_both_artifacts(cnn: Case, tmp_path) -> None:
     pt2_path, pte_path = cnn.int8.save_all(tmp_path, "cnn")
-    assert pte_path.read_bytes() == cnn.int8.buffer
+    assert verify_trailer(pte_path.read_bytes()) == (cnn.int8.buffer, True)  # the program, then its digest
     x = _image(20)
-    reloaded = torch.export.load(str(pt2_path)).module()
-    torch.testing.assert_close(reloaded(*x), cnn.reference(*x), rtol=0, atol=0)
+    for reloaded in (torch.export.load(str(pt2_path)), pt2q.load_pt2(pt2_path)):  # torch reads the sealed file too
+        torch.testing.assert_close(reloaded.module()(*x), cnn.reference(*x), rtol=0, atol=0)
     from_file = runtime.load(pte_path)
     assert runtime.compare(from_file, cnn.program, *x).bit_exact
     assert isinstance(cnn.program(*x), torch.Tensor) and cnn.program(*x).shape == (1, 10)
