@@ -40,6 +40,7 @@ from benchmarks import accuracy, distributed, overhead, size, transformer
 from benchmarks.executorch_speed import export_variants, lower_to_pte, pte_latencies
 from benchmarks.models import benchmark_models
 from benchmarks.speed import BASELINE, x86_latencies
+from pt2q.atomic_file import write_atomic
 
 __all__ = ["Settings", "FULL", "SMALL", "Section", "SUITES", "ratio_table", "main"]
 
@@ -391,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         header(settings, models, argv, time.perf_counter() - start) + "\n" + "\n".join(s.markdown() for s in sections)
     )
     print(document)
-    args.out.write_text(document)
+    write_atomic(args.out, document.encode())
     return document
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
+from pt2q.atomic_file import atomic_write
 from pt2q.attrs import constant_attr
 from pt2q.layer_errors import LayerErrors, match_handles, measure_layer_errors
 from pt2q.notes import (
@@ -207,8 +208,9 @@ class QuantizationReport:
             title += f" (model output {_fmt(self.output_sqnr)} dB)"
         ax.set_title(title)
         fig.legend(loc="outside upper right", ncols=3, fontsize=8)
-        if path is not None:
-            fig.savefig(path, dpi=120)
+        if path is not None:  # written atomically: a failed save leaves an earlier chart intact
+            with atomic_write(path) as f:
+                fig.savefig(f, dpi=120, format=Path(path).suffix.lstrip(".") or None)
         return fig
 
 
