@@ -27,7 +27,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class FileWriteError(OSError):
-    """A file could not be written; the previous file at that path (if any) is untouched."""
+    """A file could not be written; the previous file at that path (if any) is untouched.
+
+    ``errno`` and ``filename`` are the failed write's; ``str()`` is the one-line message.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -47,7 +53,9 @@ def _fsync_folder(folder: Path) -> None:
 def _write_error(path: Path, error: OSError, existed: bool) -> FileWriteError:
     cause = "no space left on device" if error.errno == errno.ENOSPC else (error.strerror or str(error))
     kept = "the previous file is untouched" if existed else "nothing was written"
-    return FileWriteError(error.errno, f"could not write {path}: {cause} ({kept})")
+    failure = FileWriteError(f"could not write {path}: {cause} ({kept})")
+    failure.errno, failure.filename = error.errno, str(path)
+    return failure
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from torch.fx import GraphModule, Node
+from torch.fx import Graph, GraphModule, Node
 
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
@@ -19,11 +19,15 @@ from pt2q.spec import (
     is_per_channel,
 )
 
-__all__ = ["AnnotationError", "check_annotations"]
+__all__ = ["AnnotationError", "AnnotationDtypeError", "check_annotations"]
 
 
 class AnnotationError(ValueError):
     """A quantization annotation that cannot be turned into observers."""
+
+
+class AnnotationDtypeError(AnnotationError, TypeError):
+    """A spec's dtype is not one a tensor can be quantized to (also a ``TypeError``, as before)."""
 
 
 def _rank(member: EdgeOrNode) -> Optional[int]:
@@ -32,7 +36,15 @@ def _rank(member: EdgeOrNode) -> Optional[int]:
     return val.dim() if isinstance(val, torch.Tensor) else None
 
 
-def _check_member_exists(target: EdgeOrNode, used_by: EdgeOrNode, kind: str) -> None:
+def _check_member_exists(target: EdgeOrNode, used_by: EdgeOrNode, kind: str, graph: Graph) -> None:
+    foreign = [
+        n for n in (target if isinstance(target, tuple) else (target,)) if isinstance(n, Node) and n.graph is not graph
+    ]
+    if foreign:
+        raise AnnotationError(
+            f"{kind} of {describe(used_by)} points at node '{foreign[0].name}' of another graph. Point it at a "
+            "node (or (input, node) edge) of the graph being annotated: the GraphModule passed to annotate()."
+        )
     if isinstance(target, tuple):
         producer, consumer = target
         ann = consumer.meta.get(Q_ANNOTATION_KEY) if isinstance(consumer, Node) else None
@@ -55,16 +67,25 @@ def _check_member_exists(target: EdgeOrNode, used_by: EdgeOrNode, kind: str) -> 
             )
 
 
-def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase) -> None:
+def _check_dtype(member: EdgeOrNode, dtype: object) -> None:
+    if not isinstance(dtype, torch.dtype) or dtype == torch.bool or dtype.is_complex:
+        raise AnnotationDtypeError(
+            f"{describe(member)}: dtype={dtype} cannot hold quantized values. Use an integer dtype "
+            "(torch.int8, torch.uint8, torch.int16, torch.int32) or a float one for a cast."
+        )
+
+
+def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase, graph: Graph) -> None:
     if isinstance(spec, SharedQuantizationSpec):
-        _check_member_exists(spec.edge_or_node, member, "SharedQuantizationSpec")
+        _check_member_exists(spec.edge_or_node, member, "SharedQuantizationSpec", graph)
         return
     if isinstance(spec, DerivedQuantizationSpec):
         for source in spec.derived_from:
-            _check_member_exists(source, member, "DerivedQuantizationSpec")
+            _check_member_exists(source, member, "DerivedQuantizationSpec", graph)
     if not isinstance(spec, QuantizationSpecBase):
         raise AnnotationError(f"{describe(member)} has spec {spec!r}; expected a QuantizationSpecBase.")
     dtype = spec.dtype
+    _check_dtype(member, dtype)
     limits = dtype_range(dtype)
     for name in ("quant_min", "quant_max"):
         value = getattr(spec, name)
@@ -103,6 +124,6 @@ def check_annotations(gm: GraphModule) -> None:
                     f"'{node.name}' (its inputs: {sorted(n.name for n in inputs)})."
                 )
             if spec is not None:
-                _check_spec((arg, node), spec)
+                _check_spec((arg, node), spec, gm.graph)
         if ann.output_qspec is not None:
-            _check_spec(node, ann.output_qspec)
+            _check_spec(node, ann.output_qspec, gm.graph)

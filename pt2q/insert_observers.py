@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
+from pt2q.check_annotations import AnnotationError
 from pt2q.derived import DerivedObserverOrFakeQuantize
 from pt2q.notes import copy_provenance
 from pt2q.ops import OBSERVER_PREFIX, is_observer_node
@@ -20,6 +21,7 @@ from pt2q.spec import (
     FixedQParamsQuantizationSpec,
     QuantizationSpec,
     QuantizationSpecBase,
+    SharedQuantizationSpec,
     describe,
     is_per_channel,
 )
@@ -89,6 +91,8 @@ def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
     for derived_pass in (False, True):
         for member in specs:
             spec = root_spec(member, specs, uf)
+            if isinstance(spec, SharedQuantizationSpec):
+                raise _sharing_cycle(member, specs)
             if isinstance(spec, DerivedQuantizationSpec) != derived_pass:
                 continue
             gid = groups[member]
@@ -97,6 +101,20 @@ def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
                 by_group[gid].target_name = describe(member)
             made[member] = by_group[gid]
     return made
+
+
+def _sharing_cycle(member: EdgeOrNode, specs: dict[EdgeOrNode, QuantizationSpecBase]) -> AnnotationError:
+    chain = [member]
+    while isinstance(specs.get(chain[-1]), SharedQuantizationSpec) and len(chain) <= len(specs):
+        target = specs[chain[-1]].edge_or_node
+        chain.append(target)
+        if target in chain[:-1]:
+            chain = chain[chain.index(target) :]
+            break
+    return AnnotationError(
+        "SharedQuantizationSpecs form a cycle: " + " -> ".join(describe(m) for m in chain) + ". One tensor of "
+        "the group needs a QuantizationSpec (or a fixed-qparams or derived spec) that the others share."
+    )
 
 
 def _new_observer_node(gm: GraphModule, obs: nn.Module, source: Node, meta_from: Node, names: dict[int, str]) -> Node:

@@ -162,7 +162,7 @@ class UniformQuantizationObserverBase(ObserverBase):
         self.register_buffer("eps", torch.tensor([eps]))
 
     def _calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
-        return choose_qparams(
+        scale, zero_point = choose_qparams(
             min_val,
             max_val,
             self.quant_min,
@@ -173,6 +173,14 @@ class UniformQuantizationObserverBase(ObserverBase):
             float_qparams=self.qscheme == torch.per_channel_affine_float_qparams,
             has_customized_qrange=self.has_customized_qrange,
         )
+        if not torch.isfinite(scale).all():
+            seen_min, seen_max = getattr(self, "min_val", min_val), getattr(self, "max_val", max_val)
+            raise ValueError(
+                f"{self._where()}: the observed range [{seen_min.min().item():.4g}, {seen_max.max().item():.4g}] is too "
+                "wide for float32 quantization parameters (the scale overflows to inf): the calibration data holds "
+                "values near the float32 limit. Clip or rescale it, or keep this tensor in float."
+            )
+        return scale, zero_point
 
     def _check_finite(self, lo: float, hi: float) -> None:
         if not (math.isfinite(lo) and math.isfinite(hi)):

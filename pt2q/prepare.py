@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch.fx import GraphModule
 
@@ -9,6 +11,7 @@ from pt2q.check_annotations import check_annotations
 from pt2q.float_reasons import record_float_reasons
 from pt2q.fold_bn import fold_bn
 from pt2q.insert_observers import insert_observers
+from pt2q.ops import ANY_QDQ, is_observer_node, is_op
 from pt2q.qat_conv_bn import simulate_conv_bn_folding
 from pt2q.quantizer import Quantizer
 from pt2q.train_eval import disallow_eval_train
@@ -25,6 +28,44 @@ def _require_graph_module(model: object, fn: str) -> GraphModule:
     return model
 
 
+def _not_exported(model: GraphModule) -> Optional[str]:
+    """Why ``model`` is not the ATen graph of ``torch.export`` (e.g. ``torch.fx.symbolic_trace``'s), or None."""
+    nodes = list(model.graph.nodes)
+    for node in nodes:
+        if node.op == "call_method":
+            return f"node '{node.name}' calls the method {node.target!r}"
+        if node.op == "call_module" and not is_observer_node(node, model) and node.target != "_guards_fn":
+            return f"node '{node.name}' calls the module '{node.target}' ({type(model.get_submodule(node.target)).__name__})"
+    for node in nodes:
+        if node.op == "placeholder" and "val" not in node.meta:
+            return f"input '{node.name}' carries no meta['val'] (the example value export records)"
+    return None
+
+
+def _require_float_export(model: object, fn: str) -> GraphModule:
+    """The GraphModule of a float exported program: not prepared, not converted, not symbolically traced."""
+    model = _require_graph_module(model, fn)
+    observers = [n.name for n in model.graph.nodes if is_observer_node(n, model)]
+    if observers:
+        raise ValueError(
+            f"{fn}: the model is already prepared (it holds observer node '{observers[0]}'). Calibrate it and "
+            f"call convert_pt2e, or call {fn} on a fresh torch.export.export(model, example_inputs).module()."
+        )
+    quantized = [n for n in model.graph.nodes if is_op(n, ANY_QDQ)]
+    if quantized:
+        raise ValueError(
+            f"{fn}: the model is already quantized (node '{quantized[0].name}' is {quantized[0].target}). "
+            "Prepare the export of the float model instead."
+        )
+    why = _not_exported(model)
+    if why is not None:
+        raise TypeError(
+            f"{fn} expects the ATen graph of torch.export.export(model, example_inputs).module(), but {why}: "
+            "this GraphModule comes from torch.fx.symbolic_trace or similar, and quantizers annotate nothing in it."
+        )
+    return model
+
+
 def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     """Prepare an exported model for post-training quantization.
 
@@ -33,7 +74,7 @@ def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     group of tensors that share quantization parameters. Run the result on
     calibration data, then call ``convert_pt2e``.
     """
-    model = _require_graph_module(model, "prepare_pt2e")
+    model = _require_float_export(model, "prepare_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_pt2e")
     original_meta = dict(model.meta)
     fold_bn(model)
@@ -51,7 +92,7 @@ def prepare_qat_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     and fake quantizers are inserted instead of observers. Train, then call
     ``move_exported_model_to_eval`` and ``convert_pt2e``.
     """
-    model = _require_graph_module(model, "prepare_qat_pt2e")
+    model = _require_float_export(model, "prepare_qat_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_qat_pt2e")
     original_meta = dict(model.meta)
     model = _annotate(model, quantizer)

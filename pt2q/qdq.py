@@ -43,8 +43,20 @@ def _port_meta(new: Node, observer_node: Node, with_val: bool = False) -> None:
         new.meta["val"] = observer_node.meta["val"]
 
 
+def _check_scale(scale: torch.Tensor, obs: nn.Module, node: Node) -> None:
+    """A zero, negative, inf or NaN scale quantizes every value to garbage: refuse it by name."""
+    scale = torch.as_tensor(scale)
+    if not (torch.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError(
+            f"convert_pt2e: {getattr(obs, 'target_name', '') or node.name} gets scale {scale.tolist()} from its "
+            f"{type(obs).__name__}; a scale must be finite and positive. Check the calibration data (values near "
+            "the float32 limit overflow the scale) or the spec's qparams."
+        )
+
+
 def _static_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype) -> tuple[Node, Node]:
     scale, zero_point = obs.calculate_qparams()
+    _check_scale(scale, obs, node)
     qmin, qmax = _qrange(obs, dtype)
     g = gm.graph
     if is_per_channel(getattr(obs, "qscheme", None)):

@@ -9,6 +9,7 @@ log line instead of losing the process. A program that passes loads the same way
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import select
 import signal
@@ -54,6 +55,7 @@ def check_in_child(data: bytes, method: str = "forward", source: str = "<bytes>"
         try:
             os.close(read)
             os.dup2(write, 2)
+            faulthandler.disable()  # a crash here is the parent's to report, in one line
             status = _child(data, method, source, write)
         finally:
             os._exit(status)

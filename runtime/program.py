@@ -95,7 +95,7 @@ def open_method(data: bytes, method: str, source: str, native_line: Callable[[],
     runtime = _runtime()
     try:
         program = runtime.load_program(data, verification=Verification.InternalConsistency)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:  # ValueError: a corrupt method name is not UTF-8
         raise ProgramLoadError(
             f"ExecuTorch could not load {source}: {e}{_said(native_line)} (corrupt or incompatible .pte)"
         ) from e
