@@ -98,7 +98,7 @@ def hostile_pt2s(benign: bytes, marker: Path) -> dict[str, tuple[bytes, str]]:
 
     def python_call(records: dict[str, bytes]) -> None:
         def edit(model: dict) -> None:
-            node = next(n for n in model["graph_module"]["graph"]["nodes"] if n["target"].endswith("relu.default"))
+            node = next(n for n in model["graph_module"]["graph"]["nodes"] if n["target"].startswith("torch.ops.aten."))
             node["target"] = "torch.os.getpid"  # torch's verifier rejects it too; pt2q checks every target itself
 
         _edit_json(records, "models/model.json", edit)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pt2q.digest import verify_trailer
+from tests.hostile_files import hostile_pt2s
+
 FACTORY = """
 import torch.nn as nn
 
@@ -29,6 +32,25 @@ class ImageAndTokens(nn.Module):
 
 def both():
     return ImageAndTokens()
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 4), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return {"a": self.a(x), "b": self.b(x)}
+
+
+def heads():
+    return TwoHeads()
+
+
+def quits():
+    import sys
+
+    sys.exit(0)
 
 
 NOT_A_MODEL = 3
@@ -115,6 +137,24 @@ def test_quantize_to_pt2_with_composed_quantizers_then_inspect(workdir: Path) ->
     assert share > 50
 
 
+PROGRESS = re.compile(r"^(\r?[\w ()]+: +\d+%\|.*)+$")  # tqdm's progress bars, pt2q's own output
+
+
+def assert_no_third_party_noise(done: subprocess.CompletedProcess) -> None:
+    """Nothing but pt2q's tables, progress bars and error line: no warnings, log lines or library paths."""
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    noise = [
+        line
+        for line in lines
+        if not (
+            line.startswith(("|", "pt2q ", "pt2q: error: ", "per-layer"))
+            or PROGRESS.match(line)
+            or line.startswith(str(done.args[1]))
+        )
+    ]
+    assert not noise, "\n".join(noise)
+
+
 def test_quantize_to_pte_then_inspect_and_run(workdir: Path) -> None:
     done = pt2q(
         "quantize",
@@ -131,12 +171,20 @@ def test_quantize_to_pte_then_inspect_and_run(workdir: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert (workdir / "tiny.pte").is_file()
+    assert_no_third_party_noise(done)
+    # a .pte from elsewhere (no digest) that makes ExecuTorch's loader abort the process
+    raw = verify_trailer((workdir / "tiny.pte").read_bytes()).payload
+    at = list(re.finditer(rb"[0-9a-f]{64}", raw))[-1].start() + 40
+    (workdir / "aborts.pte").write_bytes(raw[:at] + b"\xc2" + raw[at + 1 :])
 
-    shown, ran, mismatched = pt2q_many(
+    shown, ran, mismatched, wrong_dtype, inspect_abort, run_abort = pt2q_many(
         [
             ["inspect", "tiny.pte"],
             ["run", "tiny.pte", "--inputs", SHAPE, "--runs", "5"],
             ["run", "tiny.pte", "--inputs", "2x3x9x9"],
+            ["run", "tiny.pte", "--inputs", f"{SHAPE}:int64"],
+            ["inspect", "aborts.pte"],
+            ["run", "aborts.pte", "--inputs", SHAPE],
         ],
         cwd=workdir,
     )
@@ -146,7 +194,12 @@ def test_quantize_to_pte_then_inspect_and_run(workdir: Path) -> None:
 
     assert ran.returncode == 0, ran.stderr
     assert re.search(r"median latency\s+\| [\d.]+ ms", ran.stdout), ran.stdout
+    for quiet in (shown, ran):
+        assert_no_third_party_noise(quiet)
     assert_one_error_line(mismatched, "must have shape (1, 3, 8, 8)")
+    assert_one_error_line(wrong_dtype, "gives input 0 dtype int64, but forward takes float32: give 1x3x8x8")
+    for aborted in (inspect_abort, run_abort):
+        assert_one_error_line(aborted, "ExecuTorch crashed (SIGABRT) while loading aborts.pte")
 
 
 def test_x86_target_and_demo(workdir: Path) -> None:
@@ -213,6 +266,10 @@ def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
         (["inspect", "tiny.py"], "expected a .pt2 or .pte"),
         (["inspect", "tiny.pte", "--layers"], "--layers reads a .pt2 program"),
         (["run", "tiny.pte", "--inputs", SHAPE, "--runs", "0"], "--runs must be at least 1"),
+        (
+            ["quantize", "tiny.py:quits", "--example-inputs", SHAPE, "--out", "x.pt2"],
+            "tiny.py:quits called sys.exit(0) instead of returning an nn.Module",
+        ),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -269,3 +326,40 @@ def test_quantize_report_and_inspect_layers_in_process(workdir: Path, monkeypatc
         r"\(PerChannelMinMaxObserver\); i:int8 s=[\d.]+ zp=-?\d+ \(HistogramObserver\); o:int8",
         shown,
     ), shown
+
+
+def test_dict_outputs_and_hostile_files_in_process(workdir: Path, monkeypatch, capfd) -> None:
+    """A model returning a dict quantizes; hostile and corrupt .pt2 files give one error line to every
+    verb and run none of their code; --trust reads a file with torch.export.load."""
+    from pt2q.cli.main import main
+
+    monkeypatch.chdir(workdir)
+    assert main(["quantize", "tiny.py:heads", "--example-inputs", "1x8", "--calibrate", "2", "--out", "heads.pt2"]) == 0
+    assert re.search(r"SQNR Q/DQ vs fp32\s+\| [\d.]+ dB", capfd.readouterr().out)
+
+    marker = workdir / "MARKER"
+    benign = (workdir / "heads.pt2").read_bytes()
+    corrupt = bytearray(benign)
+    corrupt[len(corrupt) // 2] ^= 1
+    (workdir / "corrupt.pt2").write_bytes(bytes(corrupt))
+    cases = [("corrupt.pt2", "corrupt.pt2 is corrupt: its SHA-256 digest does not match its content")]
+    for i, (name, (data, names)) in enumerate(hostile_pt2s(benign, marker).items()):
+        (workdir / f"hostile{i}.pt2").write_bytes(data)
+        cases.append((f"hostile{i}.pt2", names))
+    for file, says in cases:
+        for args in (
+            ["inspect", file],
+            ["inspect", file, "--layers"],
+            ["run", file, "--inputs", "1x8"],
+            ["quantize", f"{file}:make", "--example-inputs", "1x8", "--out", "x.pt2"],
+        ):
+            with pytest.raises(SystemExit) as exited:
+                main(args)
+            err = capfd.readouterr().err
+            expected = {"inspect": says, "run": "not an ExecuTorch program", "quantize": "cannot import"}[args[0]]
+            if file == "corrupt.pt2" and args[0] == "run":  # its digest is checked first, whatever the format
+                expected = says
+            assert_one_error_line(subprocess.CompletedProcess(args, exited.value.code, "", err), expected)
+            assert not marker.exists(), args
+    assert main(["inspect", "heads.pt2", "--trust"]) == 0
+    assert re.search(r"\| outputs\s+\| 2\b", capfd.readouterr().out)
