@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import random
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -113,26 +112,3 @@ def hostile_pt2s(benign: bytes, marker: Path) -> dict[str, tuple[bytes, str]]:
         "non-operator call": (python_call, "getpid"),
     }
     return {name: (rewrite_pt2(benign, change), names) for name, (change, names) in cases.items()}
-
-
-def mutations(data: bytes, count: int, seed: int) -> list[bytes]:
-    """``count`` seeded random corruptions of ``data``: a changed byte, a flipped bit, a run of
-    random bytes or a truncation."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(count):
-        b = bytearray(data)
-        kind = rng.choice(("byte", "byte", "bit", "run", "truncate"))
-        if kind == "truncate":
-            out.append(bytes(b[: rng.randrange(len(b))]))
-            continue
-        i = rng.randrange(len(b))
-        if kind == "byte":
-            b[i] = (b[i] + rng.randrange(1, 256)) % 256
-        elif kind == "bit":
-            b[i] ^= 1 << rng.randrange(8)
-        else:
-            for j in range(i, min(i + rng.randrange(2, 9), len(b))):
-                b[j] = rng.randrange(256)
-        out.append(bytes(b))
-    return out

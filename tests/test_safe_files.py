@@ -16,12 +16,13 @@ import torch
 import torch.nn as nn
 
 import pt2q
+from benchmarks.file_fuzz import mutations
 from pt2q import runtime
 from pt2q.atomic_file import FileWriteError, atomic_write, write_atomic
 from pt2q.digest import verify_trailer, verify_zip
 from pt2q.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-from tests.hostile_files import hostile_pt2s, mutations
+from tests.hostile_files import hostile_pt2s
 
 FUZZ = 1000  # mutations per file written by pt2q
 
