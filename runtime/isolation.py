@@ -46,7 +46,9 @@ def _child(data: bytes, method: str, source: str, report: int) -> int:
 
 def check_in_child(data: bytes, method: str = "forward", source: str = "<bytes>", timeout: float = 120.0) -> None:
     """Raise :class:`ProgramLoadError` if loading ``data`` (verified ``.pte`` bytes) or running
-    ``method`` once on zero inputs kills, hangs or fails in a child process."""
+    ``method`` once on zero inputs kills, hangs or fails in a child process (a no-op without ``os.fork``)."""
+    if not hasattr(os, "fork"):  # no fork (Windows): nothing to isolate in; the caller loads in-process
+        return
     _runtime()  # import ExecuTorch here, so the child does not pay for it
     read, write = os.pipe()
     pid = os.fork()
