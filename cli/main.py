@@ -87,7 +87,9 @@ def parse_shape(text: str) -> InputSpec:
     try:
         dims = tuple(int(d) for d in dims_text.split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid shape {text!r}: expected sizes joined by 'x', e.g. 1x3x32x32")
+        raise argparse.ArgumentTypeError(
+            f"invalid shape {text!r}: expected sizes joined by 'x', e.g. 1x3x32x32"
+        ) from None
     if any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"invalid shape {text!r}: sizes must be positive")
     return InputSpec(dims, DTYPES[dtype] if dtype else None)

@@ -118,7 +118,8 @@ class LoweredProgram:
         return write_atomic(path, seal_trailer(self.buffer))
 
     def save_pt2(self, path: PathLike) -> Path:
-        """Write the quantized ``ExportedProgram`` (``pt2q.save_pt2``: atomic, digest-sealed; ``torch.export.load`` reads it)."""
+        """Write the quantized ``ExportedProgram`` with ``pt2q.save_pt2`` (atomic, digest-sealed; ``torch.export.load``
+        reads it too)."""
         return save_pt2(self.exported_program, path)
 
     def save_all(self, directory: PathLike, name: str) -> tuple[Path, Path]:

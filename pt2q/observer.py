@@ -174,11 +174,11 @@ class UniformQuantizationObserverBase(ObserverBase):
             has_customized_qrange=self.has_customized_qrange,
         )
         if not torch.isfinite(scale).all():
-            seen_min, seen_max = getattr(self, "min_val", min_val), getattr(self, "max_val", max_val)
+            lo, hi = getattr(self, "min_val", min_val).min().item(), getattr(self, "max_val", max_val).max().item()
             raise ValueError(
-                f"{self._where()}: the observed range [{seen_min.min().item():.4g}, {seen_max.max().item():.4g}] is too "
-                "wide for float32 quantization parameters (the scale overflows to inf): the calibration data holds "
-                "values near the float32 limit. Clip or rescale it, or keep this tensor in float."
+                f"{self._where()}: the observed range [{lo:.4g}, {hi:.4g}] is too wide for float32 quantization "
+                "parameters (the scale overflows to inf): the calibration data holds values near the float32 "
+                "limit. Clip or rescale it, or keep this tensor in float."
             )
         return scale, zero_point
 

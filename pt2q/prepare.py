@@ -35,7 +35,8 @@ def _not_exported(model: GraphModule) -> Optional[str]:
         if node.op == "call_method":
             return f"node '{node.name}' calls the method {node.target!r}"
         if node.op == "call_module" and not is_observer_node(node, model) and node.target != "_guards_fn":
-            return f"node '{node.name}' calls the module '{node.target}' ({type(model.get_submodule(node.target)).__name__})"
+            module = type(model.get_submodule(node.target)).__name__
+            return f"node '{node.name}' calls the module '{node.target}' ({module})"
     for node in nodes:
         if node.op == "placeholder" and "val" not in node.meta:
             return f"input '{node.name}' carries no meta['val'] (the example value export records)"

@@ -183,9 +183,8 @@ def _load_untrusted(archive: _Archive) -> ExportedProgram:
             f"{archive.source}: archive version {version!r}, this PyTorch reads {c.ARCHIVE_VERSION_VALUE!r}"
         )
     if "byteorder" in archive.names and archive.text("byteorder") != sys.byteorder:
-        raise Pt2LoadError(
-            f"{archive.source} stores {archive.text('byteorder')}-endian tensors; this machine is {sys.byteorder}-endian"
-        )
+        order = archive.text("byteorder")
+        raise Pt2LoadError(f"{archive.source} stores {order}-endian tensors; this machine is {sys.byteorder}-endian")
     model = archive.json(c.MODELS_FILENAME_FORMAT.format(_MODEL))
     _check_model_json(archive, model)
     state_dict = _tensors(archive, c.WEIGHTS_CONFIG_FILENAME_FORMAT.format(_MODEL), c.WEIGHTS_DIR)

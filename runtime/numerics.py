@@ -48,7 +48,8 @@ def _flat(outputs: Any) -> list[torch.Tensor]:
 
 
 def compare_outputs(actual: Outputs, reference: Outputs) -> Comparison:
-    """Compare ``actual`` with ``reference``: tensors, or nestings (tuples, lists, dicts) with as many same-shaped tensors."""
+    """Compare ``actual`` with ``reference``: tensors, or nestings (tuples, lists, dicts) holding as many
+    same-shaped tensors."""
     a, r = _flat(actual), _flat(reference)
     if len(a) != len(r):
         raise ValueError(f"{len(a)} outputs to compare with {len(r)} reference outputs")

@@ -343,7 +343,7 @@ def test_dict_outputs_and_hostile_files_in_process(workdir: Path, monkeypatch, c
     corrupt[len(corrupt) // 2] ^= 1
     (workdir / "corrupt.pt2").write_bytes(bytes(corrupt))
     cases = [("corrupt.pt2", "corrupt.pt2 is corrupt: its SHA-256 digest does not match its content")]
-    for i, (name, (data, names)) in enumerate(hostile_pt2s(benign, marker).items()):
+    for i, (data, names) in enumerate(hostile_pt2s(benign, marker).values()):
         (workdir / f"hostile{i}.pt2").write_bytes(data)
         cases.append((f"hostile{i}.pt2", names))
     for file, says in cases:
