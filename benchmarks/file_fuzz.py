@@ -25,8 +25,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["mutations", "LOADERS", "fuzz", "markdown_table", "main"]
+__all__ = ["mutations", "tiny_program", "LOADERS", "fuzz", "markdown_table", "main"]
 
 OUTCOMES = ("same output", "pt2q error", "other error", "different output", "abort")
 # loader -> the file it reads
@@ -62,8 +63,8 @@ def mutations(data: bytes, count: int, seed: int) -> list[bytes]:
     return out
 
 
-def write_files(folder: Path) -> None:
-    """The quantized CNN as tiny.pt2, tiny.pte (sealed), unsealed.pte, and its input."""
+def tiny_program() -> tuple[Any, tuple[Any, ...]]:
+    """A small CNN quantized by pt2q's XNNPACK flow and lowered to ExecuTorch: (LoweredProgram, example inputs)."""
     import torch
     import torch.nn as nn
 
@@ -80,7 +81,14 @@ def write_files(folder: Path) -> None:
     )
     for _ in range(3):
         prepared(torch.randn(1, 3, 8, 8))
-    lowered = to_executorch(torch.export.export(pt2q.convert_pt2e(prepared), x))
+    return to_executorch(torch.export.export(pt2q.convert_pt2e(prepared), x)), x
+
+
+def write_files(folder: Path) -> None:
+    """The program of :func:`tiny_program` as tiny.pt2, tiny.pte (sealed), unsealed.pte, and its input."""
+    import torch
+
+    lowered, x = tiny_program()
     lowered.save_all(folder, "tiny")
     (folder / "unsealed.pte").write_bytes(lowered.buffer)
     torch.save(x[0], folder / "input.pt")

@@ -105,9 +105,11 @@ def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
 
 def _sharing_cycle(member: EdgeOrNode, specs: dict[EdgeOrNode, QuantizationSpecBase]) -> AnnotationError:
     chain = [member]
-    while isinstance(specs.get(chain[-1]), SharedQuantizationSpec) and len(chain) <= len(specs):
-        target = specs[chain[-1]].edge_or_node
+    spec = specs.get(member)
+    while isinstance(spec, SharedQuantizationSpec) and len(chain) <= len(specs):
+        target = spec.edge_or_node
         chain.append(target)
+        spec = specs.get(target)
         if target in chain[:-1]:
             chain = chain[chain.index(target) :]
             break

@@ -16,12 +16,11 @@ import torch
 import torch.nn as nn
 
 import pt2q
-from benchmarks.file_fuzz import mutations
+from benchmarks.file_fuzz import mutations, tiny_program
 from pt2q import runtime
 from pt2q.atomic_file import FileWriteError, atomic_write, write_atomic
 from pt2q.digest import verify_trailer, verify_zip
 from pt2q.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
-from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from tests.hostile_files import hostile_pt2s
 
 FUZZ = 1000  # mutations per file written by pt2q
@@ -30,18 +29,7 @@ FUZZ = 1000  # mutations per file written by pt2q
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> SimpleNamespace:
     """A small XNNPACK-quantized CNN saved by pt2q as .pt2 and .pte, with its outputs on one input."""
-    from pt2q.lowering import to_executorch
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
-    x = (torch.randn(1, 3, 8, 8),)
-    prepared = pt2q.prepare_pt2e(
-        torch.export.export(model, x).module(),
-        XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
-    )
-    for _ in range(3):
-        prepared(torch.randn(1, 3, 8, 8))
-    lowered = to_executorch(torch.export.export(pt2q.convert_pt2e(prepared), x))
+    lowered, x = tiny_program()
     folder = tmp_path_factory.mktemp("safe")
     pt2, pte = lowered.save_all(folder, "tiny")
     return SimpleNamespace(
