@@ -39,11 +39,14 @@ class Verified(NamedTuple):
     sealed: bool
 
 
-def _seal(covered: bytes) -> bytes:
-    return MARK + hashlib.sha256(covered).hexdigest().encode()
+def _seal(*covered: bytes | memoryview) -> bytes:
+    digest = hashlib.sha256()
+    for part in covered:
+        digest.update(part)
+    return MARK + digest.hexdigest().encode()
 
 
-def _check(covered: bytes, seal: bytes, source: str) -> None:
+def _check(covered: bytes | memoryview, seal: bytes, source: str) -> None:
     if seal != _seal(covered):
         raise DigestMismatchError(
             f"{source} is corrupt: its SHA-256 digest does not match its content "
@@ -60,17 +63,16 @@ def verify_trailer(data: bytes, source: str = "<bytes>") -> Verified:
     """Check and strip a trailing digest; bytes without one are returned as they are (``sealed=False``)."""
     if len(data) < _SEAL_LEN or data[-_SEAL_LEN:-64] != MARK:
         return Verified(data, False)
-    body = data[:-_SEAL_LEN]
-    _check(body, data[-_SEAL_LEN:], source)
-    return Verified(body, True)
+    _check(memoryview(data)[:-_SEAL_LEN], data[-_SEAL_LEN:], source)
+    return Verified(data[:-_SEAL_LEN], True)
 
 
 def seal_zip(data: bytes) -> bytes:
     """A zip archive without a comment, given its digest as the comment (for ``.pt2`` archives)."""
     if len(data) < _EOCD_LEN or data[-_EOCD_LEN : -_EOCD_LEN + 4] != _EOCD or data[-2:] != b"\0\0":
         raise ValueError("expected a zip archive without an archive comment")
-    head = data[:-2] + struct.pack("<H", _SEAL_LEN)
-    return head + _seal(head)
+    length = struct.pack("<H", _SEAL_LEN)
+    return b"".join((memoryview(data)[:-2], length, _seal(memoryview(data)[:-2], length)))
 
 
 def verify_zip(data: bytes, source: str = "<bytes>") -> Verified:
@@ -78,5 +80,5 @@ def verify_zip(data: bytes, source: str = "<bytes>") -> Verified:
     eocd = len(data) - _SEAL_LEN - _EOCD_LEN
     if eocd < 0 or data[eocd : eocd + 4] != _EOCD or data[-_SEAL_LEN:-64] != MARK:
         return Verified(data, False)
-    _check(data[:-_SEAL_LEN], data[-_SEAL_LEN:], source)
+    _check(memoryview(data)[:-_SEAL_LEN], data[-_SEAL_LEN:], source)
     return Verified(data, True)
