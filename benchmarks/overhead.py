@@ -57,7 +57,7 @@ def measure(model: torch.nn.Module, example: tuple, repeats: int) -> dict[str, d
             t_prepare = time.perf_counter() - t0
             with torch.no_grad():
                 prepared(*example)  # first batch initializes observers
-                calib.append(_median_time(lambda: prepared(*example), 3))
+                calib.append(_median_time(functools.partial(prepared, *example), 3))
             t0 = time.perf_counter()
             convert(prepared)
             prep_conv.append(t_prepare + time.perf_counter() - t0)

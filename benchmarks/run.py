@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import importlib.metadata
 import os
 import platform
@@ -105,14 +104,20 @@ class Variants:
 
     def __init__(self, models: Models) -> None:
         self.models = models
+        self._programs: dict[str, dict[str, torch.export.ExportedProgram]] = {}
+        self._ptes: dict[str, dict[str, bytes]] = {}
 
-    @functools.cache
     def programs(self, name: str) -> dict[str, torch.export.ExportedProgram]:
-        return export_variants(*self.models[name])
+        if name not in self._programs:
+            self._programs[name] = export_variants(*self.models[name])
+        return self._programs[name]
 
-    @functools.cache
     def ptes(self, name: str) -> dict[str, bytes]:
-        return {variant: lower_to_pte(variant, program) for variant, program in self.programs(name).items()}
+        if name not in self._ptes:
+            self._ptes[name] = {
+                variant: lower_to_pte(variant, program) for variant, program in self.programs(name).items()
+            }
+        return self._ptes[name]
 
 
 def ratio_table(
@@ -188,7 +193,8 @@ def speed_suite(models: Models, variants: Variants, settings: Settings) -> list[
                 f"Median latency of one call (ms), one thread, batch of the example input. The four columns are timed "
                 f"in turn, in a fresh random order each round, over {settings.x86_runs} rounds after 3 warm-up calls. "
                 "int8: `X86InductorQuantizer` (pt2q's, resp. torchao's), calibrated on 2 random batches; pt2q lowered "
-                "with `compile_quantized_for_x86`, torchao with `torch.compile` + freezing. speed-up = fp32 eager / int8."
+                "with `compile_quantized_for_x86`, torchao with `torch.compile` + freezing. "
+                "speed-up = fp32 eager / int8."
             ),
             x86_table,
         ),
@@ -215,11 +221,12 @@ def overhead_suite(models: Models, variants: Variants, settings: Settings) -> li
         Section(
             "Overhead: prepare + convert, calibration",
             (
-                f"Wall time of `prepare_pt2e` + `convert_pt2e` (export excluded; median of {settings.overhead_repeats}, "
-                "after one warm-up of each flow on a tiny model). calib/fp32: median time of a calibration forward of the "
-                "prepared model (3 calls per repeat, after the first) over the median fp32 forward of the exported model "
-                f"({3 * settings.overhead_repeats} calls). Overhead ratio = (pt2q calib/fp32 - 1) / (torchao calib/fp32 - 1), "
-                "noisy where a calibration forward costs about one fp32 forward. One thread, XNNPACK per-channel config."
+                "Wall time of `prepare_pt2e` + `convert_pt2e` (export excluded; median of "
+                f"{settings.overhead_repeats}, after one warm-up of each flow on a tiny model). calib/fp32: median "
+                "time of a calibration forward of the prepared model (3 calls per repeat, after the first) over the "
+                f"median fp32 forward of the exported model ({3 * settings.overhead_repeats} calls). Overhead ratio = "
+                "(pt2q calib/fp32 - 1) / (torchao calib/fp32 - 1), noisy where a calibration forward costs about one "
+                "fp32 forward. One thread, XNNPACK per-channel config."
             ),
             overhead.markdown_table(results),
         )
@@ -282,7 +289,8 @@ def accuracy_suite(models: Models, variants: Variants, settings: Settings) -> li
                 f"SQNR (dB, higher is better) of the int8 model's outputs against the fp32 model's on "
                 f"{settings.sqnr_batches} fresh random batches (the models have random weights, so this measures "
                 "numerics, not task accuracy). XNNPACK per-channel config, 2 calibration batches, quantized graphs "
-                "run in PyTorch (Q/DQ reference kernels). Last column: pt2q's output against torchao's (inf: bit-identical)."
+                "run in PyTorch (Q/DQ reference kernels). Last column: pt2q's output against torchao's "
+                "(inf: bit-identical)."
             ),
             "\n".join(lines),
         ),
@@ -339,8 +347,8 @@ def header(settings: Settings, models: Models, argv: Sequence[str], seconds: flo
             "",
             f"- Machine: {_cpu_model()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()}, "
             f"VNNI: {'yes' if cpu_has_vnni() else 'no'}; Python {platform.python_version()}",
-            f"- Versions: torch {torch.__version__}, torchao {_version('torchao')}, executorch {_version('executorch')}, "
-            f"pt2q {_version('pt2q')}",
+            f"- Versions: torch {torch.__version__}, torchao {_version('torchao')}, "
+            f"executorch {_version('executorch')}, pt2q {_version('pt2q')}",
             f"- Date: {datetime.date.today().isoformat()}; command: `{' '.join(['python -m benchmarks.run', *argv])}`; "
             f"total {seconds / 60:.1f} min",
             f"- Models ({'small' if settings.small else 'full'} sizes, random weights): {shapes}",

@@ -175,7 +175,7 @@ def measure(models: dict[str, tuple[nn.Module, tuple]], sets: list[ColumnSet]) -
             try:
                 results[name].update(column_set(model, example))
             except Exception as exc:  # one backend failing on one model must not lose the others' numbers
-                warnings.warn(f"{getattr(column_set, '__name__', column_set)} failed on {name}: {exc!r}")
+                warnings.warn(f"{getattr(column_set, '__name__', column_set)} failed on {name}: {exc!r}", stacklevel=2)
     return results
 
 

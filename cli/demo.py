@@ -42,7 +42,10 @@ class DigitsNet(nn.Module):
 
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1797 8x8 digits scaled to [0, 1], split 80/20 at random (seed 0): x_train, y_train, x_test, y_test."""
+    """scikit-learn's 1797 8x8 digits scaled to [0, 1], split 80/20 at random (seed 0).
+
+    Returns ``(x_train, y_train, x_test, y_test)``.
+    """
     from sklearn.datasets import load_digits as sk_digits
 
     data = sk_digits()
@@ -192,10 +195,12 @@ def _run(args: argparse.Namespace) -> None:
         f"{BATCH} (single thread), programs in {args.out}/"
     )
     print(
-        "| model        | runs on           | accuracy % | file                  |   bytes | vs fp32 file | ms/batch | SQNR dB |"
+        "| model        | runs on           | accuracy % | file                  "
+        "|   bytes | vs fp32 file | ms/batch | SQNR dB |"
     )
     print(
-        "|--------------|-------------------|------------|-----------------------|---------|--------------|----------|---------|"
+        "|--------------|-------------------|------------|-----------------------"
+        "|---------|--------------|----------|---------|"
     )
     for r in rows:
         acc = float((r.logits.argmax(1) == y_test).float().mean()) * 100

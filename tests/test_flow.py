@@ -160,11 +160,14 @@ def test_eval_and_train_point_to_move_functions() -> None:
 def test_move_exported_model_to_eval_and_train_keep_hyperparameters() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, eps=1e-3, momentum=0.01), nn.Dropout(0.3)).train()
     gm = torch.export.export(model, (torch.randn(2, 3, 6, 6),)).module()
-    flags = lambda: [
-        (n.target.__name__, tuple(n.args[5:8]) if "batch_norm" in str(n.target) else tuple(n.args[1:]))
-        for n in gm.graph.nodes
-        if n.op == "call_function" and ("dropout" in str(n.target) or "batch_norm" in str(n.target))
-    ]
+
+    def flags() -> list[tuple[str, tuple]]:
+        return [
+            (n.target.__name__, tuple(n.args[5:8]) if "batch_norm" in str(n.target) else tuple(n.args[1:]))
+            for n in gm.graph.nodes
+            if n.op == "call_function" and ("dropout" in str(n.target) or "batch_norm" in str(n.target))
+        ]
+
     pt2q.move_exported_model_to_eval(gm)
     assert flags() == [("batch_norm.default", (False, 0.01, 1e-3)), ("dropout.default", (0.3, False))]
     pt2q.move_exported_model_to_train(gm)
