@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 import torch
 from torch._higher_order_ops.out_dtype import out_dtype
@@ -45,7 +45,9 @@ from pt2q.ops import (
     Q_PER_TENSOR,
     RELU,
     is_op,
+    node_arg,
     ops,
+    optional_node_arg,
 )
 from pt2q.pattern import Step, arg_producers, find_chains
 
@@ -59,6 +61,7 @@ _INT32 = torch.iinfo(torch.int32)
 _PORTED_META = ("nn_module_stack", "stack_trace")
 
 Constant = Union[int, float, torch.Tensor]  # a tensor becomes a buffer of the module
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -163,23 +166,43 @@ class _QDQ:
     out_dtype: torch.dtype  # of a dequantize
 
 
+def _literal(node: Node, index: int, kind: type[_T]) -> _T:
+    """``node.args[index]``, which the op's schema makes a literal of ``kind`` (FX types arguments loosely)."""
+    arg = node.args[index]
+    if not isinstance(arg, kind):
+        raise TypeError(f"argument {index} of node '{node.name}' is {arg!r}, not a {kind.__name__}")
+    return arg
+
+
+def _number(node: Node, index: int) -> float:
+    """``node.args[index]``, a literal int or float (a per-tensor scale)."""
+    arg = node.args[index]
+    if not isinstance(arg, (int, float)):
+        raise TypeError(f"argument {index} of node '{node.name}' is {arg!r}, not a number")
+    return float(arg)
+
+
+def _qdq_literals(node: Node) -> tuple[Optional[int], int, int, torch.dtype]:
+    """(axis, or None per tensor; qmin; qmax; dtype) of a quantize/dequantize node."""
+    if is_op(node, Q_PER_CHANNEL | DQ_PER_CHANNEL):
+        return _literal(node, 3, int), _literal(node, 4, int), _literal(node, 5, int), _literal(node, 6, torch.dtype)
+    return None, _literal(node, 3, int), _literal(node, 4, int), _literal(node, 5, torch.dtype)
+
+
 def _static_affine(gm: GraphModule, node: Node) -> Optional[_Affine]:
+    source = node_arg(node, 0)
+    axis, qmin, qmax, dtype = _qdq_literals(node)
     if is_op(node, Q_PER_TENSOR | DQ_PER_TENSOR):
-        source, scale, zero_point, qmin, qmax, dtype = node.args[:6]
-        return _Affine(
-            source,
-            torch.tensor([float(scale)], dtype=torch.float64),
-            torch.tensor([int(zero_point)]),
-            qmin,
-            qmax,
-            dtype,
-            None,
-        )
-    source, scale, zero_point, axis, qmin, qmax, dtype = node.args[:7]
-    if not all(isinstance(a, Node) and a.op == "get_attr" for a in (scale, zero_point)):
+        scale = torch.tensor([_number(node, 1)], dtype=torch.float64)
+        return _Affine(source, scale, torch.tensor([_literal(node, 2, int)]), qmin, qmax, dtype, None)
+    scale_node, zero_point_node = node.args[1], node.args[2]
+    if not (isinstance(scale_node, Node) and scale_node.op == "get_attr"):
         return None
-    scales = get_attr_value(gm, scale.target).double()
-    return _Affine(source, scales, get_attr_value(gm, zero_point.target).long(), qmin, qmax, dtype, axis)
+    if not (isinstance(zero_point_node, Node) and zero_point_node.op == "get_attr"):
+        return None
+    scales = get_attr_value(gm, str(scale_node.target)).double()
+    zero_points = get_attr_value(gm, str(zero_point_node.target)).long()
+    return _Affine(source, scales, zero_points, qmin, qmax, dtype, axis)
 
 
 def _collapse(t: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> Constant:
@@ -208,8 +231,10 @@ def _carry_weighted(
     op, q = chain[0], chain[-1]
     x, w, out = _static_affine(gm, dqs[0]), _static_affine(gm, dqs[1]), _static_affine(gm, q)
     bias = op.args[2] if len(op.args) > 2 else None
+    target = op.target
     if (
-        x is None
+        not isinstance(target, torch._ops.OpOverload)
+        or x is None
         or w is None
         or out is None
         or op.kwargs
@@ -222,14 +247,14 @@ def _carry_weighted(
     acc_scale = x.scale * w.scale
     bias_i32 = None
     if bias is not None:
-        value = torch.round(get_attr_value(gm, bias.target).double() / acc_scale)
+        value = torch.round(get_attr_value(gm, str(bias.target)).double() / acc_scale)
         bias_i32 = value.clamp(_INT32.min, _INT32.max).to(torch.int32).reshape(out_shape)
     requant = _fixed_point([acc_scale / out.scale], out, relu=len(chain) == 3, shape=out_shape)
     if requant is None:
         return None
     weight_shape = (-1,) + (1,) * (spatial_dims + 1)
     return _Weighted(
-        op.target,
+        target,
         x.source,
         int(x.zero_point),
         w.source,
@@ -246,20 +271,21 @@ def _carry_dynamic_linear(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[N
     if w is None or op.kwargs or w.dtype not in _8BIT or x.args[5] not in _8BIT or w.axis not in (None, 0):
         return None
     return _DynamicLinear(
-        x.args[0],
-        x.args[1],
-        x.args[2],
+        node_arg(x, 0),
+        node_arg(x, 1),
+        node_arg(x, 2),
         w.source,
         _collapse(w.zero_point, (-1, 1), torch.int16),
         _collapse(w.scale, (-1,), torch.float32),
-        op.args[2] if len(op.args) > 2 else None,
+        optional_node_arg(op, 2),
     )
 
 
 def _carry_rescaled(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> Optional[_Rescaled]:
     op, q = chain[0], chain[-1]
-    ins, out = [_static_affine(gm, dq) for dq in dqs], _static_affine(gm, q)
-    if op.kwargs or out is None or any(a is None for a in ins) or any(a.dtype not in _8BIT for a in (*ins, out)):
+    found, out = [_static_affine(gm, dq) for dq in dqs], _static_affine(gm, q)
+    ins = [a for a in found if a is not None]
+    if op.kwargs or out is None or len(ins) < len(found) or any(a.dtype not in _8BIT for a in (*ins, out)):
         return None
     requant = _fixed_point([a.scale / out.scale for a in ins], out, relu=len(chain) == 3, shape=(-1,))
     if requant is None:
@@ -269,19 +295,23 @@ def _carry_rescaled(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, .
 
 def _rank(gm: GraphModule, node: Node) -> int:
     if node.op == "get_attr":
-        return get_attr_value(gm, node.target).dim()
+        return get_attr_value(gm, str(node.target)).dim()
     return node.meta["val"].dim()
 
 
 def _carry_qdq(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> _QDQ:
     node = chain[0]
-    x, *rest = node.args
-    out_dtype = node.kwargs.get("out_dtype") or torch.float32
-    if is_op(node, Q_PER_CHANNEL | DQ_PER_CHANNEL):
-        scale, zero_point, axis, qmin, qmax, dtype = rest[:6]
-        return _QDQ(x, scale, zero_point, axis, _rank(gm, x), qmin, qmax, dtype, out_dtype)
-    scale, zero_point, qmin, qmax, dtype = rest[:5]
-    return _QDQ(x, scale, zero_point, None, 0, qmin, qmax, dtype, out_dtype)
+    x = node_arg(node, 0)
+    axis, qmin, qmax, dtype = _qdq_literals(node)
+    scale = node.args[1] if isinstance(node.args[1], Node) else _number(node, 1)
+    zero_point = node.args[2]
+    if not (zero_point is None or isinstance(zero_point, (Node, int))):
+        raise TypeError(f"argument 2 of node '{node.name}' is {zero_point!r}, not a zero point")
+    out_dtype = node.kwargs.get("out_dtype")
+    if not isinstance(out_dtype, torch.dtype):
+        out_dtype = torch.float32
+    rank = 0 if axis is None else _rank(gm, x)
+    return _QDQ(x, scale, zero_point, axis, rank, qmin, qmax, dtype, out_dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -347,16 +377,17 @@ def _integer_max_pool2d(gm: GraphModule, c: _Rescaled) -> Node:
     return _requantize(gm, [pooled], c.out)
 
 
-def _channel_view(gm: GraphModule, values: Node, c: _QDQ) -> Node:
-    """Per-channel qparams viewed to broadcast along ``c.axis`` of a rank-``c.rank`` tensor."""
-    return _call(gm, aten.view.default, values, [-1] + [1] * (c.rank - 1 - c.axis))
+def _channel_view(gm: GraphModule, values: Node, axis: int, rank: int) -> Node:
+    """Per-channel qparams viewed to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    return _call(gm, aten.view.default, values, [-1] + [1] * (rank - 1 - axis))
 
 
 def _qparams_operands(gm: GraphModule, c: _QDQ) -> tuple[Any, Any]:
     """(scale, zero point) ready to broadcast: literals, float32 run-time scalars, or channel views."""
-    if c.axis is not None:
-        zero_point = None if c.zero_point is None else _channel_view(gm, c.zero_point, c)
-        return _channel_view(gm, c.scale, c), zero_point
+    if c.axis is not None:  # per channel: scale and zero point are tensors, read by graph nodes
+        assert isinstance(c.scale, Node) and not isinstance(c.zero_point, int)
+        zero_point = None if c.zero_point is None else _channel_view(gm, c.zero_point, c.axis, c.rank)
+        return _channel_view(gm, c.scale, c.axis, c.rank), zero_point
     if isinstance(c.scale, Node):  # run-time qparams; the kernels read the scale as a float32 scalar
         return _call(gm, aten.to.dtype, c.scale, torch.float32), c.zero_point
     return c.scale, c.zero_point
