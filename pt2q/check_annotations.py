@@ -67,12 +67,14 @@ def _check_member_exists(target: EdgeOrNode, used_by: EdgeOrNode, kind: str, gra
             )
 
 
-def _check_dtype(member: EdgeOrNode, dtype: object) -> None:
+def _check_dtype(member: EdgeOrNode, dtype: object) -> torch.dtype:
+    """``dtype`` itself if quantized values fit in it, else an AnnotationDtypeError."""
     if not isinstance(dtype, torch.dtype) or dtype == torch.bool or dtype.is_complex:
         raise AnnotationDtypeError(
             f"{describe(member)}: dtype={dtype} cannot hold quantized values. Use an integer dtype "
             "(torch.int8, torch.uint8, torch.int16, torch.int32) or a float one for a cast."
         )
+    return dtype
 
 
 def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase, graph: Graph) -> None:
@@ -84,8 +86,8 @@ def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase, graph: Graph) ->
             _check_member_exists(source, member, "DerivedQuantizationSpec", graph)
     if not isinstance(spec, QuantizationSpecBase):
         raise AnnotationError(f"{describe(member)} has spec {spec!r}; expected a QuantizationSpecBase.")
-    dtype = spec.dtype
-    _check_dtype(member, dtype)
+    # every concrete spec but SharedQuantizationSpec has a dtype
+    dtype = _check_dtype(member, getattr(spec, "dtype", None))
     limits = dtype_range(dtype)
     for name in ("quant_min", "quant_max"):
         value = getattr(spec, name)
@@ -94,10 +96,11 @@ def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase, graph: Graph) ->
                 f"{describe(member)}: {name}={value} is outside the range of {dtype} "
                 f"[{limits[0]}, {limits[1]}]. Use a range the dtype can hold."
             )
-    if is_per_channel(getattr(spec, "qscheme", None)):
+    qscheme = getattr(spec, "qscheme", None)
+    if is_per_channel(qscheme):
         ch_axis, rank = getattr(spec, "ch_axis", None), _rank(member)
         if ch_axis is None:
-            raise AnnotationError(f"{describe(member)}: per-channel qscheme {spec.qscheme} needs a ch_axis.")
+            raise AnnotationError(f"{describe(member)}: per-channel qscheme {qscheme} needs a ch_axis.")
         if rank is not None and not 0 <= ch_axis < rank:
             raise AnnotationError(
                 f"{describe(member)}: ch_axis={ch_axis} is out of range for a tensor of rank {rank}; "

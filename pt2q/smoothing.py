@@ -27,9 +27,9 @@ from typing import Any, Optional
 import torch
 from torch.fx import GraphModule, Interpreter, Node
 
-from pt2q.attrs import constant_attr, set_new_attr
+from pt2q.attrs import constant_attr, get_attr_value, set_new_attr
 from pt2q.notes import copy_provenance
-from pt2q.ops import LAYER_NORM, LINEAR, is_op
+from pt2q.ops import LAYER_NORM, LINEAR, is_op, node_arg
 
 __all__ = ["SmoothedGroup", "smooth_quant", "smoothing_scales"]
 
@@ -112,13 +112,13 @@ def _fold(gm: GraphModule, act: Node, linears: list[Node], scales: torch.Tensor,
     local = only_group and all(len(p.users) == 1 and readers.get(str(p.target), 0) == 1 for p in params)
     if local and is_op(act, LAYER_NORM) and len(params) == len(act.args[2:4]) == 2:  # affine weight and bias
         for p in params:
-            _replace_attr(gm, p, constant_attr(gm, p).detach() / scales)
+            _replace_attr(gm, p, get_attr_value(gm, str(p.target)).detach() / scales)
         return f"layer_norm {act.name}"
     weight = _linear_weight(gm, act) if is_op(act, LINEAR) else None
     if local and weight is not None and weight.shape[0] == scales.numel():
         _replace_attr(gm, params[0], weight.detach() / scales[:, None])
         for p in params[1:]:
-            _replace_attr(gm, p, constant_attr(gm, p).detach() / scales)
+            _replace_attr(gm, p, get_attr_value(gm, str(p.target)).detach() / scales)
         return f"linear {act.name}"
     name = set_new_attr(gm, "_smooth_quant_scale_", scales.clone())
     with gm.graph.inserting_after(act):
@@ -158,11 +158,12 @@ def smooth_quant(
     for act, linears in groups.items():
         if act not in stats.absmax:
             continue
-        weights = [_linear_weight(model, lin) for lin in linears]
+        weight_nodes = [node_arg(lin, 1) for lin in linears]  # stored 2-D weights (see _groups)
+        weights = [get_attr_value(model, str(w.target)) for w in weight_nodes]
         weight_absmax = torch.stack([w.detach().abs().amax(0) for w in weights]).amax(0)
         scales = smoothing_scales(stats.absmax[act], weight_absmax, alpha)
-        for linear, w in zip(linears, weights):
-            _replace_attr(model, linear.args[1], w.detach() * scales)
+        for node, w in zip(weight_nodes, weights):
+            _replace_attr(model, node, w.detach() * scales)
         where = _fold(model, act, linears, scales, readers)
         done.append(
             SmoothedGroup(act.name, tuple(lin.name for lin in linears), where, float(scales.max()), float(scales.min()))

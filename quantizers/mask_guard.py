@@ -25,7 +25,7 @@ operand (:meth:`MaskGuard.allows`), and tells ``pt2q.report`` why (:meth:`MaskGu
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, TypeGuard
 
 import torch
 from torch.fx import GraphModule, Node
@@ -54,7 +54,7 @@ def _is_float(node: Node) -> bool:
     return isinstance(val, torch.Tensor) and val.is_floating_point()
 
 
-def _extreme_number(x: object) -> bool:
+def _extreme_number(x: object) -> TypeGuard[int | float]:
     return (
         isinstance(x, (int, float)) and not isinstance(x, bool) and (not math.isfinite(x) or abs(x) >= MASK_VALUE_BOUND)
     )
@@ -99,12 +99,12 @@ def find_mask_like(gm: GraphModule) -> dict[Node, str]:
         constant[n] = all(constant.get(a, False) for a in inputs)
         scalars = [float(x) for x in _scalar_args(n) if _extreme_number(x)] if is_op(n, _TAKES_EXTREME) else []
         upstream = [extreme[a] for a in inputs if extreme.get(a) is not None] if is_op(n, _KEEPS_EXTREME) else []
-        extreme[n] = scalars[0] if scalars else (upstream[0] if upstream else None)
+        extreme[n] = value = scalars[0] if scalars else (upstream[0] if upstream else None)
         if not _is_float(n):
             continue
         masks = [a for a in inputs if a in found]
-        if constant[n] and extreme[n] is not None:
-            found[n] = f"an attention mask (it holds {_fmt(extreme[n])})"
+        if constant[n] and value is not None:
+            found[n] = f"an attention mask (it holds {_fmt(value)})"
         elif is_op(n, _FILL_OPS) and scalars:
             found[n] = f"a masked tensor (filled with {_fmt(scalars[0])})"
         elif masks and is_op(n, MOVE_OPS):
