@@ -281,6 +281,8 @@ def check_delegate_qparams(edge_program: ExportedProgram) -> list[str]:
 
 
 def _with_fake_value(node: Node) -> Node:
+    if not callable(node.target):
+        raise TypeError(f"node '{node.name}' ({node.op}) calls no operator, so it has no fake value to compute")
     args, kwargs = pytree.tree_map_only(Node, lambda n: n.meta["val"], (node.args, node.kwargs))
     node.meta["val"] = node.target(*args, **kwargs)
     return node
@@ -305,6 +307,8 @@ def pack_embedding_4bit(gm: GraphModule) -> PassResult:
         if not isinstance(dq, Node) or dq.target != edge.quantized_decomposed.dequantize_per_channel.default:
             continue
         weight, scales, zero_points, axis, qmin, qmax, dtype = dq.args[:7]
+        if not (isinstance(weight, Node) and isinstance(scales, Node)):
+            continue  # tensor arguments of an exported graph are always nodes
         if (axis, qmin, qmax, dtype) != (0, -8, 7, torch.int8) or weight.meta["val"].shape[-1] % 2:
             continue
         with gm.graph.inserting_before(node):
