@@ -23,11 +23,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, NoReturn, Optional
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, Optional, TypedDict
 
 import torch  # pt2q itself imports torch: a lazy import here would save nothing
 
 if TYPE_CHECKING:
+    from pt2q.quantizer import Quantizer
     from pt2q.runtime import Program
 
 QUANTIZERS = ("embedding", "xnnpack", "x86")  # the order a composition runs them in
@@ -189,6 +190,8 @@ def _import_path(path: Path) -> object:
     if not path.is_file():
         raise CLIError(f"no such file: {path}")
     spec = importlib.util.spec_from_file_location(f"_pt2q_factory_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise CLIError(f"cannot import {path}: not a Python source file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -227,7 +230,7 @@ def check_inputs(model: torch.nn.Module, inputs: tuple, label: str) -> torch.Ten
         raise CLIError(f"example inputs {shapes} do not fit {label}: {_first_line(e)}") from e
 
 
-def build_quantizer(names: Sequence[str]) -> object:
+def build_quantizer(names: Sequence[str]) -> Quantizer:
     """The quantizers for ``names``, composed when there are several."""
     from pt2q.quantizer import ComposableQuantizer
     from pt2q.quantizers import (
@@ -238,7 +241,7 @@ def build_quantizer(names: Sequence[str]) -> object:
         get_symmetric_quantization_config,
     )
 
-    makers = {
+    makers: dict[str, Callable[[], Quantizer]] = {
         "embedding": EmbeddingQuantizer,
         "xnnpack": lambda: XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True)),
         "x86": lambda: X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()),
@@ -376,7 +379,15 @@ def _lower_x86(
 # ---------------------------------------------------------------- inspect
 
 
-def pt2_stats(program: torch.export.ExportedProgram) -> dict[str, object]:
+class Pt2Stats(TypedDict):
+    ops: collections.Counter[str]  # op name -> calls
+    quantize: int
+    dequantize: int
+    tensor_bytes: int
+    int8_bytes: int
+
+
+def pt2_stats(program: torch.export.ExportedProgram) -> Pt2Stats:
     """Op histogram, quantize/dequantize counts and tensor bytes (total and int8) of a program."""
     from pt2q.ops import ANY_DEQUANTIZE, ANY_QUANTIZE, is_op
 

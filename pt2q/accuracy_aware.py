@@ -202,6 +202,8 @@ def quantize(
         )
         while queue and len(steps) < max_passes and not met(score, sqnr):
             row = queue.pop(0)
+            sensitivity = row.sensitivity_sqnr
+            assert sensitivity is not None  # the queue holds only rows with a sensitivity
             for group in ([row], [r for r in queue if _siblings(r, row)]):
                 if not group or len(steps) >= max_passes or met(score, sqnr):
                     break
@@ -211,9 +213,7 @@ def quantize(
                 new_score, new_sqnr = measure(candidate)
                 kept = new_score > score
                 steps.append(
-                    FallbackStep(
-                        tuple(r.name for r in group), row.module_path, row.sensitivity_sqnr, score, new_score, kept
-                    )
+                    FallbackStep(tuple(r.name for r in group), row.module_path, sensitivity, score, new_score, kept)
                 )
                 bar.update()
                 if not kept:

@@ -67,7 +67,7 @@ def _channel_view(t: Tensor, dim: int) -> Tensor:
 
 class _SyncBatchNorm(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: Tensor,
         weight: Optional[Tensor],
@@ -111,7 +111,7 @@ class _SyncBatchNorm(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
         x_hat, invstd, weight = ctx.saved_tensors
         sum_dy = grad.sum(ctx.dims)
         sum_dy_xhat = (grad * x_hat).sum(ctx.dims)
