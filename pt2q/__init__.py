@@ -21,18 +21,57 @@ The flow, as in ``torchao.quantization.pt2e``:
 from pt2q.accuracy_aware import FallbackStep, QuantizeResult, quantize
 from pt2q.bias_correction import correct_bias
 from pt2q.convert import convert_pt2e
+from pt2q.derived import DerivedObserverOrFakeQuantize
+from pt2q.export_utils import WrapperModule
+from pt2q.fake_quantize import (
+    FakeQuantize,
+    FakeQuantizeBase,
+    FixedQParamsFakeQuantize,
+    FusedMovingAvgObsFakeQuantize,
+    ObserverOrFakeQuantize,
+    ObserverOrFakeQuantizeConstructor,
+    default_dynamic_fake_quant,
+    default_fake_quant,
+    disable_fake_quant,
+    disable_observer,
+    enable_fake_quant,
+    enable_observer,
+)
+from pt2q.graph_utils import (
+    bfs_trace_with_node_process,
+    find_sequential_partitions,
+    get_equivalent_types,
+    update_equivalent_types_dict,
+)
 from pt2q.keep_float import KeepFloat
 from pt2q.learnable_fake_quantize import (
     LearnableFakeQuantize,
     disable_range_learning,
     enable_range_learning,
 )
+from pt2q.notes import FROM_NODE_KEY
 from pt2q.numeric_debugger import (
+    CUSTOM_KEY,
+    NUMERIC_DEBUG_HANDLE_KEY,
     NodeSourceDebugInfo,
     compare_results,
     extract_results_from_loggers,
     generate_numeric_debug_handle,
     prepare_for_propagation_comparison,
+)
+from pt2q.observer import (
+    FixedQParamsObserver,
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    NoopObserver,
+    ObserverBase,
+    PerChannelMinMaxObserver,
+    PlaceholderObserver,
+    RecordingObserver,
+    ReuseInputObserver,
+    UniformQuantizationObserverBase,
 )
 from pt2q.prepare import prepare_pt2e, prepare_qat_pt2e
 from pt2q.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
@@ -95,4 +134,39 @@ __all__ = [
     "load_pt2",
     "Pt2LoadError",
     "UntrustedContentError",
+    # observers and fake quantizers (torchao.quantization.pt2e's names)
+    "ObserverBase",
+    "UniformQuantizationObserverBase",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PerChannelMinMaxObserver",
+    "MovingAveragePerChannelMinMaxObserver",
+    "HistogramObserver",
+    "FixedQParamsObserver",
+    "PlaceholderObserver",
+    "NoopObserver",
+    "RecordingObserver",
+    "ReuseInputObserver",
+    "DerivedObserverOrFakeQuantize",
+    "FakeQuantizeBase",
+    "FakeQuantize",
+    "FixedQParamsFakeQuantize",
+    "FusedMovingAvgObsFakeQuantize",
+    "ObserverOrFakeQuantize",
+    "ObserverOrFakeQuantizeConstructor",
+    "default_fake_quant",
+    "default_dynamic_fake_quant",
+    "enable_fake_quant",
+    "disable_fake_quant",
+    "enable_observer",
+    "disable_observer",
+    # graph and export helpers, debugger keys
+    "WrapperModule",
+    "find_sequential_partitions",
+    "get_equivalent_types",
+    "update_equivalent_types_dict",
+    "bfs_trace_with_node_process",
+    "CUSTOM_KEY",
+    "NUMERIC_DEBUG_HANDLE_KEY",
+    "FROM_NODE_KEY",
 ]

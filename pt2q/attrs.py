@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-__all__ = ["get_attr_value", "constant_attr", "set_new_attr", "remove_unused_attributes"]
+__all__ = ["get_attr_value", "constant_attr", "free_attr_name", "set_new_attr", "remove_unused_attributes"]
 
 
 def get_attr_value(gm: nn.Module, target: str) -> torch.Tensor:
@@ -25,12 +25,17 @@ def constant_attr(gm: nn.Module, node: object) -> torch.Tensor | None:
     return None
 
 
+def free_attr_name(module: nn.Module, prefix: str) -> str:
+    """The first name ``{prefix}{i}`` (i = 0, 1, ...) that ``module`` has no attribute under."""
+    i = 0
+    while hasattr(module, f"{prefix}{i}"):
+        i += 1
+    return f"{prefix}{i}"
+
+
 def set_new_attr(gm: GraphModule, prefix: str, value: torch.Tensor, *, parameter: bool = False) -> str:
     """Register ``value`` under the first free name ``{prefix}{i}``; return that name."""
-    i = 0
-    while hasattr(gm, f"{prefix}{i}"):
-        i += 1
-    name = f"{prefix}{i}"
+    name = free_attr_name(gm, prefix)
     if parameter:
         gm.register_parameter(name, nn.Parameter(value, requires_grad=value.is_floating_point()))
     else:

@@ -8,8 +8,13 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from pt2q.observer import ObserverBase
+from pt2q.qparams import PER_CHANNEL_QSCHEMES, QuantizationArgumentError
 
-class DerivedObserverOrFakeQuantize(nn.Module):
+__all__ = ["DerivedObserverOrFakeQuantize"]
+
+
+class DerivedObserverOrFakeQuantize(ObserverBase):
     """Observes nothing; ``calculate_qparams`` applies ``derive_qparams_fn`` to ``obs_or_fqs``.
 
     The source observers are held in a plain list (not as submodules) since they
@@ -26,16 +31,15 @@ class DerivedObserverOrFakeQuantize(nn.Module):
         qscheme: Optional[torch.qscheme] = None,
         ch_axis: Optional[int] = None,
     ) -> None:
-        super().__init__()
-        self.dtype = dtype
+        if qscheme in PER_CHANNEL_QSCHEMES and ch_axis is None:
+            raise QuantizationArgumentError(f"a per-channel derived spec ({qscheme}) needs a ch_axis")
+        super().__init__(dtype)
         self.obs_or_fqs = obs_or_fqs
         self.derive_qparams_fn = derive_qparams_fn
         self.quant_min = quant_min
         self.quant_max = quant_max
         self.qscheme = qscheme
         self.ch_axis = ch_axis
-        self.is_dynamic = False
-        self.target_name = ""
 
     def forward(self, x: Tensor) -> Tensor:
         return x

@@ -36,6 +36,7 @@ __all__ = [
     "PATTERN_KEY",
     "NOTE_KEYS",
     "PROVENANCE_KEYS",
+    "FROM_NODE_KEY",
     "note",
     "set_note",
     "copy_provenance",
@@ -54,7 +55,8 @@ FLOAT_REASON_KEY = "pt2q_float_reason"  # on an unannotated op: why it stays flo
 VALUE_OF_KEY = "pt2q_value_of"  # [name, graph_id] of the float node whose value this node computes
 PATTERN_KEY = "pt2q_pattern"  # [rule name, anchor handle name, anchor graph id]: the quantizer rule that claimed it
 NOTE_KEYS = (OBSERVER_KEY, FLOAT_REASON_KEY, VALUE_OF_KEY, PATTERN_KEY)
-PROVENANCE_KEYS = ("nn_module_stack", "stack_trace", "source_fn_stack", "from_node", "custom")
+FROM_NODE_KEY = "from_node"  # torch.export's provenance: the nodes a node was made from
+PROVENANCE_KEYS = ("nn_module_stack", "stack_trace", "source_fn_stack", FROM_NODE_KEY, "custom")
 
 _UNLIFT_PASS = "ExportedProgram.module().unlift()"
 _ROOT_PREFIX = "L['self']."
@@ -97,7 +99,7 @@ def debug_info(node: Node) -> Optional[NodeSourceDebugInfo]:
     parameters lifted by ``ExportedProgram.module()``, nodes made without provenance)."""
     if node.op in ("placeholder", "output"):
         return None
-    sources = node.meta.get("from_node")
+    sources = node.meta.get(FROM_NODE_KEY)
     if not sources or sources[-1].pass_name == _UNLIFT_PASS:
         return None
     source = sources[-1]

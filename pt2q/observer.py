@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -49,32 +50,65 @@ __all__ = [
     "default_placeholder_observer",
     "default_dynamic_quant_observer",
     "default_float_qparams_observer",
+    "default_float_qparams_observer_4bit",
+    "default_debug_observer",
+    "default_reuse_input_observer",
+    "weight_observer_range_neg_127_to_127",
+    "per_channel_weight_observer_range_neg_127_to_127",
+    "default_fixed_qparams_range_neg1to1_observer",
+    "default_fixed_qparams_range_0to1_observer",
+    "default_symmetric_fixed_qparams_observer",
+    "default_affine_fixed_qparams_observer",
+    "RecordingObserver",
+    "ReuseInputObserver",
+    "get_observer_state_dict",
+    "load_observer_state_dict",
 ]
 
 _F32_EPS = torch.finfo(torch.float32).eps
 
 
 class _Constructor:
-    """``cls`` with preset keyword arguments: calling it builds an instance, later kwargs win."""
+    """``cls`` with preset keyword arguments: calling it builds an instance, later kwargs win.
 
-    def __init__(self, cls: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    ``callable_args`` are called anew for each instance built (unless given explicitly), e.g. to give
+    every observer its own freshly made tensor.
+    """
+
+    def __init__(
+        self,
+        cls: Callable[..., nn.Module],
+        kwargs: dict[str, Any],
+        callable_args: Optional[dict[str, Callable[[], Any]]] = None,
+    ) -> None:
         self.cls = cls
         self.kwargs = kwargs
+        self.callable_args = dict(callable_args or {})
 
-    def __call__(self, **kwargs: Any) -> nn.Module:
-        return self.cls(**{**self.kwargs, **kwargs})
+    def __call__(self, *args: Any, **kwargs: Any) -> nn.Module:
+        made = {name: make() for name, make in self.callable_args.items() if name not in kwargs}
+        return self.cls(*args, **{**self.kwargs, **made, **kwargs})
 
     def with_args(self, **kwargs: Any) -> _Constructor:
-        return _Constructor(self.cls, {**self.kwargs, **kwargs})
+        return _Constructor(self.cls, {**self.kwargs, **kwargs}, self.callable_args)
+
+    def with_callable_args(self, **kwargs: Callable[[], Any]) -> _Constructor:
+        return _Constructor(self.cls, self.kwargs, {**self.callable_args, **kwargs})
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
-        return f"{self.cls.__name__}.with_args({args})"
+        made = "".join(f".with_callable_args({k}={v!r})" for k, v in self.callable_args.items())
+        return f"{self.cls.__name__}.with_args({args}){made}"
 
 
 def _with_args(cls: Callable[..., nn.Module], **kwargs: Any) -> _Constructor:
     """A constructor of ``cls`` with ``kwargs`` preset; it has ``.with_args`` too."""
     return _Constructor(cls, kwargs)
+
+
+def _with_callable_args(cls: Callable[..., nn.Module], **kwargs: Callable[[], Any]) -> _Constructor:
+    """A constructor of ``cls`` that calls each of ``kwargs``' values for every instance it builds."""
+    return _Constructor(cls, {}, kwargs)
 
 
 class ObserverBase(ABC, nn.Module):
@@ -116,10 +150,11 @@ class ObserverBase(ABC, nn.Module):
 
     def _uncalibrated_qparams(self) -> tuple[Tensor, Tensor]:
         """torchao's answer for an observer that saw no data: scale 1.0, zero point 0, with a warning."""
-        warnings.warn(f"{self._where()}: calculate_qparams called before the observer saw any data")
+        warnings.warn(f"{self._where()}: calculate_qparams called before the observer saw any data", stacklevel=2)
         return torch.tensor([1.0]), torch.tensor([0])
 
     with_args = classmethod(_with_args)
+    with_callable_args = classmethod(_with_callable_args)
 
 
 class UniformQuantizationObserverBase(ObserverBase):
@@ -139,9 +174,10 @@ class UniformQuantizationObserverBase(ObserverBase):
         reduce_range: bool = False,
         quant_min: Optional[int] = None,
         quant_max: Optional[int] = None,
+        factory_kwargs: Optional[dict[str, Any]] = None,
         eps: float = _F32_EPS,
         is_dynamic: bool = False,
-        **unexpected: Any,
+        **kwargs: Any,
     ) -> None:
         self._refuse_dynamic(is_dynamic)
         name = type(self).__name__
@@ -150,8 +186,8 @@ class UniformQuantizationObserverBase(ObserverBase):
             hint = " (use PerChannelMinMaxObserver for per-channel qschemes)" if qscheme in PER_CHANNEL_QSCHEMES else ""
             supported = ", ".join(map(str, self.supported_qschemes))
             raise ValueError(f"{name} supports qscheme {supported}; got {qscheme}{hint}")
-        if unexpected:
-            raise TypeError(f"{name} got unexpected arguments {sorted(unexpected)}")
+        if kwargs:
+            raise TypeError(f"{name} got unexpected arguments {sorted(kwargs)}")
         if reduce_range and qscheme in SYMMETRIC_QSCHEMES and dtype == torch.quint8:
             raise ValueError(f"{name}: reduce_range is not supported for symmetric quint8 quantization")
         super().__init__(dtype=dtype, is_dynamic=is_dynamic)
@@ -159,7 +195,9 @@ class UniformQuantizationObserverBase(ObserverBase):
         self.reduce_range = reduce_range
         self.has_customized_qrange = quant_min is not None or quant_max is not None
         self.quant_min, self.quant_max = quant_range(dtype, quant_min, quant_max, reduce_range)
-        self.register_buffer("eps", torch.tensor([eps]))
+        self._factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
+        self.register_buffer("eps", torch.tensor([eps], **self._factory_kwargs))
+        self._last_input: Optional[tuple[weakref.ref, int]] = None
 
     def _calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
         scale, zero_point = choose_qparams(
@@ -181,6 +219,10 @@ class UniformQuantizationObserverBase(ObserverBase):
                 "limit. Clip or rescale it, or keep this tensor in float."
             )
         return scale, zero_point
+
+    def reset_min_max_vals(self) -> None:
+        """Forget everything observed (observers with running statistics override this)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset its min/max values")
 
     def _check_finite(self, lo: float, hi: float) -> None:
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -212,13 +254,14 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         reduce_range: bool = False,
         quant_min: Optional[int] = None,
         quant_max: Optional[int] = None,
+        factory_kwargs: Optional[dict[str, Any]] = None,
         eps: float = _F32_EPS,
         is_dynamic: bool = False,
-        **unexpected: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps, is_dynamic, **unexpected)
-        self.register_buffer("min_val", torch.tensor(float("inf")))
-        self.register_buffer("max_val", torch.tensor(float("-inf")))
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic, **kwargs)
+        self.register_buffer("min_val", torch.tensor(float("inf"), **self._factory_kwargs))
+        self.register_buffer("max_val", torch.tensor(float("-inf"), **self._factory_kwargs))
 
     def forward(self, x_orig: Tensor) -> Tensor:
         if x_orig.numel() == 0:
@@ -261,10 +304,30 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     the first batch sets them directly.
     """
 
-    def __init__(self, averaging_constant: float = 0.01, is_dynamic: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        averaging_constant: float = 0.01,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: Optional[torch.qscheme] = None,
+        reduce_range: bool = False,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        eps: float = _F32_EPS,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
         if is_dynamic and averaging_constant != 1:
             raise ValueError("MovingAverageMinMaxObserver supports dynamic quantization only with averaging_constant=1")
-        super().__init__(is_dynamic=is_dynamic, **kwargs)
+        super().__init__(
+            dtype=dtype,
+            qscheme=qscheme,
+            reduce_range=reduce_range,
+            quant_min=quant_min,
+            quant_max=quant_max,
+            eps=eps,
+            is_dynamic=is_dynamic,
+            **kwargs,
+        )
         self.averaging_constant = averaging_constant
 
     def merge_across_ranks(self) -> MergeSteps:
@@ -304,14 +367,15 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         reduce_range: bool = False,
         quant_min: Optional[int] = None,
         quant_max: Optional[int] = None,
+        factory_kwargs: Optional[dict[str, Any]] = None,
         eps: float = _F32_EPS,
         is_dynamic: bool = False,
-        **unexpected: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps, is_dynamic, **unexpected)
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic, **kwargs)
         self.ch_axis = ch_axis
-        self.register_buffer("min_val", torch.tensor([]))
-        self.register_buffer("max_val", torch.tensor([]))
+        self.register_buffer("min_val", torch.tensor([], **self._factory_kwargs))
+        self.register_buffer("max_val", torch.tensor([], **self._factory_kwargs))
 
     def _channel_aminmax(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-channel (min, max) of ``x``, checked to be finite."""
@@ -374,8 +438,30 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
 class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
     """Per-channel qparams from moving averages of per-channel min and max."""
 
-    def __init__(self, averaging_constant: float = 0.01, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        averaging_constant: float = 0.01,
+        ch_axis: int = 0,
+        dtype: torch.dtype = torch.quint8,
+        qscheme: Optional[torch.qscheme] = None,
+        reduce_range: bool = False,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        eps: float = _F32_EPS,
+        is_dynamic: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            ch_axis=ch_axis,
+            dtype=dtype,
+            qscheme=qscheme,
+            reduce_range=reduce_range,
+            quant_min=quant_min,
+            quant_max=quant_max,
+            eps=eps,
+            is_dynamic=is_dynamic,
+            **kwargs,
+        )
         self.averaging_constant = averaging_constant
 
     def merge_across_ranks(self) -> MergeSteps:
@@ -420,15 +506,16 @@ class HistogramObserver(UniformQuantizationObserverBase):
         reduce_range: bool = False,
         quant_min: Optional[int] = None,
         quant_max: Optional[int] = None,
+        factory_kwargs: Optional[dict[str, Any]] = None,
         eps: float = _F32_EPS,
         is_dynamic: bool = False,
-        **unexpected: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, eps, is_dynamic, **unexpected)
+        super().__init__(dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic, **kwargs)
         self.bins = bins
-        self.register_buffer("histogram", torch.zeros(bins))
-        self.register_buffer("min_val", torch.tensor(float("inf")))
-        self.register_buffer("max_val", torch.tensor(float("-inf")))
+        self.register_buffer("histogram", torch.zeros(bins, **self._factory_kwargs))
+        self.register_buffer("min_val", torch.tensor(float("inf"), **self._factory_kwargs))
+        self.register_buffer("max_val", torch.tensor(float("-inf"), **self._factory_kwargs))
         self.dst_nbins = 2 ** dtype_bits(dtype)
         self.upsample_rate = 16  # sub-bins per bin when re-binning onto a wider range
 
@@ -475,6 +562,20 @@ class HistogramObserver(UniformQuantizationObserverBase):
         self.max_val.copy_(hi)
         remember_merge(self, self.histogram.sum(dtype=torch.float64).item())
 
+    def reset_histogram(self, x: Tensor, min_val: Tensor, max_val: Tensor) -> None:
+        """Start over from ``x`` alone, binned over ``[min_val, max_val]`` (scalars)."""
+        if min_val.numel() != 1 or max_val.numel() != 1:
+            raise ValueError(f"{self._where()}: histogram min/max values must be scalars")
+        self.min_val.resize_(min_val.shape).copy_(min_val)
+        self.max_val.resize_(max_val.shape).copy_(max_val)
+        self.histogram.copy_(torch.histc(x.detach().float(), self.bins, min_val.item(), max_val.item()))
+
+    def reset_min_max_vals(self) -> None:
+        """Forget everything observed."""
+        self.histogram.zero_()
+        self.min_val.fill_(float("inf"))
+        self.max_val.fill_(float("-inf"))
+
     @property
     def has_statistics(self) -> bool:
         return self.min_val.item() != math.inf
@@ -505,7 +606,10 @@ class FixedQParamsObserver(ObserverBase):
         quant_min: Optional[int] = None,
         quant_max: Optional[int] = None,
         is_dynamic: bool = False,
+        **kwargs: Any,
     ) -> None:
+        if kwargs:
+            raise TypeError(f"FixedQParamsObserver got unexpected arguments {sorted(kwargs)}")
         qscheme = torch.per_tensor_affine if qscheme is None else qscheme
         self._refuse_dynamic(is_dynamic)
         if qscheme not in PER_TENSOR_QSCHEMES:
@@ -533,6 +637,7 @@ class _PassThroughObserver(ObserverBase):
     def __init__(
         self,
         dtype: torch.dtype,
+        custom_op_name: str = "",
         quant_min: Optional[int] = None,
         quant_max: Optional[int] = None,
         qscheme: Optional[torch.qscheme] = None,
@@ -544,6 +649,7 @@ class _PassThroughObserver(ObserverBase):
         self.quant_min = quant_min
         self.quant_max = quant_max
         self.eps = _F32_EPS if eps is None else eps
+        self.custom_op = custom_op_name
 
     def forward(self, x: Tensor) -> Tensor:
         return x
@@ -559,17 +665,67 @@ class _PassThroughObserver(ObserverBase):
 
 
 class PlaceholderObserver(_PassThroughObserver):
-    """Records nothing; marks a tensor for dynamic quantization (``is_dynamic``) or a float cast."""
+    """Records nothing; marks a tensor for dynamic quantization (``is_dynamic``) or a float cast.
 
-    def __init__(self, dtype: torch.dtype = torch.float32, **kwargs: Any) -> None:
-        super().__init__(dtype=dtype, **kwargs)
+    ``compute_dtype`` is deprecated (use ``is_dynamic``) and, as in torchao, only warns.
+    """
+
+    def __init__(
+        self,
+        dtype: torch.dtype = torch.float32,
+        custom_op_name: str = "",
+        compute_dtype: Optional[torch.dtype] = None,
+        quant_min: Optional[int] = None,
+        quant_max: Optional[int] = None,
+        qscheme: Optional[torch.qscheme] = None,
+        eps: Optional[float] = None,
+        is_dynamic: bool = False,
+    ) -> None:
+        if compute_dtype:
+            warnings.warn("PlaceholderObserver: compute_dtype is deprecated; use is_dynamic", stacklevel=2)
+        super().__init__(dtype, custom_op_name, quant_min, quant_max, qscheme, eps, is_dynamic)
 
 
 class NoopObserver(_PassThroughObserver):
     """Records nothing (float16 by default)."""
 
-    def __init__(self, dtype: torch.dtype = torch.float16, **kwargs: Any) -> None:
-        super().__init__(dtype=dtype, **kwargs)
+    def __init__(self, dtype: torch.dtype = torch.float16, custom_op_name: str = "", **kwargs: Any) -> None:
+        super().__init__(dtype=dtype, custom_op_name=custom_op_name, **kwargs)
+
+
+class RecordingObserver(ObserverBase):
+    """Records a copy of every tensor it sees (for debugging); ``get_tensor_value()`` returns them."""
+
+    def __init__(self, dtype: torch.dtype = torch.quint8) -> None:
+        super().__init__(dtype=dtype, is_dynamic=False)
+        self.tensor_val: list[Optional[Tensor]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.tensor_val.append(x.clone())
+        return x
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        raise RuntimeError(f"{self._where()}: a RecordingObserver records values and has no qparams")
+
+    def get_tensor_value(self) -> list[Optional[Tensor]]:
+        return self.tensor_val
+
+
+class ReuseInputObserver(ObserverBase):
+    """Observes nothing: the operator's output reuses the observer of its input (e.g. a reshape).
+
+    Meaningful in FX graph mode quantization; in PT2E the same is said with a
+    ``SharedQuantizationSpec``, and as an observer it passes values through.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(torch.quint8, is_dynamic=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def calculate_qparams(self) -> tuple[Tensor, Tensor]:
+        raise RuntimeError(f"{self._where()}: a ReuseInputObserver has no qparams of its own")
 
 
 default_observer = MinMaxObserver.with_args(quant_min=0, quant_max=127)
@@ -585,6 +741,58 @@ default_dynamic_quant_observer = PlaceholderObserver.with_args(
 default_float_qparams_observer = PerChannelMinMaxObserver.with_args(
     dtype=torch.quint8, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0
 )
+default_float_qparams_observer_4bit = PerChannelMinMaxObserver.with_args(
+    dtype=torch.quint4x2, qscheme=torch.per_channel_affine_float_qparams, ch_axis=0
+)
+default_debug_observer = RecordingObserver
+default_reuse_input_observer = ReuseInputObserver
+# symmetric int8 weights in [-127, 127] (no -128)
+weight_observer_range_neg_127_to_127 = MinMaxObserver.with_args(
+    dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=-127, quant_max=127, eps=2**-12
+)
+per_channel_weight_observer_range_neg_127_to_127 = PerChannelMinMaxObserver.with_args(
+    dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-127, quant_max=127, eps=2**-12
+)
+# outputs of ops with a known range: tanh ([-1, 1]), sigmoid / softmax ([0, 1])
+default_fixed_qparams_range_neg1to1_observer = FixedQParamsObserver.with_args(
+    scale=2.0 / 256.0, zero_point=128, dtype=torch.quint8, quant_min=0, quant_max=255
+)
+default_fixed_qparams_range_0to1_observer = FixedQParamsObserver.with_args(
+    scale=1.0 / 256.0, zero_point=0, dtype=torch.quint8, quant_min=0, quant_max=255
+)
+default_symmetric_fixed_qparams_observer = default_fixed_qparams_range_neg1to1_observer
+default_affine_fixed_qparams_observer = default_fixed_qparams_range_0to1_observer
+
+
+def _is_observer_or_fake_quantize(module: nn.Module) -> bool:
+    from pt2q.fake_quantize import FakeQuantizeBase  # fake quantizers are built on this module
+
+    return isinstance(module, (ObserverBase, FakeQuantizeBase))
+
+
+def get_observer_state_dict(mod: nn.Module) -> dict[str, Any]:
+    """The entries of ``mod.state_dict()`` that belong to its observers and fake quantizers (their
+    statistics and qparams), to save a calibration and load it into a model prepared the same way."""
+    full = mod.state_dict()
+    observed: OrderedDict[str, Any] = OrderedDict((k, v) for k, v in full.items() if "activation_post_process" in k)
+    observed._metadata = getattr(full, "_metadata", None)  # type: ignore[attr-defined]
+    return observed
+
+
+def load_observer_state_dict(mod: nn.Module, obs_dict: dict[str, Any]) -> None:
+    """Load what :func:`get_observer_state_dict` saved into the observers and fake quantizers of ``mod``.
+
+    A missing or unexpected observer entry raises a ``RuntimeError`` naming it.
+    """
+    missing: list[str] = []
+    unexpected: list[str] = []
+    for name, module in mod.named_modules():
+        if _is_observer_or_fake_quantize(module):
+            module._load_from_state_dict(obs_dict, name + ".", {}, False, missing, unexpected, [])
+    for kind, keys in (("Missing", missing), ("Unexpected", unexpected)):
+        for key in keys:
+            if "observer" in key or "activation_post_process" in key:
+                raise RuntimeError(f"{kind} keys for observer {key} in state_dict")
 
 
 def __getattr__(name: str) -> Any:

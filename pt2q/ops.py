@@ -35,6 +35,7 @@ __all__ = [
     "LINEAR",
     "MATMUL",
     "EMBEDDING",
+    "GRU",
     "BATCH_NORM",
     "BATCH_NORM_NO_TRAINING",
     "RELU",
@@ -72,16 +73,19 @@ __all__ = [
     "DQ_OPS",
     "QDQ_OPS",
     "CHOOSE_QPARAMS_OPS",
+    "CONVERT_ELEMENT_TYPE",
     "ANY_QUANTIZE",
     "ANY_DEQUANTIZE",
     "ANY_CHOOSE_QPARAMS",
     "ANY_QDQ",
+    "SYM_SIZE",
     "OBSERVER_PREFIX",
     "op_name",
     "is_op",
     "node_arg",
     "optional_node_arg",
     "sole_user",
+    "users_except_sym_size",
     "is_observer_node",
 ]
 
@@ -110,6 +114,7 @@ CONV_TRANSPOSE = CONV_TRANSPOSE1D | CONV_TRANSPOSE2D | CONV_TRANSPOSE3D
 LINEAR = ops(aten.linear.default)
 MATMUL = ops(aten.matmul.default)
 EMBEDDING = ops(aten.embedding.default)
+GRU = ops(aten.gru.input)  # nn.GRU exports as one fused op (outputs: sequence, final hidden state)
 
 # --- normalization and activations -------------------------------------------------------
 BATCH_NORM = ops(aten.batch_norm.default)
@@ -207,6 +212,8 @@ Q_OPS = Q_PER_TENSOR | Q_PER_TENSOR_DYNAMIC | Q_PER_CHANNEL
 DQ_OPS = DQ_PER_TENSOR | DQ_PER_TENSOR_DYNAMIC | DQ_PER_CHANNEL
 QDQ_OPS = Q_OPS | DQ_OPS
 CHOOSE_QPARAMS_OPS = ops(qd.choose_qparams.tensor, qd.choose_qparams_symmetric.tensor)  # run-time qparams
+# a float cast kept as its own op (not fused away): float16 "quantization" of a weight
+CONVERT_ELEMENT_TYPE = ops(qd.convert_element_type.no_fuse)
 # Every quantize / dequantize / choose-qparams operator of the library, whatever its overload or
 # granularity (per token, per channel group): what a lowered program's report counts as Q/DQ.
 ANY_QUANTIZE = ops(
@@ -219,6 +226,9 @@ ANY_CHOOSE_QPARAMS = ops(
     qd.choose_qparams, qd.choose_qparams_symmetric, qd.choose_qparams_per_token, qd.choose_qparams_per_token_asymmetric
 )
 ANY_QDQ = ANY_QUANTIZE | ANY_DEQUANTIZE | ANY_CHOOSE_QPARAMS
+
+# shape queries on a tensor (dynamic shapes): users that read no values
+SYM_SIZE = ops(aten.sym_size, aten.sym_numel)
 
 OBSERVER_PREFIX = "activation_post_process_"  # observers and fake quantizers are submodules named so
 
@@ -266,6 +276,11 @@ def optional_node_arg(node: Node, index: int) -> Optional[Node]:
 def sole_user(node: object) -> Optional[Node]:
     """The only user of ``node``, or None when it has zero or several (or ``node`` is no graph node)."""
     return next(iter(node.users)) if isinstance(node, Node) and len(node.users) == 1 else None
+
+
+def users_except_sym_size(node: Node) -> list[Node]:
+    """The users of ``node`` that read its values (shape queries such as ``sym_size`` left out)."""
+    return [u for u in node.users if not is_op(u, SYM_SIZE)]
 
 
 def is_observer_node(node: object, gm: GraphModule) -> bool:

@@ -94,6 +94,14 @@ def _dynamic_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype
     return q, dq
 
 
+def _float16_cast(gm: GraphModule, node: Node) -> tuple[Node, Node]:
+    """A float16 observer becomes a round trip through float16 (``convert_element_type.no_fuse``, which
+    backends keep: Inductor runs a linear whose weight comes so as a float16-weight linear)."""
+    to_half = gm.graph.call_function(qd.convert_element_type.no_fuse, (node.args[0], torch.float16))
+    back = gm.graph.call_function(qd.convert_element_type.no_fuse, (to_half, torch.float32))
+    return to_half, back
+
+
 def _out_dtype_kwargs(node: Node) -> dict[str, Any]:
     val = node.args[0].meta.get("val") if isinstance(node.args[0], Node) else None
     if isinstance(val, torch.Tensor) and val.dtype != torch.float32:
@@ -120,12 +128,16 @@ def replace_observers_with_qdq(gm: GraphModule) -> GraphModule:
     for node in observer_nodes:
         obs = gm.get_submodule(node.target)
         dtype = _UNDERLYING.get(obs.dtype, obs.dtype)
-        if obs.dtype not in _QUANT_DTYPES:
+        if obs.dtype not in _QUANT_DTYPES and obs.dtype != torch.float16:
             node.replace_all_uses_with(node.args[0])  # float "quantization" (e.g. placeholder fp32): no-op
         else:
             with gm.graph.inserting_before(node):
-                make = _dynamic_qdq if getattr(obs, "is_dynamic", False) else _static_qdq
-                q, dq = make(gm, node, obs, dtype)
+                if obs.dtype == torch.float16:
+                    q, dq = _float16_cast(gm, node)
+                elif getattr(obs, "is_dynamic", False):
+                    q, dq = _dynamic_qdq(gm, node, obs, dtype)
+                else:
+                    q, dq = _static_qdq(gm, node, obs, dtype)
             _port_meta(q, node)
             _port_meta(dq, node, with_val=True)
             for new in (q, dq):

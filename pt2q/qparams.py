@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "QuantizationArgumentError",
     "PER_TENSOR_QSCHEMES",
     "PER_CHANNEL_QSCHEMES",
     "SYMMETRIC_QSCHEMES",
@@ -33,6 +34,14 @@ __all__ = [
     "upscale_histogram",
     "search_histogram_range",
 ]
+
+
+class QuantizationArgumentError(ValueError, AssertionError):
+    """An invalid range, dtype, qscheme or min/max given to an observer or a quantization helper.
+
+    Both a ``ValueError`` and the ``AssertionError`` torchao raises for the same mistakes.
+    """
+
 
 PER_TENSOR_QSCHEMES = (torch.per_tensor_affine, torch.per_tensor_symmetric)
 PER_CHANNEL_QSCHEMES = (torch.per_channel_affine, torch.per_channel_symmetric, torch.per_channel_affine_float_qparams)
@@ -87,9 +96,13 @@ def quant_range(
     quant_min = full[0] if quant_min is None else int(quant_min)
     quant_max = full[1] if quant_max is None else int(quant_max)
     if not quant_min <= 0 <= quant_max or quant_min >= quant_max:
-        raise ValueError(f"quant_min ({quant_min}) < quant_max ({quant_max}) must hold and the range must include 0")
+        raise QuantizationArgumentError(
+            f"quant_min ({quant_min}) < quant_max ({quant_max}) must hold and the range must include 0"
+        )
     if quant_min < full[0] or quant_max > full[1]:
-        raise ValueError(f"quant range [{quant_min}, {quant_max}] does not fit {dtype} ([{full[0]}, {full[1]}])")
+        raise QuantizationArgumentError(
+            f"quant range [{quant_min}, {quant_max}] does not fit {dtype} ([{full[0]}, {full[1]}])"
+        )
     if reduce_range:
         return quant_min // 2, quant_max // 2
     return quant_min, quant_max

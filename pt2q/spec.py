@@ -27,6 +27,7 @@ __all__ = [
     "DerivedQuantizationSpec",
     "QuantizationAnnotation",
     "QuantizationConfig",
+    "is_valid_annotation",
     "dtype_range",
     "describe",
 ]
@@ -167,3 +168,10 @@ class QuantizationConfig:
     bias: Optional[QuantizationSpecBase]
     # QAT: observers are replaced by fake quantizers and conv+bn is kept for training
     is_qat: bool = False
+
+
+def is_valid_annotation(annotation: Optional[QuantizationAnnotation]) -> bool:
+    """True if ``annotation`` quantizes something: an input edge or the output (not just a claim)."""
+    if annotation is None:
+        return False
+    return bool(annotation.input_qspec_map) or annotation.output_qspec is not None

@@ -21,6 +21,7 @@ per output channel (axis 1), as without BatchNorm.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, cast
 
@@ -39,6 +40,7 @@ from pt2q.ops import (
     CONV_TRANSPOSE,
     CONV_TRANSPOSE1D,
     CONV_TRANSPOSE2D,
+    GRU,
     LINEAR,
     MUL,
     RELU,
@@ -86,6 +88,8 @@ __all__ = [
     "float_operands",
     "not_before_relu",
     "single_group",
+    "GRU_IO_ONLY",
+    "annotate_gru_io",
 ]
 
 ANNOTATORS: dict[str, Annotator] = {}
@@ -252,18 +256,34 @@ def _register_row(pattern: Pattern) -> None:
     ANNOTATORS[pattern.name] = annotate
 
 
-for _row in PATTERNS:
+def annotate_gru_io(gru: Node, config: Optional[QuantizationConfig]) -> list[Node]:
+    """A fused ``aten.gru``: its input sequence and initial hidden state get the input spec, its two outputs
+    (the ``getitem``s of the output sequence and final hidden state) the output spec; the cell stays float."""
+    inputs: InputSpecs = {a: get_input_act_qspec(config) for a in gru.args[:2] if isinstance(a, Node)}
+    annotate_node(gru, inputs)
+    outputs = [u for u in gru.users if u.target is operator.getitem]
+    for out in outputs:
+        annotate_node(out, None, get_output_act_qspec(config))
+    return [gru, *outputs]
+
+
+# ExecuTorch registers it but its XNNPACKQuantizer does not run it: a row of its own, outside PATTERNS.
+# (ExecuTorch's annotator writes the sequence's spec and then overwrites it with the hidden state's,
+# so only the hidden state is quantized there; here both inputs are.)
+GRU_IO_ONLY = Pattern("gru_io_only", (GRU,), guard=_has_tensor_input, annotate=annotate_gru_io)
+
+for _row in (*PATTERNS, GRU_IO_ONLY):
     _register_row(_row)
 
 
-def propagate_annotation(gm: GraphModule, filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
+def propagate_annotation(model: GraphModule, filter_fn: Optional[FilterFn] = None) -> list[list[Node]]:
     """Let qparam-sharing ops (relu, view, max_pool2d, ...) share the qparams of their quantized input.
 
     Walks the graph in order, so chains of such ops all join their producer's group.
     Run it after the other annotators.
     """
     partitions = []
-    for node in list(gm.graph.nodes):
+    for node in list(model.graph.nodes):
         if not is_op(node, SHARE_QPARAMS_OPS) or not node.args or not isinstance(node.args[0], Node):
             continue
         producer = node.args[0]

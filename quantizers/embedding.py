@@ -34,17 +34,23 @@ import functools
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import get_attr_value
 from pt2q.observer import PerChannelMinMaxObserver
 from pt2q.ops import EMBEDDING, is_op
-from pt2q.quantizer import Quantizer
+from pt2q.quantizer import OperatorConfig, OperatorPatternType, Quantizer
 from pt2q.quantizers.annotation import FilterFn, is_annotated, mark_annotated
 from pt2q.quantizers.annotators import get_annotator, register_annotator
 from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec
 
-__all__ = ["EmbeddingQuantizer", "get_embedding_quantization_config", "annotate_embedding"]
+__all__ = [
+    "EmbeddingQuantizer",
+    "get_embedding_quantization_config",
+    "get_embedding_operators_config",
+    "annotate_embedding",
+]
 
 _EPS = 2**-12
 
@@ -71,6 +77,13 @@ def get_embedding_quantization_config(bits: int = 8) -> QuantizationConfig:
     else:
         raise ValueError(f"EmbeddingQuantizer supports bits=8 or bits=4 (ExecuTorch kernels), got {bits}")
     return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
+
+
+def get_embedding_operators_config() -> OperatorConfig:
+    """The 8-bit config (:func:`get_embedding_quantization_config`) with the operators it applies to
+    (``nn.Embedding``, ``F.embedding``), as torchao's ``EmbeddingQuantizer`` reports it."""
+    operators: list[OperatorPatternType] = [[torch.nn.Embedding], [F.embedding]]
+    return OperatorConfig(config=get_embedding_quantization_config(8), operators=operators)
 
 
 def _embedding_weight(node: Node) -> Optional[Node]:
@@ -112,6 +125,20 @@ class EmbeddingQuantizer(Quantizer):
         self.config = get_embedding_quantization_config(bits)
         self.bits = bits
         self.filter_fn = filter_fn
+
+    @classmethod
+    def get_supported_operators(cls) -> list[OperatorConfig]:
+        return [get_embedding_operators_config()]
+
+    @classmethod
+    def get_supported_quantization_configs(cls) -> list[QuantizationConfig]:
+        return [config for config, _ in cls.get_supported_operators()]
+
+    @classmethod
+    def get_supported_operator_for_quantization_config(
+        cls, quantization_config: QuantizationConfig
+    ) -> list[OperatorPatternType]:
+        return next((ops for config, ops in cls.get_supported_operators() if config == quantization_config), [])
 
     def annotate(self, model: GraphModule) -> GraphModule:
         get_annotator("embedding")(model, self.config, self.filter_fn)

@@ -55,6 +55,7 @@ from torch._ops import OpOverload
 from torch.fx import GraphModule, Node
 
 from pt2q.notes import module_paths
+from pt2q.observer import PlaceholderObserver
 from pt2q.ops import (
     ADAPTIVE_AVG_POOL2D,
     ADD,
@@ -95,6 +96,7 @@ from pt2q.spec import (
 __all__ = [
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
+    "get_x86_inductor_linear_dynamic_fp16_config",
     "X86_PATTERNS",
     "INT8_IN_INT8_OUT_OPS",
     "QUANTIZABLE_OPS",
@@ -198,6 +200,16 @@ def _x86_config(is_qat: bool, is_dynamic: bool, reduce_range: bool) -> Quantizat
     return QuantizationConfig(input_activation=act, output_activation=act, weight=weight, bias=None, is_qat=is_qat)
 
 
+@functools.lru_cache
+def get_x86_inductor_linear_dynamic_fp16_config() -> QuantizationConfig:
+    """float16 weights, float32 activations: Inductor's ``linear_dynamic_fp16`` (fp32 input times the weight
+    rounded to fp16, accumulated in fp32). Meant for linears, e.g.
+    ``set_module_type_qconfig(nn.Linear, get_x86_inductor_linear_dynamic_fp16_config())``; convert writes the
+    weight's round trip through float16 (``quantized_decomposed.convert_element_type.no_fuse``)."""
+    weight = QuantizationSpec(dtype=torch.float16, observer_or_fake_quant_ctr=PlaceholderObserver)
+    return QuantizationConfig(input_activation=None, output_activation=None, weight=weight, bias=None)
+
+
 def _inputs_only(config: QuantizationConfig) -> QuantizationConfig:
     """The config as the x86 recipe applies it to conv/linear/mul: no output spec."""
     return dataclasses.replace(config, output_activation=None)
@@ -295,7 +307,6 @@ X86_PATTERNS: tuple[Pattern, ...] = (
     # int8-in/int8-out ops, in graph order, once what feeds them is known to be int8
     Pattern("x86_int8_passthrough", (INT8_IN_INT8_OUT_OPS,), guard=_passthrough_ready, annotate=_annotate_passthrough),
 )
-_PASSTHROUGH = X86_PATTERNS[-1]
 
 
 def is_quantized_output(node: Node) -> bool:
@@ -327,6 +338,13 @@ class X86InductorQuantizer(Quantizer):
     and per-module-name configs; ``None`` keeps what it covers in float.
     """
 
+    # the recipe: pattern rows in precedence order, the anchors configs may select, those the global
+    # config quantizes, and the operator each module/function type given to the setters means
+    PATTERNS: tuple[Pattern, ...] = X86_PATTERNS
+    QUANTIZABLE_OPS: frozenset = QUANTIZABLE_OPS
+    DEFAULT_QUANTIZABLE_OPS: frozenset = DEFAULT_QUANTIZABLE_OPS
+    OPERATOR_OF: dict[Any, OpOverload] = _OPERATOR_OF
+
     def __init__(self) -> None:
         super().__init__()
         self.global_config: Optional[QuantizationConfig] = None
@@ -344,6 +362,9 @@ class X86InductorQuantizer(Quantizer):
         return self
 
     def get_global_quantization_config(self) -> Optional[QuantizationConfig]:
+        """The global config (warns while none is set, as torchao does)."""
+        if not isinstance(self.global_config, QuantizationConfig):
+            warnings.warn(f"{type(self).__name__} has no global config: call set_global first", stacklevel=2)
         return self.global_config
 
     def set_function_type_qconfig(
@@ -370,11 +391,11 @@ class X86InductorQuantizer(Quantizer):
         return self
 
     def _set_operator(self, kind: OperatorType, config: Optional[QuantizationConfig]) -> X86InductorQuantizer:
-        op = kind if isinstance(kind, OpOverload) else _OPERATOR_OF.get(kind)
-        if op is None or op not in QUANTIZABLE_OPS:
-            quantizable = sorted(map(str, QUANTIZABLE_OPS))
+        op = kind if isinstance(kind, OpOverload) else self.OPERATOR_OF.get(kind)
+        if op is None or op not in self.QUANTIZABLE_OPS:
+            quantizable = sorted(map(str, self.QUANTIZABLE_OPS))
             warnings.warn(
-                f"X86InductorQuantizer cannot set a config for {kind}; it quantizes {quantizable}", stacklevel=3
+                f"{type(self).__name__} cannot set a config for {kind}; it quantizes {quantizable}", stacklevel=3
             )
             return self
         if not self._mode_clash(config, str(op)):
@@ -412,11 +433,12 @@ class X86InductorQuantizer(Quantizer):
             return lambda n: owners.get(n) == name and guard.allows(n)
 
         for name, config in self.module_name_qconfig.items():
-            self._annotate_stage(model, index, config, owned_by(name), QUANTIZABLE_OPS)
+            self._annotate_stage(model, index, config, owned_by(name), self.QUANTIZABLE_OPS)
         for op, config in self.operator_type_qconfig.items():
             self._annotate_stage(model, index, config, owned_by(None), frozenset({op}))
         float_ops = {op for op, config in self.operator_type_qconfig.items() if config is None}
-        self._annotate_stage(model, index, self.global_config, owned_by(None), DEFAULT_QUANTIZABLE_OPS - float_ops)
+        default_ops = self.DEFAULT_QUANTIZABLE_OPS - float_ops
+        self._annotate_stage(model, index, self.global_config, owned_by(None), default_ops)
         return model
 
     def validate(self, model: GraphModule) -> None:
@@ -426,8 +448,8 @@ class X86InductorQuantizer(Quantizer):
     def explain_unannotated(self, node: Node) -> Optional[str]:
         """Which setting, or missing pattern, left ``node`` float (for ``pt2q.report``)."""
         op = getattr(node.target, "__name__", str(node.target))
-        if not is_op(node, QUANTIZABLE_OPS):
-            return f"X86InductorQuantizer has no pattern for {op}"
+        if not is_op(node, self.QUANTIZABLE_OPS):
+            return f"{type(self).__name__} has no pattern for {op}"
         if (guarded := self.mask_guard.reason(node)) is not None:
             return guarded
         owner = self._owner(node)
@@ -437,7 +459,7 @@ class X86InductorQuantizer(Quantizer):
         elif node.target in self.operator_type_qconfig:
             if self.operator_type_qconfig[node.target] is None:
                 return f"kept float by a None config for {op} (set_function_type_qconfig / set_module_type_qconfig)"
-        elif not is_op(node, DEFAULT_QUANTIZABLE_OPS):
+        elif not is_op(node, self.DEFAULT_QUANTIZABLE_OPS):
             return f"{op} is quantized only when configured for it (set_function_type_qconfig)"
         elif self.global_config is None:
             return "no config covers it (set_global(None) or never called)"
@@ -462,11 +484,11 @@ class X86InductorQuantizer(Quantizer):
         """The table's rows for the anchors in ``ops`` that ``owned`` accepts."""
         if config is None:
             return
-        for row in X86_PATTERNS:
+        for row in self.PATTERNS:
             anchors = frozenset(row.anchor_ops & ops)
             if (row.qat_only and not config.is_qat) or not anchors:
                 continue
             # QAT rows keep their output spec (BatchNorm still sits between conv and output);
-            # fusion rows quantize inputs only; pass-through ops take the whole config
-            cfg = config if row.qat_only or row is _PASSTHROUGH else _inputs_only(config)
+            # fusion rows quantize inputs only; pass-through ops (rows with code) take the whole config
+            cfg = config if row.qat_only or row.annotate is not None else _inputs_only(config)
             annotate_pattern(model, row, cfg, _in(anchors, owned), index)

@@ -25,6 +25,9 @@ Where pt2q differs from ExecuTorch, on purpose:
   (axis 1), as it is without BatchNorm.
 * ``transform_for_annotation`` only turns scalars into tensors for float add/mul,
   so integer arithmetic keeps its dtype.
+* ``get_supported_operator_for_quantization_config(config)`` returns the operator patterns of
+  a supported config (ExecuTorch compares against deep copies that never equal the config
+  and returns ``[]``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from torch._ops import OpOverload, OpOverloadPacket
 from torch.fx import GraphModule, Node
 
@@ -41,7 +46,7 @@ from pt2q.attrs import set_new_attr
 from pt2q.notes import module_paths
 from pt2q.ops import SHARE_QPARAMS_OPS, aten, is_op
 from pt2q.pattern import NodeIndex
-from pt2q.quantizer import Quantizer
+from pt2q.quantizer import OperatorConfig, OperatorPatternType, Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, is_dynamic_config
 from pt2q.quantizers.annotators import PATTERNS, propagate_annotation
@@ -162,6 +167,25 @@ def convert_scalars_to_attrs(gm: GraphModule) -> GraphModule:
     return gm
 
 
+# What XNNPACKQuantizer reports as supported (get_supported_operators), as ExecuTorch lists it: module and
+# function types, informative only (the table above is what annotates).
+_SUPPORTED_OPERATOR_PATTERNS: tuple[list[OperatorPatternType], ...] = (
+    [[nn.Conv2d, nn.ReLU], [nn.Conv2d, F.relu], [F.conv2d, nn.ReLU], [F.conv2d, F.relu]],
+    [[nn.Linear], [F.linear]],
+    [[torch.add]],
+    [[nn.AdaptiveAvgPool2d], [F.adaptive_avg_pool2d]],
+)
+
+
+def _supported_config_and_operators() -> list[OperatorConfig]:
+    configs = [
+        get_symmetric_quantization_config(is_per_channel=per_channel, is_qat=qat)
+        for per_channel in (False, True)
+        for qat in (False, True)
+    ]
+    return [OperatorConfig(config, list(ops)) for config in configs for ops in _SUPPORTED_OPERATOR_PATTERNS]
+
+
 _Owner = Optional[tuple[str, Any]]  # ("name", module_name) | ("type", module_type) | None (default)
 
 
@@ -187,6 +211,30 @@ class XNNPACKQuantizer(Quantizer):
         self.module_name_config: dict[str, Optional[QuantizationConfig]] = {}
         self.filter_fn: Optional[FilterFn] = None
         self.mask_guard = MaskGuard()  # keeps attention masks float; MaskGuard(enabled=False) to quantize them
+
+    # --- what is supported ----------------------------------------------------------
+
+    @classmethod
+    def get_supported_operators(cls) -> list[OperatorConfig]:
+        """Each supported config (symmetric; per tensor or per channel; PTQ or QAT) with the operator
+        patterns it quantizes."""
+        return _supported_config_and_operators()
+
+    @classmethod
+    def get_supported_quantization_configs(cls) -> list[QuantizationConfig]:
+        return list(dict.fromkeys(config for config, _ in cls.get_supported_operators()))
+
+    @classmethod
+    def get_supported_operator_for_quantization_config(
+        cls, quantization_config: Optional[QuantizationConfig]
+    ) -> list[OperatorPatternType]:
+        """The operator patterns ``quantization_config`` is supported for (every pattern for None)."""
+        return [
+            pattern
+            for config, patterns in cls.get_supported_operators()
+            if quantization_config is None or config == quantization_config
+            for pattern in patterns
+        ]
 
     # --- configuration -------------------------------------------------------------
 

@@ -19,11 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _modules() -> list[str]:
     package_dir = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-    return sorted(
-        package if path.stem == "__init__" else f"{package}.{path.stem}"
-        for package, folder in package_dir.items()
-        for path in (ROOT / folder).glob("*.py")
-    )
+    modules = []
+    for package, folder in package_dir.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            modules.append(".".join([package, *(parts[:-1] if parts[-1] == "__init__" else parts)]))
+    return sorted(modules)
 
 
 def test_every_module_imports_from_a_built_wheel(tmp_path: Path) -> None:

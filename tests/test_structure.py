@@ -1,4 +1,11 @@
-"""The shape of the code: layers import downward only, no import cycles, one vocabulary of ops."""
+"""The shape of the code: layers import downward only, no import cycles, one vocabulary of ops.
+
+One exception to the layer rule, kept to a fixed list: the *compatibility mirrors*, modules that exist
+only so that a torchao import path maps onto pt2q by renaming its package
+(``torchao.quantization.pt2e.quantizer.x86_inductor_quantizer`` -> ``pt2q.quantizer.x86_inductor_quantizer``)
+although what they name lives in a plug-in layer. A mirror may import any layer, holds nothing but
+imports and ``__all__``, and no pt2q module imports it.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +26,22 @@ MAY_IMPORT = {
     "pt2q.cli": {"pt2q", "pt2q.quantizers", "pt2q.runtime", "pt2q.lowering", "pt2q.cli"},
 }
 
+# torchao's module paths under pt2q.quantizer whose contents are backend quantizers (pt2q.quantizers)
+COMPAT_MIRRORS = {
+    "pt2q.quantizer.x86_inductor_quantizer",
+    "pt2q.quantizer.arm_inductor_quantizer",
+    "pt2q.quantizer.embedding_quantizer",
+}
+
 
 def _modules() -> dict[str, Path]:
     found = {}
     for package, folder in PACKAGE_DIR.items():
-        for path in sorted((ROOT / folder).glob("*.py")):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
     return found
 
 
@@ -69,10 +86,31 @@ def test_every_layer_imports_only_downward() -> None:
     wrong = [
         f"{module} imports {target}"
         for module, path in MODULES.items()
+        if module not in COMPAT_MIRRORS
         for target in _imports(path, top_level_only=False)
         if _layer(target) not in MAY_IMPORT[_layer(module)]
     ]
     assert not wrong, "layer violations (design.md: the core never imports a plug-in):\n" + "\n".join(wrong)
+
+
+def test_compatibility_mirrors_only_re_export_and_nothing_imports_them() -> None:
+    assert COMPAT_MIRRORS <= set(MODULES), f"listed mirrors that do not exist: {COMPAT_MIRRORS - set(MODULES)}"
+    for module in COMPAT_MIRRORS:
+        body = ast.parse(MODULES[module].read_text()).body
+        for stmt in body:
+            docstring = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+            all_list = isinstance(stmt, ast.Assign) and [ast.unparse(t) for t in stmt.targets] == ["__all__"]
+            future = isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"
+            assert docstring or all_list or future or isinstance(stmt, (ast.Import, ast.ImportFrom)), (
+                f"{module} is a compatibility mirror: it may only import and list __all__, found {ast.unparse(stmt)!r}"
+            )
+    importers = [
+        f"{module} imports {target}"
+        for module, path in MODULES.items()
+        for target in _imports(path, top_level_only=False)
+        if target in COMPAT_MIRRORS and module != target
+    ]
+    assert not importers, "compatibility mirrors are for users only:\n" + "\n".join(importers)
 
 
 def test_no_import_cycles() -> None:
