@@ -34,6 +34,11 @@ def convert_pt2e(
     such as an attention mask) gets a ``QuantizationRangeWarning`` naming the node.
     """
     model = _require_graph_module(model, "convert_pt2e")
+    if not isinstance(use_reference_representation, bool):
+        raise ValueError(
+            f"convert_pt2e: use_reference_representation must be a bool, got {use_reference_representation!r} "
+            "(the second positional argument of convert_pt2e)"
+        )
     torch._C._log_api_usage_once("pt2q.convert_pt2e")
     original_meta = dict(model.meta)
     # A converted model is for inference: dropout off, BatchNorm on running statistics

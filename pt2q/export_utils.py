@@ -15,7 +15,15 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
-__all__ = ["model_is_exported", "WrapperModule"]
+__all__ = ["model_is_exported", "WrapperModule", "NotExportedError"]
+
+
+class NotExportedError(TypeError, ValueError, AttributeError, AssertionError):
+    """A model or program that is not what ``torch.export`` produces, where pt2q needs one.
+
+    It is each exception type torchao happens to raise for the same call (``AttributeError`` for
+    an eager module given to ``prepare_pt2e``, ``ValueError`` or ``AssertionError`` elsewhere).
+    """
 
 
 class WrapperModule(torch.nn.Module):

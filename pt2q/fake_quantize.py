@@ -30,6 +30,7 @@ from pt2q.observer import (
 from pt2q.qparams import PER_CHANNEL_QSCHEMES, PER_TENSOR_QSCHEMES, SYMMETRIC_QSCHEMES
 
 __all__ = [
+    "ObserverTypeError",
     "ObserverOrFakeQuantize",
     "ObserverOrFakeQuantizeConstructor",
     "FakeQuantizeBase",
@@ -57,6 +58,10 @@ __all__ = [
     "fused_wt_fake_quant_range_neg_127_to_127",
     "fused_per_channel_wt_fake_quant_range_neg_127_to_127",
 ]
+
+
+class ObserverTypeError(TypeError, AssertionError):
+    """A fake quantizer given an observer it cannot work with (also the ``AssertionError`` torchao raises)."""
 
 
 class FakeQuantizeBase(ABC, nn.Module):
@@ -218,7 +223,7 @@ class FixedQParamsFakeQuantize(FakeQuantize):
         super().__init__(observer=observer)
         if type(self.activation_post_process) is not FixedQParamsObserver:
             got = type(self.activation_post_process).__name__
-            raise TypeError(f"FixedQParamsFakeQuantize needs a FixedQParamsObserver, got {got}")
+            raise ObserverTypeError(f"FixedQParamsFakeQuantize needs a FixedQParamsObserver, got {got}")
         self.scale = self.activation_post_process.scale
         self.zero_point = self.activation_post_process.zero_point
 
@@ -243,7 +248,7 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
         super().__init__(observer, quant_min, quant_max, **observer_kwargs)
         moving_average = (MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver)
         if not isinstance(self.activation_post_process, moving_average):
-            raise TypeError("FusedMovingAvgObsFakeQuantize works only with moving-average min/max observers")
+            raise ObserverTypeError("FusedMovingAvgObsFakeQuantize works only with moving-average min/max observers")
         # the fused op takes int64 flags
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.long))
         self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.long))

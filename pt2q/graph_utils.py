@@ -33,6 +33,8 @@ from torch.fx.passes.utils.source_matcher_utils import (
     get_source_partitions,
 )
 
+from pt2q.export_utils import NotExportedError
+
 __all__ = [
     "find_sequential_partitions",
     "get_equivalent_types",
@@ -140,7 +142,7 @@ def bfs_trace_with_node_process(model: Union[ExportedProgram, GraphModule], node
     """Call ``node_op`` on every node but placeholders and outputs, graph by graph, breadth first through
     control-flow subgraphs."""
     if not isinstance(model, (ExportedProgram, GraphModule)):
-        raise TypeError(f"Expected GraphModule or ExportedProgram, got {type(model).__name__}")
+        raise NotExportedError(f"Expected GraphModule or ExportedProgram, got {type(model).__name__}")
     queue = [model.graph_module if isinstance(model, ExportedProgram) else model]
     while queue:
         gm = queue.pop(0)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from pt2q.fake_quantize import FakeQuantizeBase
 from pt2q.merge_across_ranks import MergeSteps
 from pt2q.observer import MovingAverageMinMaxObserver
-from pt2q.qparams import PER_CHANNEL_QSCHEMES, SYMMETRIC_QSCHEMES, storage_dtype
+from pt2q.qparams import PER_CHANNEL_QSCHEMES, SYMMETRIC_QSCHEMES, QuantizationArgumentError, storage_dtype
 
 __all__ = ["LearnableFakeQuantize", "enable_range_learning", "disable_range_learning"]
 
@@ -59,7 +59,7 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     ) -> None:
         super().__init__()
         if quant_min >= quant_max:
-            raise ValueError(
+            raise QuantizationArgumentError(
                 f"LearnableFakeQuantize: quant_min ({quant_min}) must be less than quant_max ({quant_max})"
             )
         self.quant_min = quant_min
@@ -69,7 +69,7 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         self.dtype = self.activation_post_process.dtype
         info = torch.iinfo(storage_dtype(self.dtype))
         if not (info.min <= quant_min and quant_max <= info.max):
-            raise ValueError(
+            raise QuantizationArgumentError(
                 f"LearnableFakeQuantize: [{quant_min}, {quant_max}] does not fit the observer's dtype {self.dtype}"
             )
         self.qscheme = self.activation_post_process.qscheme

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
+from pt2q.export_utils import NotExportedError
 from pt2q.notes import NodeSourceDebugInfo, chain_source, debug_info, module_path, value_handle
 
 __all__ = [
@@ -102,7 +103,7 @@ def generate_numeric_debug_handle(ep: ExportedProgram) -> None:
     of this module identify nodes by their ``from_node`` provenance and need no call to it.
     """
     if not isinstance(ep, ExportedProgram):
-        raise TypeError(f"generate_numeric_debug_handle expects an ExportedProgram, got {type(ep).__name__}")
+        raise NotExportedError(f"generate_numeric_debug_handle expects an ExportedProgram, got {type(ep).__name__}")
     nodes = [n for n in ep.graph.nodes if n.op != "placeholder"]
     taken = [n.meta.get(CUSTOM_KEY, {}).get(NUMERIC_DEBUG_HANDLE_KEY) for n in nodes]
     next_id = max((t for t in taken if t is not None), default=0) + 1
@@ -153,7 +154,9 @@ def prepare_for_propagation_comparison(model: GraphModule) -> GraphModule:
     if isinstance(model, ExportedProgram):
         model = model.module()
     if not isinstance(model, GraphModule):
-        raise TypeError(f"prepare_for_propagation_comparison expects a GraphModule, got {type(model).__name__}")
+        raise NotExportedError(
+            f"prepare_for_propagation_comparison expects an exported GraphModule, got {type(model).__name__}"
+        )
     model = copy.deepcopy(model)
     for index, (handle, node) in enumerate(anchor_nodes(model).items()):
         name = f"{node.name}_logger_{index}"

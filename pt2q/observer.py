@@ -24,6 +24,8 @@ from pt2q.qparams import (
     PER_CHANNEL_QSCHEMES,
     PER_TENSOR_QSCHEMES,
     SYMMETRIC_QSCHEMES,
+    ChannelAxisError,
+    UnsupportedQuantizationError,
     accumulate_histc_,
     choose_qparams,
     dtype_bits,
@@ -124,7 +126,7 @@ class ObserverBase(ABC, nn.Module):
 
     def _refuse_dynamic(self, is_dynamic: bool) -> None:
         if is_dynamic and not self.supports_dynamic:
-            raise ValueError(f"{type(self).__name__} does not support dynamic quantization")
+            raise UnsupportedQuantizationError(f"{type(self).__name__} does not support dynamic quantization")
 
     @abstractmethod
     def forward(self, x: Tensor) -> Tensor: ...
@@ -185,11 +187,13 @@ class UniformQuantizationObserverBase(ObserverBase):
         if qscheme not in self.supported_qschemes:
             hint = " (use PerChannelMinMaxObserver for per-channel qschemes)" if qscheme in PER_CHANNEL_QSCHEMES else ""
             supported = ", ".join(map(str, self.supported_qschemes))
-            raise ValueError(f"{name} supports qscheme {supported}; got {qscheme}{hint}")
+            raise UnsupportedQuantizationError(f"{name} supports qscheme {supported}; got {qscheme}{hint}")
         if kwargs:
             raise TypeError(f"{name} got unexpected arguments {sorted(kwargs)}")
         if reduce_range and qscheme in SYMMETRIC_QSCHEMES and dtype == torch.quint8:
-            raise ValueError(f"{name}: reduce_range is not supported for symmetric quint8 quantization")
+            raise UnsupportedQuantizationError(
+                f"{name}: reduce_range is not supported for symmetric quint8 quantization"
+            )
         super().__init__(dtype=dtype, is_dynamic=is_dynamic)
         self.qscheme = qscheme
         self.reduce_range = reduce_range
@@ -317,7 +321,9 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
         **kwargs: Any,
     ) -> None:
         if is_dynamic and averaging_constant != 1:
-            raise ValueError("MovingAverageMinMaxObserver supports dynamic quantization only with averaging_constant=1")
+            raise UnsupportedQuantizationError(
+                "MovingAverageMinMaxObserver supports dynamic quantization only with averaging_constant=1"
+            )
         super().__init__(
             dtype=dtype,
             qscheme=qscheme,
@@ -380,7 +386,7 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
     def _channel_aminmax(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-channel (min, max) of ``x``, checked to be finite."""
         if not -x.dim() <= self.ch_axis < x.dim():
-            raise ValueError(
+            raise ChannelAxisError(
                 f"{self._where()}: ch_axis={self.ch_axis} is out of range for an input of shape {tuple(x.shape)}"
             )
         y = x.detach()
@@ -613,7 +619,7 @@ class FixedQParamsObserver(ObserverBase):
         qscheme = torch.per_tensor_affine if qscheme is None else qscheme
         self._refuse_dynamic(is_dynamic)
         if qscheme not in PER_TENSOR_QSCHEMES:
-            raise ValueError(f"FixedQParamsObserver supports per-tensor qschemes only; got {qscheme}")
+            raise UnsupportedQuantizationError(f"FixedQParamsObserver supports per-tensor qschemes only; got {qscheme}")
         super().__init__(dtype=dtype, is_dynamic=is_dynamic)
         self.qscheme = qscheme
         self.quant_min, self.quant_max = quant_range(dtype, quant_min, quant_max)

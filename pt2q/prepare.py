@@ -8,6 +8,7 @@ import torch
 from torch.fx import GraphModule
 
 from pt2q.check_annotations import check_annotations
+from pt2q.export_utils import NotExportedError
 from pt2q.float_reasons import record_float_reasons
 from pt2q.fold_bn import fold_bn
 from pt2q.insert_observers import insert_observers
@@ -21,7 +22,7 @@ __all__ = ["prepare_pt2e", "prepare_qat_pt2e"]
 
 def _require_graph_module(model: object, fn: str) -> GraphModule:
     if not isinstance(model, GraphModule):
-        raise TypeError(
+        raise NotExportedError(
             f"{fn} expects the GraphModule of an exported program, got {type(model).__name__}. "
             "Use torch.export.export(model, example_inputs).module()."
         )

@@ -19,6 +19,8 @@ from torch import Tensor
 
 __all__ = [
     "QuantizationArgumentError",
+    "UnsupportedQuantizationError",
+    "ChannelAxisError",
     "PER_TENSOR_QSCHEMES",
     "PER_CHANNEL_QSCHEMES",
     "SYMMETRIC_QSCHEMES",
@@ -41,6 +43,17 @@ class QuantizationArgumentError(ValueError, AssertionError):
 
     Both a ``ValueError`` and the ``AssertionError`` torchao raises for the same mistakes.
     """
+
+
+class UnsupportedQuantizationError(ValueError, NotImplementedError):
+    """A combination an observer does not support (a qscheme, dynamic quantization, reduce_range).
+
+    Both a ``ValueError`` and the ``NotImplementedError`` torchao raises for the same combinations.
+    """
+
+
+class ChannelAxisError(ValueError, IndexError):
+    """A channel axis outside the tensor's dimensions (also the ``IndexError`` torchao raises there)."""
 
 
 PER_TENSOR_QSCHEMES = (torch.per_tensor_affine, torch.per_tensor_symmetric)
@@ -67,7 +80,7 @@ _DTYPES: dict[torch.dtype, tuple[torch.dtype, tuple[int, int], tuple[int, int]]]
 def _dtype_info(dtype: torch.dtype) -> tuple[torch.dtype, tuple[int, int], tuple[int, int]]:
     if dtype not in _DTYPES:
         supported = ", ".join(sorted(str(d) for d in _DTYPES))
-        raise ValueError(f"unsupported quantized dtype {dtype}; expected one of {supported}")
+        raise QuantizationArgumentError(f"unsupported quantized dtype {dtype}; expected one of {supported}")
     return _DTYPES[dtype]
 
 
@@ -166,7 +179,7 @@ def _symmetric_zero_point(dtype: torch.dtype, quant_min: int, quant_max: int, ha
 
 def _channel_shape(x: Tensor, axis: int) -> list[int]:
     if not -x.dim() <= axis < x.dim():
-        raise ValueError(f"axis {axis} is out of range for a {x.dim()}-d tensor")
+        raise ChannelAxisError(f"axis {axis} is out of range for a {x.dim()}-d tensor")
     shape = [1] * x.dim()
     shape[axis] = -1
     return shape

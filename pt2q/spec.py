@@ -20,6 +20,7 @@ from pt2q.qparams import PER_CHANNEL_QSCHEMES
 __all__ = [
     "Q_ANNOTATION_KEY",
     "EdgeOrNode",
+    "InvalidSpecError",
     "QuantizationSpecBase",
     "QuantizationSpec",
     "FixedQParamsQuantizationSpec",
@@ -72,12 +73,16 @@ class QuantizationSpecBase(ABC):  # noqa: B024
     """Base of all specs; a spec describes how one tensor (edge or node output) is quantized."""
 
 
+class InvalidSpecError(ValueError, TypeError):
+    """A spec argument of the wrong kind (e.g. a non-integer ``ch_axis``); also a ``TypeError``."""
+
+
 def _check_range(spec: Any) -> None:
     if spec.quant_min is not None and spec.quant_max is not None and spec.quant_min > spec.quant_max:
         raise ValueError(f"quant_min ({spec.quant_min}) must be <= quant_max ({spec.quant_max})")
     ch_axis = getattr(spec, "ch_axis", None)
     if ch_axis is not None and not isinstance(ch_axis, int):
-        raise ValueError(f"ch_axis must be an int, got {ch_axis!r}")
+        raise InvalidSpecError(f"ch_axis must be an int, got {ch_axis!r}")
 
 
 @dataclass(eq=True, frozen=True)

@@ -218,24 +218,26 @@ def has_no_children_ignoring_parametrizations(module: nn.Module) -> bool:
 
 
 def _positional_example(forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple:
-    """``args`` followed by the keyword arguments ``forward`` takes after them (given, else defaults)."""
+    """``args`` followed by the values of ``forward``'s later positional parameters that have a default
+    (given as keywords, else the default): the call as one positional tuple."""
     params = [
         p
         for p in inspect.signature(forward).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
-    rest = [
-        kwargs.get(p.name, p.default)
-        for p in params[len(args) :]
-        if p.name in kwargs or p.default is not inspect.Parameter.empty
-    ]
+    rest = [kwargs.get(p.name, p.default) for p in params[len(args) :] if p.default is not inspect.Parameter.empty]
     return (*args, *rest)
 
 
 def get_fqn_to_example_inputs(model: nn.Module, example_inputs: tuple[Any, ...]) -> dict[str, tuple[Any, ...]]:
     """Run ``model(*example_inputs)`` and record, for each submodule called, the inputs it got as one
-    positional tuple (keyword arguments and defaults flattened in signature order), by qualified name
-    (``""`` for ``model`` itself)."""
+    positional tuple, by qualified name (``""`` for ``model`` itself).
+
+    Keyword arguments and defaults are flattened in signature order: ``sub(x, key2=6)`` with
+    ``forward(self, x, key1=3, key2=3)`` records ``(x, 3, 6)``, as torchao documents (torchao itself
+    records ``(x,)`` there, dropping keywords when fewer positionals were given). Keyword-only
+    parameters cannot be passed positionally and are left out; a submodule called twice keeps its last call.
+    """
     found: dict[str, tuple[Any, ...]] = {}
     handles = []
 
