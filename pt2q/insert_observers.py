@@ -11,8 +11,9 @@ from torch.fx import GraphModule, Node
 
 from pt2q.check_annotations import AnnotationError
 from pt2q.derived import DerivedObserverOrFakeQuantize
+from pt2q.graph_utils import collect_producer_nodes
 from pt2q.notes import copy_provenance
-from pt2q.ops import OBSERVER_PREFIX, is_observer_node
+from pt2q.ops import OBSERVER_PREFIX, is_observer_node, writes_first_argument
 from pt2q.sharing import collect_qspecs, root_spec, sharing_groups
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
@@ -132,6 +133,15 @@ def _new_observer_node(gm: GraphModule, obs: nn.Module, source: Node, meta_from:
     return copy_provenance(obs_node, meta_from)
 
 
+def _writes_a_buffer(consumer: Node, arg: Node, buffers: set[str]) -> bool:
+    """``consumer`` is an in-place op writing ``arg``, a model buffer (or a view of one): e.g. a KV cache
+    updated by ``cache.index_put_(...)``. An observer there would make it write the observer's output."""
+    if not writes_first_argument(consumer) or consumer.args[0] is not arg:
+        return False
+    producers = collect_producer_nodes(arg)
+    return producers is not None and any(p.op == "get_attr" and str(p.target) in buffers for p in producers)
+
+
 def insert_observers(
     gm: GraphModule,
     is_qat: bool,
@@ -143,6 +153,7 @@ def insert_observers(
         obs_or_fq_callback(gm, made)
     names: dict[int, str] = {}
     obs_module_to_node: dict[int, list[Node]] = {}
+    buffers = {name for name, _ in gm.named_buffers()}
 
     def observed_arg(arg: Any, consumer: Node) -> Any:
         if isinstance(arg, (list, tuple)):
@@ -155,6 +166,8 @@ def insert_observers(
         obs = made.get((original, consumer))
         if obs is None or obs is made.get(original):
             return arg  # not quantized, or already observed at the producer's output
+        if _writes_a_buffer(consumer, original, buffers):
+            return arg  # the destination of an in-place write stays the buffer itself (as in torchao)
         for existing in obs_module_to_node.get(id(obs), []):
             if existing.args[0] in (arg, original):
                 return existing

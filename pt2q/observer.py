@@ -788,13 +788,14 @@ def get_observer_state_dict(mod: nn.Module) -> dict[str, Any]:
 def load_observer_state_dict(mod: nn.Module, obs_dict: dict[str, Any]) -> None:
     """Load what :func:`get_observer_state_dict` saved into the observers and fake quantizers of ``mod``.
 
-    A missing or unexpected observer entry raises a ``RuntimeError`` naming it.
+    A missing or unexpected observer entry raises a ``RuntimeError`` naming it (torchao means to, but
+    loads non-strictly and so never reports a missing entry).
     """
     missing: list[str] = []
     unexpected: list[str] = []
     for name, module in mod.named_modules():
         if _is_observer_or_fake_quantize(module):
-            module._load_from_state_dict(obs_dict, name + ".", {}, False, missing, unexpected, [])
+            module._load_from_state_dict(obs_dict, name + ".", {}, True, missing, unexpected, [])
     for kind, keys in (("Missing", missing), ("Unexpected", unexpected)):
         for key in keys:
             if "observer" in key or "activation_post_process" in key:

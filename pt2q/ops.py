@@ -86,6 +86,7 @@ __all__ = [
     "optional_node_arg",
     "sole_user",
     "users_except_sym_size",
+    "writes_first_argument",
     "is_observer_node",
 ]
 
@@ -281,6 +282,18 @@ def sole_user(node: object) -> Optional[Node]:
 def users_except_sym_size(node: Node) -> list[Node]:
     """The users of ``node`` that read its values (shape queries such as ``sym_size`` left out)."""
     return [u for u in node.users if not is_op(u, SYM_SIZE)]
+
+
+def writes_first_argument(node: object) -> bool:
+    """True if ``node`` calls an in-place op that writes its first argument (``index_put_``, ``copy_``,
+    ``add_``, ``fill_``, ...), as its schema says."""
+    if not isinstance(node, Node) or node.op != "call_function" or not node.args:
+        return False
+    schema = getattr(_unwrap(node.target), "_schema", None)
+    if schema is None or not schema.arguments:
+        return False
+    alias = schema.arguments[0].alias_info
+    return alias is not None and alias.is_write
 
 
 def is_observer_node(node: object, gm: GraphModule) -> bool:

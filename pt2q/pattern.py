@@ -8,8 +8,11 @@ likewise for the relu. ``link_args`` widens "first argument" to other positions 
 ``add`` fed by a conv through either operand). Matching starts at a *root* step, the
 node enumerated in graph order, and extends backward through arguments and forward
 through users, so a pattern anchored at its last node (``conv -> add``, found from the
-add) is matched exactly as it is written. :class:`NodeIndex` finds the roots by
-operator without walking the graph again; no example program is traced.
+add) is matched exactly as it is written. With ``exclusive=False`` a node may have other
+users besides the next one (a relu after a conv whose output is also read elsewhere: the
+relu can be quantized with the conv although the two cannot be fused into one kernel).
+:class:`NodeIndex` finds the roots by operator without walking the graph again; no example
+program is traced.
 """
 
 from __future__ import annotations
@@ -31,15 +34,23 @@ def _feeds(producer: Node, consumer: Node, link_args: Sequence[int]) -> bool:
     return any(i < len(consumer.args) and consumer.args[i] is producer for i in link_args)
 
 
+def _next_in_chain(node: Node, step: Step, link_args: Sequence[int], exclusive: bool) -> Optional[Node]:
+    if exclusive:
+        nxt = sole_user(node)
+        return nxt if nxt is not None and is_op(nxt, step) and _feeds(node, nxt, link_args) else None
+    return next((u for u in node.users if is_op(u, step) and _feeds(node, u, link_args)), None)
+
+
 def match_at(
-    node: Node, steps: Sequence[Step], root: int = 0, link_args: Sequence[int] = (0,)
+    node: Node, steps: Sequence[Step], root: int = 0, link_args: Sequence[int] = (0,), exclusive: bool = True
 ) -> Optional[tuple[Node, ...]]:
     """Match ``steps`` with ``node`` as step ``root``; return the matched nodes in chain order, or None.
 
     Every node but the last has exactly one user, the next node of the chain, which reads
     it at one of the positions ``link_args``: a matched chain can be fused without
-    changing what other nodes see. Walking back from ``node``, the first argument
-    position (in ``link_args`` order) holding a fitting producer is taken.
+    changing what other nodes see (``exclusive=False``: the next node is any user reading
+    it so, the first in order). Walking back from ``node``, the first argument position
+    (in ``link_args`` order) holding a fitting producer is taken.
     """
     if not steps or not is_op(node, steps[root]):
         return None
@@ -47,15 +58,18 @@ def match_at(
     consumer = node
     for step in reversed(steps[:root]):
         args = [consumer.args[i] for i in link_args if i < len(consumer.args)]
-        producer = next((a for a in args if isinstance(a, Node) and is_op(a, step) and sole_user(a) is consumer), None)
+        producer = next(
+            (a for a in args if isinstance(a, Node) and is_op(a, step) and (not exclusive or sole_user(a) is consumer)),
+            None,
+        )
         if producer is None:
             return None
         before.append(producer)
         consumer = producer
     nodes = [*reversed(before), node]
     for step in steps[root + 1 :]:
-        nxt = sole_user(nodes[-1])
-        if nxt is None or not is_op(nxt, step) or not _feeds(nodes[-1], nxt, link_args):
+        nxt = _next_in_chain(nodes[-1], step, link_args, exclusive)
+        if nxt is None:
             return None
         nodes.append(nxt)
     return tuple(nodes)
@@ -92,10 +106,11 @@ def find_chains(
     root: int = 0,
     link_args: Sequence[int] = (0,),
     index: Optional[NodeIndex] = None,
+    exclusive: bool = True,
 ) -> Iterator[tuple[Node, ...]]:
     """Every match of ``steps`` in ``graph``, by root node in graph order (matches may overlap)."""
     for node in (index or NodeIndex(graph)).nodes(steps[root]):
-        match = match_at(node, steps, root, link_args)
+        match = match_at(node, steps, root, link_args, exclusive)
         if match is not None:
             yield match
 

@@ -13,9 +13,9 @@ x86 quantizer's machinery with a smaller recipe (:data:`ARM_PATTERNS`) and signe
 * no int8 pass-through ops (pooling, cat, flatten) and no conv + unary fusion: a relu after a conv
   stays float.
 
-Annotation runs anywhere (it is tested on x86 against torchao's); the lowering that runs the result
-as int8 kernels needs an aarch64 machine with torch's ARM oneDNN/ACL build. On x86,
-:func:`pt2q.lowering.lower_pt2e_quantized_to_x86` compiles it too, as oneDNN int8 kernels there.
+Annotation, prepare and convert run anywhere (tested on x86 against torchao's); lowering the result
+to int8 kernels needs an aarch64 machine (Inductor with torch's ARM oneDNN/ACL build): pt2q's x86
+lowering expects the x86 recipe's uint8 activations.
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ class Pattern:
     params_exclusive: bool = True
     # claim the chain's nodes that get no spec too (False: as ExecuTorch's conv+bn+relu leaves the bn unclaimed)
     claim_chain: bool = True
+    # each chain node's only user is the next one (False: the next may share it with other users)
+    exclusive: bool = True
     guard: Optional[Guard] = None
     # code for rows whose annotation is not a placement of the config's specs (cat, pooling):
     # annotate(anchor node, config) writes it and returns the partition
@@ -186,6 +188,6 @@ def annotate_pattern(
     return the partitions."""
     found = (
         apply_pattern(gm, pattern, match, config, filter_fn)
-        for match in find_chains(gm, pattern.chain, pattern.root, pattern.link_args, index)
+        for match in find_chains(gm, pattern.chain, pattern.root, pattern.link_args, index, pattern.exclusive)
     )
     return [p for p in found if p is not None]

@@ -45,8 +45,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from collections.abc import Callable
-from typing import Any, Optional, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,6 @@ from torch.fx import GraphModule, Node
 from pt2q.notes import module_paths
 from pt2q.observer import PlaceholderObserver
 from pt2q.ops import (
-    ADAPTIVE_AVG_POOL2D,
     ADD,
     BATCH_NORM,
     CAT,
@@ -80,7 +79,7 @@ from pt2q.pattern import NodeIndex
 from pt2q.quantizer import Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
-from pt2q.quantizers.annotators import PATTERNS, annotate_cat_node, annotate_pool_node, float_operands
+from pt2q.quantizers.annotators import PATTERNS, float_operands
 from pt2q.quantizers.cpu_capability import cpu_has_vnni
 from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
@@ -253,13 +252,21 @@ def _passthrough_ready(gm: GraphModule, match: tuple[Node, ...], config: Optiona
     return is_quantized_output(act)
 
 
+def _annotate_x86_cat(cat: Node, config: Optional[QuantizationConfig]) -> list[Node]:
+    """``cat``: the first input gets the input spec; the other inputs and the output share its qparams."""
+    tensors = [t for t in cast(Sequence[Any], cat.args[0]) if isinstance(t, Node)]
+    shared = SharedQuantizationSpec((tensors[0], cat))
+    inputs = {tensors[0]: get_input_act_qspec(config)}
+    for t in tensors[1:]:
+        inputs.setdefault(t, shared)
+    cat.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=shared, _annotated=True)
+    return [cat]
+
+
 def _annotate_passthrough(node: Node, config: Optional[QuantizationConfig]) -> list[Node]:
-    """cat and adaptive_avg_pool2d as the shared rows; max/avg_pool2d and flatten: input spec on the input,
-    the output shares it."""
+    """An int8-in/int8-out op: input spec on its (first) input, the output shares it."""
     if is_op(node, CAT):
-        return annotate_cat_node(node, config)
-    if is_op(node, ADAPTIVE_AVG_POOL2D):
-        return annotate_pool_node(node, config)
+        return _annotate_x86_cat(node, config)
     act = node_arg(node, 0)
     node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
         input_qspec_map={act: get_input_act_qspec(config)},
@@ -274,6 +281,13 @@ _C2 = ops(aten.conv2d.default)
 # conv/linear fused with an add: the chain is found from the add, whose either operand may be the conv
 _FROM_ADD: dict[str, Any] = {"link_args": (0, 1), "params_exclusive": False, "guard": _two_tensor_operands}
 
+
+def _shared_unary(name: str, anchors: frozenset) -> Pattern:
+    """A shared ``*_relu`` row on the x86 anchors; the relu is taken with its conv/linear even when that has other
+    users too (as torchao's module-sequence matching does: the relu's output is then int8-ready)."""
+    return dataclasses.replace(_SHARED[name].restricted(anchors), exclusive=False)
+
+
 # In precedence order: earlier rows claim nodes first. The anchor (position 0) is the conv/linear/...
 X86_PATTERNS: tuple[Pattern, ...] = (
     Pattern(
@@ -286,19 +300,26 @@ X86_PATTERNS: tuple[Pattern, ...] = (
         **_FROM_ADD,
     ),
     Pattern("x86_conv_bn_add", (_C2, BATCH_NORM, ADD), weighted=0, extra_operand=2, root=2, qat_only=True, **_FROM_ADD),
-    _SHARED["conv_bn_relu"].restricted(_C2),
-    Pattern("x86_conv_bn_unary", (_C2, BATCH_NORM, CONV_UNARY), weighted=0, qat_only=True, params_exclusive=False),
+    _shared_unary("conv_bn_relu", _C2),
+    Pattern(
+        "x86_conv_bn_unary",
+        (_C2, BATCH_NORM, CONV_UNARY),
+        weighted=0,
+        qat_only=True,
+        params_exclusive=False,
+        exclusive=False,
+    ),
     _SHARED["conv_bn"].restricted(_C2),
     Pattern("x86_conv_add_relu", (_C2, ADD, RELU), weighted=0, extra_operand=1, root=1, **_FROM_ADD),
     Pattern("x86_conv_add", (_C2, ADD), weighted=0, extra_operand=1, root=1, **_FROM_ADD),
-    _SHARED["conv_relu"].restricted(ops(aten.conv2d.default, aten.conv1d.default)),
-    Pattern("x86_conv_unary", (_C2, CONV_UNARY), weighted=0, params_exclusive=False),
+    _shared_unary("conv_relu", ops(aten.conv2d.default, aten.conv1d.default)),
+    Pattern("x86_conv_unary", (_C2, CONV_UNARY), weighted=0, params_exclusive=False, exclusive=False),
     _SHARED["conv"].restricted(_C2),
     # the add's other operand stays float: oneDNN accumulates it in fp32
     Pattern("x86_linear_add_relu", (LINEAR, ADD, RELU), weighted=0, root=1, **_FROM_ADD),
     Pattern("x86_linear_add", (LINEAR, ADD), weighted=0, root=1, **_FROM_ADD),
-    _SHARED["linear_relu"],
-    Pattern("x86_linear_unary", (LINEAR, LINEAR_UNARY), weighted=0, params_exclusive=False),
+    _shared_unary("linear_relu", LINEAR),
+    Pattern("x86_linear_unary", (LINEAR, LINEAR_UNARY), weighted=0, params_exclusive=False, exclusive=False),
     _SHARED["linear"],
     Pattern("matmul", (MATMUL,), operands=0, output=0, params_exclusive=False),
     dataclasses.replace(

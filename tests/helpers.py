@@ -134,3 +134,32 @@ def one_thread() -> Iterator[None]:
     spinning on a busy 2-core machine."""
     with torch_threads(1):
         yield
+
+
+def _spec_summary(spec: object) -> object:
+    if spec is None:
+        return None
+    if type(spec).__name__ == "SharedQuantizationSpec":
+        shared = spec.edge_or_node  # type: ignore[attr-defined]
+        return ("shared", tuple(n.name for n in shared) if isinstance(shared, tuple) else shared.name)
+    return (
+        type(spec).__name__,
+        spec.dtype,  # type: ignore[attr-defined]
+        spec.quant_min,  # type: ignore[attr-defined]
+        spec.quant_max,  # type: ignore[attr-defined]
+        spec.qscheme,  # type: ignore[attr-defined]
+        getattr(spec, "ch_axis", None),
+        getattr(spec, "is_dynamic", False),
+    )
+
+
+def annotation_summary(gm: GraphModule) -> dict[str, tuple]:
+    """node name -> its input and output specs, for every node with a spec (comparable across libraries)."""
+    summary = {}
+    for node in gm.graph.nodes:
+        ann = node.meta.get("quantization_annotation")
+        if ann is None or not (ann.input_qspec_map or ann.output_qspec is not None):
+            continue
+        inputs = tuple(sorted((n.name, _spec_summary(s)) for n, s in ann.input_qspec_map.items()))
+        summary[node.name] = (inputs, _spec_summary(ann.output_qspec))
+    return summary

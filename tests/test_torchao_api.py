@@ -359,3 +359,113 @@ def test_annotation_helpers_and_config_readers() -> None:
             getattr(aqu, reader)(bad)
         with pytest.raises(type(theirs.value)):
             getattr(pqu, reader)(bad)
+
+
+# --- the convert passes as torch.fx passes ----------------------------------------------------
+
+
+class _Shared(nn.Module):
+    """relu's quantized output feeds a linear (quantized), a sigmoid (float) and an add (quantized)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        y = torch.relu(self.fc1(x))
+        return self.fc2(y) + y, torch.sigmoid(y)
+
+
+class _TwoLinears(nn.Module):
+    """One input, read by two dynamically quantized linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+def _observers_replaced(model: type[nn.Module], dynamic: bool) -> GraphModule:
+    """A model prepared, calibrated and with observers replaced by Q/DQ: what the passes receive in convert."""
+    from pt2q import prepare_pt2e
+    from pt2q.qdq import replace_observers_with_qdq
+    from pt2q.quantizers import XNNPACKQuantizer
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8)
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic)
+    m = prepare_pt2e(_export(model().eval(), x), XNNPACKQuantizer().set_global(config))
+    m(x)
+    return replace_observers_with_qdq(m)
+
+
+def _dq_readers(gm: GraphModule) -> list[tuple[str, tuple]]:
+    """For each node, its arguments with every dequantize named by what it dequantizes (so copies compare equal)."""
+    dq = {n for n in gm.graph.nodes if "dequantize" in str(n.target)}
+
+    def arg(a):
+        return ("dq of", a.args[0].name) if a in dq else a.name
+
+    readers = [(n.name, str(torch.fx.node.map_arg(n.args, arg))) for n in gm.graph.nodes if n not in dq]
+    return [*readers, ("dequantize nodes", (len(dq),))]
+
+
+@pytest.mark.parametrize("model, dynamic", [(_Shared, False), (_TwoLinears, True)])
+def test_duplicate_dq_pass_matches_torchao(model, dynamic: bool) -> None:
+    """Each quantized reader gets its own dequantize; a float reader and a dynamically quantized value keep the
+    shared one (before, pt2q gave every reader a copy: extra dequantizes on dynamic linears)."""
+    from torchao.quantization.pt2e.quantizer import DuplicateDQPass as TheirDuplicateDQPass
+
+    from pt2q.quantizer import DuplicateDQPass
+
+    ours, theirs = _observers_replaced(model, dynamic), _observers_replaced(model, dynamic)
+    DuplicateDQPass()(ours)
+    TheirDuplicateDQPass()(theirs)
+    assert _dq_readers(ours) == _dq_readers(theirs)
+    if dynamic:
+        assert sum("dequantize_per_tensor.tensor" in str(n.target) for n in ours.graph.nodes) == 1
+
+
+@pytest.mark.parametrize("model, dynamic", [(_Shared, False), (_TwoLinears, True)])
+def test_port_node_meta_for_qdq_matches_torchao(model, dynamic: bool) -> None:
+    from torchao.quantization.pt2e.quantizer import PortNodeMetaForQDQ as TheirPortNodeMetaForQDQ
+
+    from pt2q.quantizer import DuplicateDQPass, PortNodeMetaForQDQ
+
+    traces = []
+    for port in (PortNodeMetaForQDQ(), TheirPortNodeMetaForQDQ()):
+        gm = DuplicateDQPass()(_observers_replaced(model, dynamic)).graph_module
+        for node in gm.graph.nodes:  # a distinct trace per original node, none on the Q/DQ nodes
+            quant = "quantize" in str(node.target) or "choose_qparams" in str(node.target)
+            node.meta["stack_trace"] = None if quant else f"line of {node.name}"
+            node.meta["quantization_tag"] = None if quant else f"tag of {node.name}"
+        port(gm)
+        traces.append({n.name: (n.meta["stack_trace"], n.meta["quantization_tag"]) for n in gm.graph.nodes})
+    assert traces[0] == traces[1]
+    ported = {k: v for k, v in traces[0].items() if ("quantize" in k or "choose" in k) and v[0] is not None}
+    assert len(ported) >= 3
+
+
+def test_observer_state_dict_round_trip() -> None:
+    """A calibration saved with get_observer_state_dict and loaded into a model prepared the same way
+    converts to the same model; the keys are the ones torchao's function picks."""
+    from pt2q import convert_pt2e, prepare_pt2e
+    from pt2q.quantizers import XNNPACKQuantizer
+
+    x = torch.randn(4, 8)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    torch.manual_seed(0)
+    model = _Shared().eval()
+    calibrated = prepare_pt2e(_export(model, x), quantizer)
+    calibrated(x)
+    saved = pob.get_observer_state_dict(calibrated)
+    assert list(saved) == list(aob.get_observer_state_dict(calibrated)) and saved
+    fresh = prepare_pt2e(_export(model, x), quantizer)
+    pob.load_observer_state_dict(fresh, saved)
+    a, b = convert_pt2e(calibrated), convert_pt2e(fresh)
+    for out_a, out_b in zip(a(x), b(x)):
+        torch.testing.assert_close(out_a, out_b, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="Missing keys for observer"):
+        pob.load_observer_state_dict(prepare_pt2e(_export(_Shared().eval(), x), quantizer), {})

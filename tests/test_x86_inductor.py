@@ -26,7 +26,7 @@ from pt2q.quantizers import (
     get_default_x86_inductor_quantization_config,
     x86_inductor,
 )
-from tests.helpers import export_module, pt2q_flow, qdq_signature, run_flow, torchao_flow
+from tests.helpers import annotation_summary, export_module, pt2q_flow, qdq_signature, run_flow, torchao_flow
 from tests.zoo import ZOO, calibration_batches, make
 
 xiq = pytest.importorskip("torchao.quantization.pt2e.quantizer.x86_inductor_quantizer")
@@ -265,34 +265,6 @@ def test_patterns_and_scopes_match_torchao(case: str) -> None:
     _assert_same(converted, reference, example)
 
 
-def _spec_summary(spec: object) -> object:
-    if spec is None:
-        return None
-    if type(spec).__name__ == "SharedQuantizationSpec":
-        shared = spec.edge_or_node
-        return ("shared", tuple(n.name for n in shared) if isinstance(shared, tuple) else shared.name)
-    return (
-        type(spec).__name__,
-        spec.dtype,
-        spec.quant_min,
-        spec.quant_max,
-        spec.qscheme,
-        getattr(spec, "ch_axis", None),
-    )
-
-
-def _annotations(gm) -> dict[str, tuple]:
-    """node name -> its input and output specs, for every node with a spec (comparable across libraries)."""
-    summary = {}
-    for node in gm.graph.nodes:
-        ann = node.meta.get("quantization_annotation")
-        if ann is None or not (ann.input_qspec_map or ann.output_qspec is not None):
-            continue
-        inputs = tuple(sorted((n.name, _spec_summary(s)) for n, s in ann.input_qspec_map.items()))
-        summary[node.name] = (inputs, _spec_summary(ann.output_qspec))
-    return summary
-
-
 def test_qat_annotations_match_torchao() -> None:
     # torchao's QAT convert costs ~40 s, so compare what both quantizers annotate on the training graph
     model, example = _make_extra(QATBlock, (2, 3, 8, 8))
@@ -300,8 +272,8 @@ def test_qat_annotations_match_torchao() -> None:
     theirs_gm = (
         xiq.X86InductorQuantizer().set_global(theirs(is_qat=True)).annotate(export_module(model.train(), example))
     )
-    summary = _annotations(ours_gm)
-    assert summary == _annotations(theirs_gm)
+    summary = annotation_summary(ours_gm)
+    assert summary == annotation_summary(theirs_gm)
     assert {"conv2d", "add", "hardswish", "max_pool2d"} <= set(summary)
 
     converted = run_flow(
