@@ -15,32 +15,41 @@ from typing import Any
 
 import pytest
 
+from tests.migration import migration_rows, mirrors
+
 pytest.importorskip("torchao.quantization.pt2e")
 pytest.importorskip("executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils")
 
-# torchao / ExecuTorch module -> the pt2q module replacing it (the README's migration table)
-MIRRORS = {
-    "torchao.quantization.pt2e": "pt2q",
-    "torchao.quantization.pt2e.quantize_pt2e": "pt2q.quantize_pt2e",
-    "torchao.quantization.pt2e.observer": "pt2q.observer",
-    "torchao.quantization.pt2e.fake_quantize": "pt2q.fake_quantize",
-    "torchao.quantization.pt2e.learnable_fake_quantize": "pt2q.learnable_fake_quantize",
-    "torchao.quantization.pt2e.graph_utils": "pt2q.graph_utils",
-    "torchao.quantization.pt2e.export_utils": "pt2q.export_utils",
-    "torchao.quantization.pt2e.utils": "pt2q.utils",
-    "torchao.quantization.pt2e.quantizer": "pt2q.quantizer",
-    "torchao.quantization.pt2e.quantizer.quantizer": "pt2q.quantizer.quantizer",
-    "torchao.quantization.pt2e.quantizer.utils": "pt2q.quantizer.utils",
-    "torchao.quantization.pt2e.quantizer.composable_quantizer": "pt2q.quantizer.composable_quantizer",
-    "torchao.quantization.pt2e.quantizer.embedding_quantizer": "pt2q.quantizer.embedding_quantizer",
-    "torchao.quantization.pt2e.quantizer.x86_inductor_quantizer": "pt2q.quantizer.x86_inductor_quantizer",
-    "torchao.quantization.pt2e.quantizer.arm_inductor_quantizer": "pt2q.quantizer.arm_inductor_quantizer",
-    "torchao.quantization.pt2e.quantizer.duplicate_dq_pass": "pt2q.quantizer.duplicate_dq_pass",
-    "torchao.quantization.pt2e.quantizer.port_metadata_pass": "pt2q.quantizer.port_metadata_pass",
-    "torchao.quantization.pt2e._numeric_debugger": "pt2q._numeric_debugger",
-    "torchao.quantization.pt2e.lowering": "pt2q.lowering",
-    "executorch.backends.xnnpack.quantizer.xnnpack_quantizer": "pt2q.quantizers.xnnpack_quantizer",
-    "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils": "pt2q.quantizers.xnnpack_quantizer_utils",
+# torchao / ExecuTorch module -> the pt2q module replacing it: the README's migration table
+MIRRORS = mirrors(migration_rows())
+# the public modules of torchao's PT2E API and ExecuTorch's XNNPACK quantizer: each needs a row
+PUBLIC_MODULES = {
+    "torchao.quantization.pt2e",
+    *(
+        f"torchao.quantization.pt2e.{m}"
+        for m in (
+            "quantize_pt2e",
+            "observer",
+            "fake_quantize",
+            "learnable_fake_quantize",
+            "graph_utils",
+            "export_utils",
+            "utils",
+            "quantizer",
+            "quantizer.quantizer",
+            "quantizer.utils",
+            "quantizer.composable_quantizer",
+            "quantizer.embedding_quantizer",
+            "quantizer.x86_inductor_quantizer",
+            "quantizer.arm_inductor_quantizer",
+            "quantizer.duplicate_dq_pass",
+            "quantizer.port_metadata_pass",
+            "_numeric_debugger",
+            "lowering",
+        )
+    ),
+    "executorch.backends.xnnpack.quantizer.xnnpack_quantizer",
+    "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils",
 }
 
 _AFFINE = "low-bit affine quantization: being added by the affine-quantization work (issue 16)"
@@ -111,6 +120,38 @@ def test_gaps_are_still_gaps() -> None:
     """A gap that has been filled is removed from GAPS (so the count of provided names stays honest)."""
     filled = [key for key in GAPS if hasattr(importlib.import_module(MIRRORS[key[0]]), key[1])]
     assert not filled, f"provided now, remove from GAPS: {filled}"
+
+
+def test_every_public_module_has_a_row() -> None:
+    missing = sorted(PUBLIC_MODULES - set(MIRRORS))
+    assert not missing, f"the README's migration table has no 'every public name' row for {missing}"
+
+
+def provided_counts() -> dict[str, tuple[int, int]]:
+    """torchao / ExecuTorch module -> (public names pt2q provides at the mirrored path, public names)."""
+    counts = {}
+    for theirs in MIRRORS:
+        their_module, our_module = _modules(theirs)
+        names = public_names(their_module)
+        counts[theirs] = (sum(hasattr(our_module, n) for n in names), len(names))
+    return counts
+
+
+def test_count_of_provided_names() -> None:
+    """The closing count of the migration: every public name but the GAPS, per module and in total."""
+    counts = provided_counts()
+    pt2e = {m: c for m, c in counts.items() if m.startswith("torchao.quantization.pt2e")}
+    table = "\n".join(f"  {m}: {have}/{total}" for m, (have, total) in counts.items())
+    have, total = (sum(c[i] for c in pt2e.values()) for i in (0, 1))
+    top_have, top_total = counts["torchao.quantization.pt2e"]
+    summary = (
+        f"pt2q provides {top_have} of torchao.quantization.pt2e's {top_total} top-level public names and "
+        f"{have} of {total} over its {len(pt2e)} public modules; {len(GAPS)} deliberate gaps (GAPS):\n{table}"
+    )
+    short = {m: total - have for m, (have, total) in counts.items() if have < total}
+    gaps_per_module = {m: sum(1 for key in GAPS if key[0] == m) for m in short}
+    assert short == gaps_per_module, summary
+    assert (top_have, top_total) == (top_total - gaps_per_module.get("torchao.quantization.pt2e", 0), top_total)
 
 
 def _parameters(obj: Any) -> list[inspect.Parameter] | None:
