@@ -16,8 +16,10 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 EVERY = "every public name"
 _ROW = re.compile(r"^\| `(?P<old>[\w.]+)` \| `(?P<new>[\w.]+)` \| (?P<names>.+) \|$")
 
-# The capture call the seeds use -> ``torch.export.export(...).module()`` (not an import: a call rewrite).
+# The capture call the seeds use -> ``torch.export.export(...).module()`` (not an import: a call rewrite),
+# and its ``constraints=[dynamic_dim(args[i], d)]`` -> ``dynamic_shapes`` (torch removed dynamic_dim).
 CAPTURE_CALLS = ("capture_pre_autograd_graph", "export_for_training")
+_REMOVED_FROM_TORCH_EXPORT = (*CAPTURE_CALLS, "dynamic_dim")
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class _Rewriter(ast.NodeTransformer):
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST | list[ast.stmt]:
         if node.module == "torch._export":  # the capture functions: their calls are rewritten below
-            kept = [a for a in node.names if a.name not in CAPTURE_CALLS]
+            kept = [a for a in node.names if a.name not in _REMOVED_FROM_TORCH_EXPORT]
             return [ast.ImportFrom("torch._export", kept, 0)] if kept else []
         if node.module not in self.old_modules:
             return node
@@ -113,18 +115,41 @@ class _Rewriter(ast.NodeTransformer):
         return self.generic_visit(node)
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
-        """``capture_pre_autograd_graph(m, args, ...)`` / ``torch.export.export_for_training(m, args, ...)``
-        -> ``torch.export.export(m, args, ...).module()`` (an unpacked ``*args`` is passed as the tuple)."""
+        """``capture_pre_autograd_graph(m, args, ...)`` -> ``torch.export.export(m, args, ...).module()``
+        (an unpacked ``*args`` is passed as the tuple); ``torch.export.export_for_training`` ->
+        ``torch.export.export``."""
         self.generic_visit(node)
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
         if name not in CAPTURE_CALLS:
             return node
         args = [a.value if isinstance(a, ast.Starred) else a for a in node.args]
+        keywords = [_dynamic_shapes(k, args[1]) if k.arg == "constraints" else k for k in node.keywords]
         export = ast.Attribute(ast.Attribute(ast.Name("torch", ast.Load()), "export", ast.Load()), "export")
-        call = ast.Call(export, args, node.keywords)
+        call = ast.Call(export, args, keywords)
+        if name == "export_for_training":  # returned an ExportedProgram, as torch.export.export does
+            return ast.copy_location(call, node)
         return ast.copy_location(ast.Call(ast.Attribute(call, "module", ast.Load()), [], []), node)
 
     used_modules: set[str]
+
+
+def _dynamic_shapes(constraints: ast.keyword, example_args: ast.expr) -> ast.keyword:
+    """``constraints=[dynamic_dim(args[i], d), ...]`` -> ``dynamic_shapes`` marking those dimensions dynamic."""
+    dims: dict[int, list[int]] = {}
+    items = constraints.value.elts if isinstance(constraints.value, ast.List) else None
+    for item in items or [None]:
+        match item:
+            case ast.Call(
+                func=ast.Name("dynamic_dim"), args=[ast.Subscript(slice=ast.Constant(int(i))), ast.Constant(int(d))]
+            ):
+                dims.setdefault(i, []).append(d)
+            case _:
+                raise ValueError(f"cannot rewrite constraints={ast.unparse(constraints.value)} into dynamic_shapes")
+    per_arg = "{" + ", ".join(
+        f"{i}: {{{', '.join(f'{d}: torch.export.Dim.AUTO' for d in ds)}}}" for i, ds in dims.items()
+    )
+    expression = f"tuple({per_arg}}}.get(k) for k in range(len({ast.unparse(example_args)})))"
+    return ast.keyword("dynamic_shapes", ast.parse(expression, mode="eval").body)
 
 
 def rewrite_imports(source: str, rows: list[Row]) -> str:
