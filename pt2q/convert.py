@@ -11,6 +11,7 @@ from pt2q.fold_quantize import fold_quantize as fold_quantized_weights
 from pt2q.prepare import _require_graph_module
 from pt2q.qat_conv_bn import fold_trained_conv_bn
 from pt2q.qdq import replace_observers_with_qdq
+from pt2q.quantizer.port_metadata_pass import port_node_meta_for_qdq
 from pt2q.reference_representation import reference_representation_rewrite
 from pt2q.scale_check import warn_absurd_scales
 from pt2q.train_eval import disallow_eval_train, move_exported_model_to_eval
@@ -48,6 +49,7 @@ def convert_pt2e(
     warn_absurd_scales(model)
     fold_trained_conv_bn(model)
     duplicate_dq(model)
+    port_node_meta_for_qdq(model)  # as torchao: each Q/DQ takes the stack_trace of the op it quantizes for
     if fold_quantize:
         fold_quantized_weights(model)
     if use_reference_representation:

@@ -17,7 +17,7 @@ rewrites each annotated ``conv -> batch_norm`` into::
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, cast
+from typing import Any, Optional, cast
 
 import torch
 from torch.fx import GraphModule, Node
@@ -82,29 +82,27 @@ def _simulate_one(gm: GraphModule, conv: Node, bn: Node) -> None:
     weight, bias = node_arg(conv, 1), optional_node_arg(conv, 2)
     bn_weight, bn_var, eps = bn.args[1], bn.args[4], bn.args[_BN_EPS]
     rank = weight.meta["val"].dim() if "val" in weight.meta else get_attr_value(gm, str(weight.target)).dim()
+
+    def op(target: Any, *args: Any) -> Node:
+        """A node of the simulated folding: it computes part of the conv, so it carries the conv's provenance."""
+        return copy_provenance(g.call_function(target, args), conv)
+
     with g.inserting_before(conv):
-        std = copy_provenance(
-            g.call_function(aten.sqrt.default, (g.call_function(aten.add.Tensor, (bn_var, eps)),)), conv
-        )
-        if bn_weight is None:  # BatchNorm(affine=False)
-            scale = copy_provenance(g.call_function(aten.reciprocal.default, (std,)), conv)
-        else:
-            scale = copy_provenance(g.call_function(aten.div.Tensor, (bn_weight, std)), conv)
-        w_scale = g.call_function(aten.reshape.default, (scale, _channel_shape(conv, rank, True)))
-        scaled_weight = copy_provenance(g.call_function(aten.mul.Tensor, (weight, w_scale)), conv)
-        zero_bias = None
-        if bias is not None:
-            zero_bias = copy_provenance(g.call_function(aten.zeros_like.default, (bias,)), conv)
+        std = op(aten.sqrt.default, op(aten.add.Tensor, bn_var, eps))
+        scale = op(aten.reciprocal.default, std) if bn_weight is None else op(aten.div.Tensor, bn_weight, std)
+        w_scale = op(aten.reshape.default, scale, _channel_shape(conv, rank, True))
+        scaled_weight = op(aten.mul.Tensor, weight, w_scale)
+        zero_bias = None if bias is None else op(aten.zeros_like.default, bias)
     conv.args = (conv.args[0], scaled_weight, zero_bias, *conv.args[3:])
     with g.inserting_after(conv):
-        y_scale = g.call_function(aten.reshape.default, (scale, _channel_shape(conv, rank, False)))
+        y_scale = op(aten.reshape.default, scale, _channel_shape(conv, rank, False))
     with g.inserting_after(y_scale):
-        y = copy_provenance(g.call_function(aten.div.Tensor, (conv, y_scale)), conv)
+        y = op(aten.div.Tensor, conv, y_scale)
     if bias is not None:
         with g.inserting_after(y):
-            b = g.call_function(aten.reshape.default, (bias, _channel_shape(conv, rank, False)))
+            b = op(aten.reshape.default, bias, _channel_shape(conv, rank, False))
         with g.inserting_after(b):
-            y = copy_provenance(g.call_function(aten.add.Tensor, (y, b)), conv)
+            y = op(aten.add.Tensor, y, b)
     bn.replace_input_with(conv, y)
     ann = conv.meta.get(Q_ANNOTATION_KEY)
     if ann is not None:

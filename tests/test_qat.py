@@ -99,6 +99,13 @@ def test_qat_trains_and_converts_like_torchao() -> None:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e as ao_convert
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e as ao_prepare_qat
 
+    from tests.test_metadata import (
+        assert_ops_keep_metadata,
+        assert_provenance_everywhere,
+        assert_qdq_stack_traces,
+        tag_custom,
+    )
+
     torch.manual_seed(0)
     model, data = SmallNet(), batches(8)
     example = (data[0][0],)
@@ -111,11 +118,12 @@ def test_qat_trains_and_converts_like_torchao() -> None:
             et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True, is_qat=True)),
         ),
     }
-    losses, converted = {}, {}
+    losses, prepared, converted = {}, {}, {}
     for name, (prepare, to_eval, convert, quantizer) in flows.items():
-        m = prepare(export_train(model, example), quantizer)
+        m = prepare(tag_custom(export_train(model, example)), quantizer)
         losses[name] = train_steps(m, torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9), data)
         to_eval(m)
+        prepared[name] = copy.deepcopy(m)
         converted[name] = convert(m)
     torch.testing.assert_close(losses["pt2q"], losses["torchao"])
     assert losses["pt2q"][-1] < losses["pt2q"][0]
@@ -124,6 +132,12 @@ def test_qat_trains_and_converts_like_torchao() -> None:
     assert sig == qdq_signature(converted["torchao"])
     for x, _ in batches(2, seed=5):
         torch.testing.assert_close(converted["pt2q"](x), converted["torchao"](x))
+    # metadata through the QAT conv-bn rewrite, training, its folding at convert, and convert
+    assert_ops_keep_metadata(prepared["torchao"], prepared["pt2q"], "prepared")
+    assert_ops_keep_metadata(converted["torchao"], converted["pt2q"], "converted")
+    assert_qdq_stack_traces(converted["torchao"], converted["pt2q"])
+    assert_provenance_everywhere(prepared["pt2q"])
+    assert_provenance_everywhere(converted["pt2q"])
 
 
 # --- prepare: simulated conv+BN folding; convert: real folding -----------------------------------------------
