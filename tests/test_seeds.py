@@ -167,7 +167,8 @@ def prepare_data_loaders(data_path: str) -> tuple[Any, Any]:
     images, labels = torch.rand(4, 3, 32, 32, generator=generator), torch.randint(0, 10, (4,), generator=generator)
     dataset = torch.utils.data.TensorDataset(images, labels)
     sizes = _namespace["train_batch_size"], _namespace["eval_batch_size"]
-    return tuple(torch.utils.data.DataLoader(dataset, batch_size=size) for size in sizes)
+    train, test = (torch.utils.data.DataLoader(dataset, batch_size=size) for size in sizes)
+    return train, test
 
 
 _namespace: dict[str, Any] = {}
