@@ -21,7 +21,12 @@ TREE = ROOT / "build" / "typecheck"
 def link_tree() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     shutil.rmtree(TREE, ignore_errors=True)
-    for package, folder in config["package-dir"].items():
+    folders = dict(config["package-dir"])
+    for package in config["packages"]:  # a subpackage without a mapping lives in its parent's folder
+        if package not in folders:
+            parent, _, name = package.rpartition(".")
+            folders[package] = f"{folders[parent]}/{name}"
+    for package, folder in folders.items():
         target = TREE.joinpath(*package.split("."))
         target.mkdir(parents=True, exist_ok=True)
         for source in (ROOT / folder).glob("*.py"):
