@@ -112,10 +112,12 @@ def assert_qdq_stack_traces(theirs_gm: GraphModule, ours_gm: GraphModule) -> Non
 
 
 def assert_provenance_everywhere(gm: GraphModule) -> None:
-    """Beyond torchao: each op, observer, Q/DQ and QAT-rewrite node names its module, source line
-    and debug handle, and keeps the user's ``custom`` entries of the op it was made for."""
+    """Beyond torchao: each op, observer, Q/DQ, QAT-rewrite node and folded (integer) weight names its
+    module, source line and debug handle, and keeps the user's ``custom`` entries of the op it was
+    made for (torchao's folded weights and QAT weight dequantizes carry none)."""
     for node in gm.graph.nodes:
-        if node.op not in ("call_function", "call_module") or node.target == "_guards_fn":
+        folded_weight = node.op == "get_attr" and any(is_op(u, QDQ_OPS) for u in node.users)
+        if not folded_weight and (node.op not in ("call_function", "call_module") or node.target == "_guards_fn"):
             continue
         missing = [k for k in ("nn_module_stack", "stack_trace", "from_node") if not node.meta.get(k)]
         assert not missing, f"{node.name} ({node.target}) lacks {missing}"
