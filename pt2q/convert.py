@@ -49,7 +49,7 @@ def convert_pt2e(
     warn_absurd_scales(model)
     fold_trained_conv_bn(model)
     duplicate_dq(model)
-    port_node_meta_for_qdq(model)  # as torchao: each Q/DQ takes the stack_trace of the op it quantizes for
+    port_node_meta_for_qdq(model, strict=False)  # as torchao: Q/DQ nodes take the stack_trace of their op
     if fold_quantize:
         fold_quantized_weights(model)
     if use_reference_representation:

@@ -116,7 +116,7 @@ def assert_provenance_everywhere(gm: GraphModule) -> None:
     module, source line and debug handle, and keeps the user's ``custom`` entries of the op it was
     made for (torchao's folded weights and QAT weight dequantizes carry none)."""
     for node in gm.graph.nodes:
-        folded_weight = node.op == "get_attr" and any(is_op(u, QDQ_OPS) for u in node.users)
+        folded_weight = node.op == "get_attr" and any(is_op(u, QDQ_OPS) and u.args[0] is node for u in node.users)
         if not folded_weight and (node.op not in ("call_function", "call_module") or node.target == "_guards_fn"):
             continue
         missing = [k for k in ("nn_module_stack", "stack_trace", "from_node") if not node.meta.get(k)]

@@ -90,8 +90,10 @@ def _dequantize_between(producer: Node, user: Node) -> Optional[Node]:
     return None
 
 
-def _port_dynamic_input(input_node: Node, node: Node) -> None:
+def _port_dynamic_input(input_node: Node, node: Node, strict: bool) -> None:
     choose = _choose_qparams_after(input_node)
+    if choose is None and not strict:
+        return
     if choose is None:
         raise ValueError(f"no choose_qparams found for the dynamically quantized input of '{node.name}'")
     getitems = users_except_sym_size(choose)
@@ -125,11 +127,11 @@ def _port_static_input(input_node: Node, node: Node) -> None:
     _port(dq, node)
 
 
-def _port_input(input_node: Node, node: Node, qspec: Optional[QuantizationSpecBase]) -> None:
+def _port_input(input_node: Node, node: Node, qspec: Optional[QuantizationSpecBase], strict: bool) -> None:
     if qspec is None:
         return
     if getattr(qspec, "is_dynamic", False):
-        _port_dynamic_input(input_node, node)
+        _port_dynamic_input(input_node, node, strict)
     else:
         _port_static_input(input_node, node)
 
@@ -149,14 +151,18 @@ def _port_output(node: Node, qspec: Optional[QuantizationSpecBase]) -> None:
     _port(q, node)
 
 
-def port_node_meta_for_qdq(gm: GraphModule) -> GraphModule:
-    """Port ``stack_trace`` / ``quantization_tag`` onto the Q/DQ nodes of a converted ``gm`` (in place)."""
+def port_node_meta_for_qdq(gm: GraphModule, strict: bool = True) -> GraphModule:
+    """Port ``stack_trace`` / ``quantization_tag`` onto the Q/DQ nodes of a converted ``gm`` (in place).
+
+    ``strict=False`` (what ``convert_pt2e`` uses) skips a dynamically quantized input whose
+    ``choose_qparams`` cannot be found (an annotation naming a node of another graph, e.g. after a
+    ``copy.deepcopy``) instead of raising as torchao's pass does."""
     for node in gm.graph.nodes:
         annotation = node.meta.get(Q_ANNOTATION_KEY)
         if not is_valid_annotation(annotation):
             continue
         for input_node, qspec in annotation.input_qspec_map.items():
-            _port_input(input_node, node, qspec)
+            _port_input(input_node, node, qspec, strict)
         _port_output(node, annotation.output_qspec)
     return gm
 
