@@ -201,7 +201,6 @@ class UniformQuantizationObserverBase(ObserverBase):
         self.quant_min, self.quant_max = quant_range(dtype, quant_min, quant_max, reduce_range)
         self._factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
         self.register_buffer("eps", torch.tensor([eps], **self._factory_kwargs))
-        self._last_input: Optional[tuple[weakref.ref, int]] = None
 
     def _calculate_qparams(self, min_val: Tensor, max_val: Tensor) -> tuple[Tensor, Tensor]:
         scale, zero_point = choose_qparams(
