@@ -6,14 +6,27 @@ import torch
 from torch import nn
 from torch.fx import GraphModule, Node
 
-__all__ = ["get_attr_value", "constant_attr", "free_attr_name", "set_new_attr", "remove_unused_attributes"]
+__all__ = [
+    "resolve_attr",
+    "get_attr_value",
+    "constant_attr",
+    "free_attr_name",
+    "set_new_attr",
+    "remove_unused_attributes",
+]
+
+
+def resolve_attr(gm: nn.Module, target: str) -> object:
+    """The object behind a dotted ``get_attr`` target such as ``"conv.weight"`` (a tensor or a submodule)."""
+    obj: object = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def get_attr_value(gm: nn.Module, target: str) -> torch.Tensor:
     """The tensor behind a dotted ``get_attr`` target such as ``"conv.weight"``."""
-    obj: object = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
+    obj = resolve_attr(gm, target)
     assert isinstance(obj, torch.Tensor), f"get_attr target '{target}' is not a tensor"
     return obj
 

@@ -8,7 +8,7 @@ from typing import Any, cast
 import torch
 from torch.fx import GraphModule, Node
 
-from pt2q.attrs import get_attr_value, set_new_attr
+from pt2q.attrs import resolve_attr, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
 from pt2q.ops import Q_OPS, is_op
 
@@ -26,7 +26,8 @@ def _constant(gm: GraphModule, arg: Any, cache: dict[Node, Any]) -> Any:
         return arg
     if arg not in cache:
         if arg.op == "get_attr":
-            cache[arg] = get_attr_value(gm, str(arg.target))
+            value = resolve_attr(gm, str(arg.target))  # a tensor, or a control-flow body
+            cache[arg] = value if isinstance(value, torch.Tensor) else _NOT_CONSTANT
         elif arg.op == "call_function" and not arg.kwargs and not _is_random(arg):
             args = _constant(gm, arg.args, cache)
             target = cast(Callable[..., Any], arg.target)

@@ -10,6 +10,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from pt2q.check_annotations import AnnotationError
+from pt2q.control_flow import graph_modules, value_aliases
 from pt2q.derived import DerivedObserverOrFakeQuantize
 from pt2q.graph_utils import collect_producer_nodes
 from pt2q.notes import copy_provenance
@@ -83,9 +84,12 @@ def _check_mode(obs: nn.Module, member: EdgeOrNode, is_qat: bool) -> nn.Module:
 
 
 def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
-    """member -> observer, with one observer instance per sharing group."""
-    specs = collect_qspecs(gm)
-    groups, uf = sharing_groups(specs)
+    """member -> observer, with one observer instance per sharing group (over ``gm`` and its control-flow
+    bodies: a value crossing into a body and its readers there can share one observer)."""
+    specs: dict[EdgeOrNode, QuantizationSpecBase] = {}
+    for m in graph_modules(gm):
+        specs.update(collect_qspecs(m))
+    groups, uf = sharing_groups(specs, value_aliases(gm))
     by_group: dict[int, nn.Module] = {}
     made: dict[EdgeOrNode, nn.Module] = {}
     # Derived specs read other groups' observers, so build them last.
@@ -147,10 +151,17 @@ def insert_observers(
     is_qat: bool,
     obs_or_fq_callback: Optional[Callable[[GraphModule, dict], None]] = None,
 ) -> GraphModule:
-    """Insert observers for every annotated edge and output of ``gm`` (in place)."""
+    """Insert observers for every annotated edge and output of ``gm`` and of its control-flow bodies
+    (in place)."""
     made = _build(gm, is_qat)
     if obs_or_fq_callback is not None:
         obs_or_fq_callback(gm, made)
+    for m in graph_modules(gm):
+        _insert(m, made)
+    return gm
+
+
+def _insert(gm: GraphModule, made: dict[EdgeOrNode, nn.Module]) -> None:
     names: dict[int, str] = {}
     obs_module_to_node: dict[int, list[Node]] = {}
     buffers = {name for name, _ in gm.named_buffers()}
@@ -185,6 +196,5 @@ def insert_observers(
             continue
         obs_node = _new_observer_node(gm, obs, node, node, names)
         obs_module_to_node.setdefault(id(obs), []).append(obs_node)
-        node.replace_all_uses_with(obs_node, delete_user_cb=lambda user: user is not obs_node)
+        node.replace_all_uses_with(obs_node, delete_user_cb=lambda user, o=obs_node: user is not o)
     gm.recompile()
-    return gm

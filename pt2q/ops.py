@@ -79,6 +79,11 @@ __all__ = [
     "ANY_CHOOSE_QPARAMS",
     "ANY_QDQ",
     "SYM_SIZE",
+    "COND",
+    "WHILE_LOOP",
+    "SCAN",
+    "MAP",
+    "CONTROL_FLOW",
     "OBSERVER_PREFIX",
     "op_name",
     "is_op",
@@ -230,6 +235,14 @@ ANY_QDQ = ANY_QUANTIZE | ANY_DEQUANTIZE | ANY_CHOOSE_QPARAMS
 
 # shape queries on a tensor (dynamic shapes): users that read no values
 SYM_SIZE = ops(aten.sym_size, aten.sym_numel)
+
+# control flow: higher-order ops whose bodies are GraphModule attributes of the graph that calls them
+_hop = torch.ops.higher_order
+COND: frozenset = frozenset({_hop.cond})
+WHILE_LOOP: frozenset = frozenset({_hop.while_loop})
+SCAN: frozenset = frozenset({_hop.scan})
+MAP: frozenset = frozenset({_hop.map_impl})
+CONTROL_FLOW = COND | WHILE_LOOP | SCAN | MAP
 
 OBSERVER_PREFIX = "activation_post_process_"  # observers and fake quantizers are submodules named so
 

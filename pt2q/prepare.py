@@ -8,13 +8,15 @@ import torch
 from torch.fx import GraphModule
 
 from pt2q.check_annotations import check_annotations
+from pt2q.control_flow import bodies, detach_operands, graph_modules
 from pt2q.export_utils import NotExportedError
 from pt2q.float_reasons import record_float_reasons
 from pt2q.fold_bn import fold_bn
 from pt2q.insert_observers import insert_observers
-from pt2q.ops import ANY_QDQ, is_observer_node, is_op
+from pt2q.ops import is_observer_node
 from pt2q.qat_conv_bn import simulate_conv_bn_folding
 from pt2q.quantizer import Quantizer
+from pt2q.reentrant import is_quantized, keep_existing_qparams, seal_previous_round
 from pt2q.train_eval import disallow_eval_train
 
 __all__ = ["prepare_pt2e", "prepare_qat_pt2e"]
@@ -45,20 +47,9 @@ def _not_exported(model: GraphModule) -> Optional[str]:
 
 
 def _require_float_export(model: object, fn: str) -> GraphModule:
-    """The GraphModule of a float exported program: not prepared, not converted, not symbolically traced."""
+    """The GraphModule of an exported program (float or converted): not prepared, not symbolically traced."""
     model = _require_graph_module(model, fn)
-    observers = [n.name for n in model.graph.nodes if is_observer_node(n, model)]
-    if observers:
-        raise ValueError(
-            f"{fn}: the model is already prepared (it holds observer node '{observers[0]}'). Calibrate it and "
-            f"call convert_pt2e, or call {fn} on a fresh torch.export.export(model, example_inputs).module()."
-        )
-    quantized = [n for n in model.graph.nodes if is_op(n, ANY_QDQ)]
-    if quantized:
-        raise ValueError(
-            f"{fn}: the model is already quantized (node '{quantized[0].name}' is {quantized[0].target}). "
-            "Prepare the export of the float model instead."
-        )
+    _refuse_prepared(model, fn)  # a converted model is fine: it is quantized again (pt2q.reentrant)
     why = _not_exported(model)
     if why is not None:
         raise TypeError(
@@ -72,16 +63,18 @@ def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     """Prepare an exported model for post-training quantization.
 
     Folds eval-mode BatchNorm into the preceding conv/linear, lets ``quantizer``
-    annotate the graph, checks the annotations and inserts one observer per
-    group of tensors that share quantization parameters. Run the result on
-    calibration data, then call ``convert_pt2e``.
+    annotate the graph and the bodies of its control flow (``cond``, ``while_loop``,
+    ``scan``, ``map``), checks the annotations and inserts one observer per
+    group of tensors that share quantization parameters (across a body's boundary
+    too). Run the result on calibration data, then call ``convert_pt2e``.
     """
     model = _require_float_export(model, "prepare_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_pt2e")
     original_meta = dict(model.meta)
     fold_bn(model)
-    model = _annotate(model, quantizer)
+    model = _annotate_all(model, quantizer)
     insert_observers(model, is_qat=False, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
+    detach_operands(model)
     model.meta.update(original_meta)
     return disallow_eval_train(model)
 
@@ -97,11 +90,34 @@ def prepare_qat_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     model = _require_float_export(model, "prepare_qat_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_qat_pt2e")
     original_meta = dict(model.meta)
-    model = _annotate(model, quantizer)
+    model = _annotate_all(model, quantizer, with_bodies=False)
     simulate_conv_bn_folding(model)
     insert_observers(model, is_qat=True, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
     model.meta.update(original_meta)
     return disallow_eval_train(model)
+
+
+def _refuse_prepared(model: GraphModule, fn: str) -> None:
+    observers = [n.name for m in graph_modules(model) for n in m.graph.nodes if is_observer_node(n, m)]
+    if observers:
+        raise ValueError(
+            f"{fn}: the model is already prepared (it holds observer node '{observers[0]}'). Calibrate it and "
+            f"call convert_pt2e, or call {fn} on a fresh torch.export.export(model, example_inputs).module()."
+        )
+
+
+def _annotate_all(model: GraphModule, quantizer: Quantizer, with_bodies: bool = True) -> GraphModule:
+    """Annotate ``model`` and (PTQ) the bodies of its control flow. A converted model is quantized again
+    where the first round left it float, never twice (see ``pt2q.reentrant``)."""
+    again = is_quantized(model)
+    if again:
+        seal_previous_round(model)
+    model = _annotate(model, quantizer)
+    for parent, name, body in list(bodies(model)) if with_bodies else []:
+        setattr(parent, name, _annotate(body, quantizer))
+    if again:
+        keep_existing_qparams(model)
+    return model
 
 
 def _annotate(model: GraphModule, quantizer: Quantizer) -> GraphModule:

@@ -7,14 +7,20 @@ output is a member. Members join a group when
 * an input edge's spec has the same quantization parameters (dtype, range,
   qscheme, axis, fixed scale/zero point) as its producer's output or as another
   edge out of the same producer, and the consumer allows implicit sharing: they
-  quantize the same tensor, so one observer serves all of them.
+  quantize the same tensor, so one observer serves all of them. A producer's
+  aliases (the same value seen from another graph: an operand of a control-flow
+  op and the placeholder of its body, a body output and the getitem returning
+  it) count as the producer.
 
 Groups are a union-find over members; the result is a group id per member.
 """
 
 from __future__ import annotations
 
-from torch.fx import GraphModule
+from collections.abc import Mapping, Sequence
+from typing import Optional
+
+from torch.fx import GraphModule, Node
 
 from pt2q.spec import Q_ANNOTATION_KEY, EdgeOrNode, QuantizationSpecBase, SharedQuantizationSpec
 
@@ -88,16 +94,20 @@ def _share(parent: EdgeOrNode, child: EdgeOrNode, specs: dict, uf: _UnionFind) -
         uf.union(root_parent, root_child)
 
 
-def sharing_groups(specs: dict[EdgeOrNode, QuantizationSpecBase]) -> tuple[dict[EdgeOrNode, int], _UnionFind]:
+def sharing_groups(
+    specs: dict[EdgeOrNode, QuantizationSpecBase], aliases: Optional[Mapping[Node, Sequence[Node]]] = None
+) -> tuple[dict[EdgeOrNode, int], _UnionFind]:
     """Assign a group id to every member of ``specs`` (see module docstring)."""
     uf = _UnionFind(specs)
+    aliases = aliases or {}
     for member, spec in specs.items():
         if isinstance(member, tuple):
             producer, consumer = member
             if consumer.meta[Q_ANNOTATION_KEY].allow_implicit_sharing:
                 mine = root_spec(member, specs, uf)
-                siblings = [(producer, user) for user in producer.users if user is not consumer]
-                for other in siblings + [producer]:
+                same_value = [producer, *aliases.get(producer, ())]
+                siblings: list[EdgeOrNode] = [(p, u) for p in same_value for u in p.users if (p, u) != member]
+                for other in siblings + same_value:
                     if other in specs and _same_quantization(root_spec(other, specs, uf), mine):
                         _share(other, member, specs, uf)
         if isinstance(spec, SharedQuantizationSpec):

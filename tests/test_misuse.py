@@ -67,14 +67,17 @@ def test_a_symbolically_traced_model_is_refused_naming_a_node(prepare) -> None:
         prepare(traced, _xnnpack())
 
 
-def test_a_prepared_or_converted_model_is_refused() -> None:
+def test_a_prepared_model_is_refused_and_a_converted_one_prepares_again() -> None:
     prepared = pt2q.prepare_pt2e(export_module(_linear_relu(), EXAMPLE), _xnnpack())
     with pytest.raises(ValueError, match=r"already prepared \(it holds observer node 'activation_post_process_\d'\)"):
         pt2q.prepare_pt2e(prepared, _xnnpack())
     prepared(*EXAMPLE)
     converted = pt2q.convert_pt2e(prepared)
-    with pytest.raises(ValueError, match=r"already quantized \(node '\w+' is quantized_decomposed\.\w+"):
-        pt2q.prepare_pt2e(converted, _xnnpack())
+    expected = converted(*EXAMPLE)
+    # re-entrant (issue 15): the same quantizer again finds nothing new to quantize, never quantizes twice
+    again = pt2q.prepare_pt2e(converted, _xnnpack())
+    assert not [n for n in again.graph.nodes if n.op == "call_module"]
+    assert torch.equal(pt2q.convert_pt2e(again)(*EXAMPLE), expected)
 
 
 # --------------------------------------------------------------------- annotations that cannot work
