@@ -163,3 +163,15 @@ def annotation_summary(gm: GraphModule) -> dict[str, tuple]:
         inputs = tuple(sorted((n.name, _spec_summary(s)) for n, s in ann.input_qspec_map.items()))
         summary[node.name] = (inputs, _spec_summary(ann.output_qspec))
     return summary
+
+
+def xnnpack_oracle_without_bn_patterns(**config_kwargs: Any) -> Any:
+    """ExecuTorch's XNNPACKQuantizer (global symmetric config) without its conv+BatchNorm patterns: those
+    export their pattern graphs on every annotate call (seconds each); for models without BatchNorm the
+    annotation is the same."""
+    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as et
+
+    class _Quantizer(et.XNNPACKQuantizer):
+        SUPPORTED_PATTERNS = [p for p in et.XNNPACKQuantizer.SUPPORTED_PATTERNS if "_bn" not in p.name]
+
+    return _Quantizer().set_global(et.get_symmetric_quantization_config(**config_kwargs))
