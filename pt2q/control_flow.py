@@ -64,7 +64,7 @@ class ControlFlowCall:
         return body
 
     def operands(self) -> list[Any]:
-        return [a for g in self.groups for a in self.node.args[g]]  # type: ignore[union-attr]
+        return [a for g in self.groups for a in _group(self.node, g)]
 
     @property
     def growable(self) -> int:
@@ -73,7 +73,19 @@ class ControlFlowCall:
         return self.groups[-1]
 
     def growable_start(self) -> int:
-        return sum(len(self.node.args[g]) for g in self.groups[:-1])  # type: ignore[arg-type]
+        return sum(len(_group(self.node, g)) for g in self.groups[:-1])
+
+
+def _group(node: Node, index: int) -> list[Any]:
+    """The operand list at ``node.args[index]`` (a tuple or a list in the graph), as a new list."""
+    group = node.args[index]
+    assert isinstance(group, (list, tuple)), f"{node.name}: argument {index} is not an operand list"
+    return list(group)
+
+
+def _like(container: object, items: list[Any]) -> Any:
+    """``items`` as the same kind of sequence as ``container`` (the ops check tuple vs list)."""
+    return tuple(items) if isinstance(container, tuple) else list(items)
 
 
 def _attr_name(node: object) -> str:
@@ -93,11 +105,11 @@ def control_flow_calls(gm: GraphModule) -> list[ControlFlowCall]:
             calls.append(ControlFlowCall(node, gm, names, names, [3], [False], 0))
         elif is_op(node, WHILE_LOOP):
             names = [_attr_name(a[0]), _attr_name(a[1])]
-            carried = len(a[2])  # type: ignore[arg-type]
+            carried = len(_group(node, 2))
             calls.append(ControlFlowCall(node, gm, names, names[1:], [2, 3], [False, False], carried))
         elif is_op(node, SCAN):
             name = _attr_name(a[0])
-            carried = len(a[1])  # type: ignore[arg-type]
+            carried = len(_group(node, 1))
             calls.append(ControlFlowCall(node, gm, [name], [name], [1, 2, 3], [False, True, False], carried))
         elif is_op(node, MAP):
             name = _attr_name(a[0])
@@ -230,7 +242,7 @@ def _add_placeholder(body: GraphModule, base: str, value: torch.Tensor) -> Node:
 
 def _set_group(call: ControlFlowCall, items: list[Any]) -> None:
     args = list(call.node.args)
-    args[call.growable] = type(args[call.growable])(items)  # type: ignore[arg-type, call-arg]
+    args[call.growable] = _like(args[call.growable], items)
     call.node.args = tuple(args)
 
 
@@ -251,7 +263,7 @@ def _lift_body_tensors(call: ControlFlowCall) -> None:
                 with m.graph.inserting_before(call.node):
                     operand = m.graph.get_attr(attr)
                 operand.meta.update(node.meta)
-                _set_group(call, [*call.node.args[call.growable], operand])  # type: ignore[misc]
+                _set_group(call, [*_group(call.node, call.growable), operand])
                 new = {b: _add_placeholder(call.body(b), attr, value) for b in call.body_names}
                 node.replace_all_uses_with(new[name])
             body.graph.erase_node(node)
@@ -263,7 +275,7 @@ def _lift_body_tensors(call: ControlFlowCall) -> None:
 def _drop_unread_operands(call: ControlFlowCall) -> None:
     """Operands of the growable group that no body reads any more (weights now folded into integers)."""
     start = call.growable_start()
-    items = list(call.node.args[call.growable])  # type: ignore[arg-type]
+    items = _group(call.node, call.growable)
     phs = {name: placeholders(call.body(name)) for name in call.body_names}
     for j in reversed(range(len(items))):
         if any(phs[name][start + j].users for name in call.body_names):
@@ -306,14 +318,14 @@ def detach_operands(gm: GraphModule) -> GraphModule:
             args = list(call.node.args)
             for g in call.groups:
                 items = []
-                for a in args[g]:  # type: ignore[union-attr]
+                for a in _group(call.node, g):
                     if isinstance(a, Node) and isinstance(a.meta.get("val"), torch.Tensor):
                         with m.graph.inserting_before(call.node):
                             d = m.graph.call_function(torch.ops.aten.detach.default, (a,))
                         d.meta.update({"val": a.meta["val"], _CALIBRATION_DETACH: True})
                         a = d
                     items.append(a)
-                args[g] = type(args[g])(items)  # type: ignore[call-arg]
+                args[g] = _like(args[g], items)
             call.node.args = tuple(args)
         m.recompile()
     return gm
