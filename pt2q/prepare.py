@@ -8,7 +8,7 @@ import torch
 from torch.fx import GraphModule
 
 from pt2q.check_annotations import check_annotations
-from pt2q.control_flow import bodies, detach_operands, graph_modules
+from pt2q.control_flow import bodies, detach_operands, graph_modules, inline_constants
 from pt2q.export_utils import NotExportedError
 from pt2q.float_reasons import record_float_reasons
 from pt2q.fold_bn import fold_bn
@@ -72,6 +72,7 @@ def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     torch._C._log_api_usage_once("pt2q.prepare_pt2e")
     original_meta = dict(model.meta)
     fold_bn(model)
+    inline_constants(model)  # a weight in a control-flow body is a constant there too (convert lifts it back out)
     model = _annotate_all(model, quantizer)
     insert_observers(model, is_qat=False, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
     detach_operands(model)

@@ -285,17 +285,17 @@ def test_qparams_are_shared_across_the_boundary() -> None:
   quantize_per_tensor_default_5 = quantize(linear_1) s5
   dequantize_per_tensor_default_5 = dequantize(quantize_per_tensor_default_5) s5
 true_graph_0:
-  quantize_per_tensor_default = quantize(linear) s3
-  dequantize_per_tensor_default = dequantize(quantize_per_tensor_default) s3
-  dequantize_per_tensor_default_1 = dequantize(_frozen_param2) s6
-  linear_1 = linear(dequantize_per_tensor_default)
+  dequantize_per_tensor_default = dequantize(_frozen_param2) s6
+  quantize_per_tensor_default_1 = quantize(linear) s3
+  dequantize_per_tensor_default_1 = dequantize(quantize_per_tensor_default_1) s3
+  linear_1 = linear(dequantize_per_tensor_default_1)
   quantize_per_tensor_default_2 = quantize(linear_1) s4
   dequantize_per_tensor_default_2 = dequantize(quantize_per_tensor_default_2) s4
 false_graph_0:
-  quantize_per_tensor_default = quantize(linear) s3
-  dequantize_per_tensor_default = dequantize(quantize_per_tensor_default) s3
-  dequantize_per_tensor_default_1 = dequantize(_frozen_param3) s7
-  linear_1 = linear(dequantize_per_tensor_default)
+  dequantize_per_tensor_default = dequantize(_frozen_param3) s7
+  quantize_per_tensor_default_1 = quantize(linear) s3
+  dequantize_per_tensor_default_1 = dequantize(quantize_per_tensor_default_1) s3
+  linear_1 = linear(dequantize_per_tensor_default_1)
   quantize_per_tensor_default_2 = quantize(linear_1) s4
   dequantize_per_tensor_default_2 = dequantize(quantize_per_tensor_default_2) s4""",
     )
