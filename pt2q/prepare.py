@@ -67,6 +67,9 @@ def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     ``scan``, ``map``), checks the annotations and inserts one observer per
     group of tensors that share quantization parameters (across a body's boundary
     too). Run the result on calibration data, then call ``convert_pt2e``.
+
+    A converted model may be prepared again (e.g. with a quantizer for another part of it): what is
+    already quantized keeps its qparams and is not quantized twice. A prepared model is refused.
     """
     model = _require_float_export(model, "prepare_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_pt2e")
@@ -87,6 +90,9 @@ def prepare_qat_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     conv+BatchNorm is rewritten so that the BN-folded weight is fake-quantized,
     and fake quantizers are inserted instead of observers. Train, then call
     ``move_exported_model_to_eval`` and ``convert_pt2e``.
+
+    The bodies of control flow (``cond``, ``while_loop``, ...) stay float here: training
+    traces them for autograd, and a fake quantizer's statistics cannot be traced.
     """
     model = _require_float_export(model, "prepare_qat_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_qat_pt2e")
