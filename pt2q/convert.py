@@ -12,8 +12,8 @@ from pt2q.fold_quantize import fold_quantize as fold_quantized_weights
 from pt2q.prepare import _require_graph_module
 from pt2q.qat_conv_bn import fold_trained_conv_bn
 from pt2q.qdq import UncalibratedModelError, replace_observers_with_qdq
-from pt2q.reentrant import drop_requantize
 from pt2q.quantizer.port_metadata_pass import port_node_meta_for_qdq
+from pt2q.reentrant import drop_requantize
 from pt2q.reference_representation import reference_representation_rewrite
 from pt2q.scale_check import warn_absurd_scales
 from pt2q.train_eval import disallow_eval_train, move_exported_model_to_eval
