@@ -76,7 +76,7 @@ def test_a_prepared_model_is_refused_and_a_converted_one_prepares_again() -> Non
     expected = converted(*EXAMPLE)
     # re-entrant (issue 15): the same quantizer again finds nothing new to quantize, never quantizes twice
     again = pt2q.prepare_pt2e(converted, _xnnpack())
-    assert not [n for n in again.graph.nodes if n.op == "call_module"]
+    assert not [n for n in again.graph.nodes if n.op == "call_module" and n.target != "_guards_fn"]
     assert torch.equal(pt2q.convert_pt2e(again)(*EXAMPLE), expected)
 
 
