@@ -6,7 +6,7 @@ import operator
 
 from torch.fx import GraphModule, Node
 
-from pt2q.ops import CHOOSE_QPARAMS_OPS, DQ_OPS, Q_OPS, is_op, users_except_sym_size
+from pt2q.ops import CHOOSE_QPARAMS_OPS, DQ_OPS, Q_OPS, is_affine_dequantize, is_op, users_except_sym_size
 from pt2q.spec import Q_ANNOTATION_KEY, is_valid_annotation
 
 __all__ = ["duplicate_dq"]
@@ -32,7 +32,7 @@ def duplicate_dq(gm: GraphModule) -> GraphModule:
     dequantize for all.
     """
     for dq in list(gm.graph.nodes):
-        if not is_op(dq, DQ_OPS):
+        if not (is_op(dq, DQ_OPS) or is_affine_dequantize(dq)):
             continue
         users = users_except_sym_size(dq)
         if len(users) < 2 or _dynamic_dequantize(dq):

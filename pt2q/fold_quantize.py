@@ -10,7 +10,7 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import resolve_attr, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
-from pt2q.ops import Q_OPS, is_op
+from pt2q.ops import Q_OPS, is_affine_quantize, is_op
 
 __all__ = ["fold_quantize"]
 
@@ -50,7 +50,7 @@ def fold_quantize(gm: GraphModule) -> GraphModule:
     """
     cache: dict[Node, Any] = {}
     for q in list(gm.graph.nodes):
-        if not is_op(q, Q_OPS) or not isinstance(q.args[0], Node):
+        if not (is_op(q, Q_OPS) or is_affine_quantize(q)) or not isinstance(q.args[0], Node):
             continue
         with torch.no_grad():
             args = _constant(gm, q.args, cache)

@@ -84,6 +84,9 @@ __all__ = [
     "SCAN",
     "MAP",
     "CONTROL_FLOW",
+    "AFFINE_QUANTIZE",
+    "AFFINE_DEQUANTIZE",
+    "AFFINE_CHOOSE_QPARAMS",
     "OBSERVER_PREFIX",
     "op_name",
     "is_op",
@@ -93,6 +96,10 @@ __all__ = [
     "users_except_sym_size",
     "writes_first_argument",
     "is_observer_node",
+    "is_affine_quantize",
+    "is_affine_dequantize",
+    "is_choose_qparams_affine",
+    "is_affine_qdq",
 ]
 
 Target = Union[OpOverload, OpOverloadPacket]
@@ -243,6 +250,14 @@ WHILE_LOOP: frozenset = frozenset({_hop.while_loop})
 SCAN: frozenset = frozenset({_hop.scan})
 MAP: frozenset = frozenset({_hop.map_impl})
 CONTROL_FLOW = COND | WHILE_LOOP | SCAN | MAP
+# --- affine quantize / dequantize (torchao's op library) ----------------------------------
+# Named, not held: the ops exist once torchao's library is loaded (pt2q.affine_ops does that
+# when a graph needs them), and a name matches them in converted, exported and edge programs.
+# Block-wise qparams of any granularity; ExecuTorch's XNNPACK delegate runs them as dynamically
+# quantized linears with groupwise or per-channel low-bit weights.
+AFFINE_QUANTIZE = "torchao.quantize_affine"
+AFFINE_DEQUANTIZE = "torchao.dequantize_affine"
+AFFINE_CHOOSE_QPARAMS = "torchao.choose_qparams_affine"
 
 OBSERVER_PREFIX = "activation_post_process_"  # observers and fake quantizers are submodules named so
 
@@ -318,3 +333,27 @@ def is_observer_node(node: object, gm: GraphModule) -> bool:
         and node.target.startswith(OBSERVER_PREFIX)
         and hasattr(gm, node.target)
     )
+
+
+def _calls(node: object, name: str) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and op_name(node.target) == name
+
+
+def is_affine_quantize(node: object) -> bool:
+    """A ``torchao.quantize_affine`` call."""
+    return _calls(node, AFFINE_QUANTIZE)
+
+
+def is_affine_dequantize(node: object) -> bool:
+    """A ``torchao.dequantize_affine`` call."""
+    return _calls(node, AFFINE_DEQUANTIZE)
+
+
+def is_choose_qparams_affine(node: object) -> bool:
+    """A ``torchao.choose_qparams_affine`` call (run-time qparams)."""
+    return _calls(node, AFFINE_CHOOSE_QPARAMS)
+
+
+def is_affine_qdq(node: object) -> bool:
+    """Any of torchao's affine quantize, dequantize or choose-qparams calls."""
+    return is_affine_quantize(node) or is_affine_dequantize(node) or is_choose_qparams_affine(node)
