@@ -28,6 +28,12 @@ from pt2q.quantizers.embedding import (
     get_embedding_operators_config,
     get_embedding_quantization_config,
 )
+from pt2q.quantizers.low_bit import (
+    get_8da4w_quantization_config,
+    get_8da8w_quantization_config,
+    get_a16w8_quantization_config,
+    get_dynamic_affine_quantization_config,
+)
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
 from pt2q.quantizers.transformer import TransformerPreset, xnnpack_transformer_quantizer
 from pt2q.quantizers.x86_inductor import (
@@ -45,6 +51,10 @@ __all__ = [
     "XNNPACKQuantizer",
     "get_symmetric_quantization_config",
     "get_weight_only_quantization_config",
+    "get_8da4w_quantization_config",
+    "get_8da8w_quantization_config",
+    "get_dynamic_affine_quantization_config",
+    "get_a16w8_quantization_config",
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
     "get_x86_inductor_linear_dynamic_fp16_config",

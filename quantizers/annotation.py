@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 
+from pt2q.granularity import Granularity
 from pt2q.notes import PATTERN_KEY, debug_info, set_note
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
@@ -35,6 +36,7 @@ __all__ = [
     "get_weight_qspec",
     "get_bias_qspec",
     "is_dynamic_config",
+    "has_affine_weights",
     "is_annotated",
     "mark_annotated",
     "annotate_node",
@@ -71,6 +73,13 @@ def is_dynamic_config(config: Optional[QuantizationConfig]) -> bool:
     """True when the config quantizes input activations dynamically (qparams chosen at run time)."""
     act = get_input_act_qspec(config)
     return bool(act is not None and getattr(act, "is_dynamic", False))
+
+
+def has_affine_weights(config: Optional[QuantizationConfig]) -> bool:
+    """True when the weight spec builds an affine (blockwise, e.g. groupwise low-bit) observer:
+    such configs apply to linear layers only."""
+    ctr = getattr(get_weight_qspec(config), "observer_or_fake_quant_ctr", None)
+    return isinstance(getattr(ctr, "kwargs", {}).get("granularity"), Granularity)
 
 
 # --- claiming nodes -----------------------------------------------------------------------

@@ -44,11 +44,11 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import set_new_attr
 from pt2q.notes import module_paths
-from pt2q.ops import SHARE_QPARAMS_OPS, aten, is_op
+from pt2q.ops import LINEAR, SHARE_QPARAMS_OPS, aten, is_op
 from pt2q.pattern import NodeIndex
 from pt2q.quantizer import OperatorConfig, OperatorPatternType, Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
-from pt2q.quantizers.annotation import FilterFn, is_dynamic_config
+from pt2q.quantizers.annotation import FilterFn, has_affine_weights, is_dynamic_config
 from pt2q.quantizers.annotators import PATTERNS, propagate_annotation
 from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
@@ -72,7 +72,10 @@ SUPPORTED_PATTERNS: tuple[Pattern, ...] = PATTERNS
 
 
 def runs_with(pattern: Pattern, config: QuantizationConfig) -> bool:
-    """Static configs run every row; dynamic ones the ``dynamic`` rows, plus the QAT rows for dynamic QAT."""
+    """Static configs run every row; dynamic ones the ``dynamic`` rows, plus the QAT rows for dynamic QAT;
+    configs with blockwise (affine) weights only the rows anchored at a linear."""
+    if has_affine_weights(config) and pattern.anchor_ops != LINEAR:
+        return False
     return not is_dynamic_config(config) or pattern.dynamic or (config.is_qat and pattern.qat_only)
 
 
@@ -338,6 +341,8 @@ class XNNPACKQuantizer(Quantizer):
         if self.filter_fn is not None and not self.filter_fn(node):
             return "rejected by set_filter_function"
         if not any(runs_with(p, config) for p in patterns):
+            if has_affine_weights(config):
+                return "the low-bit (affine weight) config quantizes only linear layers"
             return "the dynamic config quantizes only linear and conv layers"
         if config.input_activation is None and config.output_activation is None and config.weight is None:
             return "its config quantizes nothing"
