@@ -10,7 +10,8 @@ Every operator is one row, placed on
 
 Quantize/dequantize ops *inside* a delegate are not rows: XNNPACK folds them into
 its integer kernels. A delegated op is ``int8`` when it reads a dequantized input or
-its output is quantized (XNNPACK then runs it on int8 codes); a quantized kernel is
+its output is quantized (XNNPACK then runs it on int8 codes; ``int8/int4`` for int8 activations
+with 4-bit weights, which XNNPACK stores packed two per byte); a quantized kernel is
 ``int8`` (``int4`` for 4-bit tables); anything else is the float dtype it computes in.
 Weighted ops (linear, conv, embedding) carry the bytes and dtype of the weight the
 program stores for them.
@@ -19,6 +20,7 @@ program stores for them.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Optional
@@ -27,7 +29,16 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
-from pt2q.ops import ANY_DEQUANTIZE, ANY_QDQ, ANY_QUANTIZE, is_op, op_name
+from pt2q.ops import (
+    ANY_DEQUANTIZE,
+    ANY_QDQ,
+    ANY_QUANTIZE,
+    is_affine_dequantize,
+    is_affine_qdq,
+    is_affine_quantize,
+    is_op,
+    op_name,
+)
 
 __all__ = [
     "XNNPACK",
@@ -57,7 +68,7 @@ _WEIGHT_ARG = {
     "quantized_decomposed.embedding_4bit": 0,
 }
 _LOW_BIT_KERNELS = {"quantized_decomposed.embedding_4bit": "int4", "quantized_decomposed.embedding_2bit": "int2"}
-_INTEGER_STORAGE = {torch.int8, torch.uint8}
+_INTEGER_STORAGE = {torch.int8, torch.uint8, torch.int4}
 
 
 def source_name(node: Node) -> str:
@@ -188,10 +199,29 @@ def _program_tensor(program: ExportedProgram, placeholder: Node) -> Optional[tor
     return None
 
 
-def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[torch.Tensor]:
+def _is_dequantize(node: object) -> bool:
+    return is_op(node, ANY_DEQUANTIZE) or is_affine_dequantize(node)
+
+
+def _is_qdq(node: object) -> bool:
+    return is_op(node, ANY_QDQ) or is_affine_qdq(node)
+
+
+def _weight_arg(node: Node, name: str) -> Optional[Node]:
     index = _WEIGHT_ARG.get(name)
     arg = node.args[index] if index is not None and len(node.args) > index else None
-    if isinstance(arg, Node) and is_op(arg, ANY_DEQUANTIZE):
+    return arg if isinstance(arg, Node) else None
+
+
+def _int4_weight(node: Node, name: str) -> bool:
+    """Whether ``node`` reads a weight dequantized from 4-bit affine codes (XNNPACK packs those two per byte)."""
+    dq = _weight_arg(node, name)
+    return is_affine_dequantize(dq) and dq is not None and tuple(dq.args[5:7]) == (-8, 7)
+
+
+def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[torch.Tensor]:
+    arg = _weight_arg(node, name)
+    if isinstance(arg, Node) and _is_dequantize(arg):
         arg = arg.args[0]
     if isinstance(arg, Node) and arg.op == "placeholder":
         return _program_tensor(program, arg)
@@ -199,11 +229,16 @@ def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[
 
 
 def _reads_dequantized(node: Node) -> bool:
-    return any(is_op(a, ANY_DEQUANTIZE) for a in node.all_input_nodes)
+    return any(_is_dequantize(a) for a in node.all_input_nodes)
 
 
 def _feeds_quantize(node: Node) -> bool:
-    return any(is_op(u, ANY_QUANTIZE) for u in node.users)
+    """Whether a user statically quantizes ``node``'s output (a run-time quantize reads choose_qparams results)."""
+    return any(
+        (is_op(u, ANY_QUANTIZE) or is_affine_quantize(u))
+        and not any(a.op == "call_function" and a.target is operator.getitem for a in u.all_input_nodes)
+        for u in node.users
+    )
 
 
 def _float_precision(node: Node) -> str:
@@ -218,19 +253,26 @@ def _float_precision(node: Node) -> str:
 
 
 def _row(
-    program: ExportedProgram, node: Node, name: str, runs_on: str, precision: str, fallback: bool = False
+    program: ExportedProgram,
+    node: Node,
+    name: str,
+    runs_on: str,
+    precision: str,
+    fallback: bool = False,
+    packed_int4: bool = False,
 ) -> OpPlacement:
     weight = _stored_weight(program, node, name)
+    size = 0 if weight is None else weight.numel() * weight.element_size()
     return OpPlacement(
         node=node.name,
         source=source_name(node),
         op=name,
         runs_on=runs_on,
         precision=precision,
-        weight_bytes=0 if weight is None else weight.numel() * weight.element_size(),
-        weight_dtype=None if weight is None else weight.dtype,
+        weight_bytes=(weight.numel() + 1) // 2 if packed_int4 and weight is not None else size,
+        weight_dtype=None if weight is None else (torch.int4 if packed_int4 else weight.dtype),
         fallback=fallback,
-        is_qdq=is_op(node, ANY_QDQ),
+        is_qdq=_is_qdq(node),
     )
 
 
@@ -239,11 +281,12 @@ def _delegate_rows(program: ExportedProgram, lowered: Any) -> Iterator[OpPlaceme
     runs_on = XNNPACK if "xnnpack" in lowered.backend_id.lower() else lowered.backend_id
     for node in inner.graph.nodes:
         name = op_name(node.target) if node.op == "call_function" else None
-        if name is None or is_op(node, ANY_QDQ):
+        if name is None or _is_qdq(node):
             continue
         quantized = _reads_dequantized(node) or _feeds_quantize(node)  # e.g. a relu fused into the conv before it
-        precision = "int8" if quantized else _float_precision(node)
-        yield _row(inner, node, name, runs_on, precision)
+        int4 = _int4_weight(node, name)  # int8 activations x packed int4 weights (XNNPACK qb4w / qc4w)
+        precision = ("int8/int4" if int4 else "int8") if quantized else _float_precision(node)
+        yield _row(inner, node, name, runs_on, precision, packed_int4=int4)
 
 
 def _lowered_module(gm: GraphModule, call: Node) -> Any:

@@ -49,6 +49,7 @@ from torch.utils import _pytree as pytree
 
 from pt2q.atomic_file import write_atomic
 from pt2q.digest import seal_trailer
+from pt2q.lowering.affine_checks import affine_ops_outside_delegate, unsupported_affine_weights
 from pt2q.lowering.delegation_report import DelegationReport, build_delegation_report, source_name
 from pt2q.ops import ANY_DEQUANTIZE, DQ_PER_TENSOR, LINEAR, Q_PER_TENSOR, aten, is_observer_node, is_op, op_name, ops
 from pt2q.pt2_file import save_pt2
@@ -151,9 +152,19 @@ def to_executorch(
     exported = _as_exported_program(program, example_inputs)
     if delegate:
         _reject_weight_only_linears(exported)
+        _raise_if(
+            "affine-quantized weight(s) the XNNPACK delegate cannot run as quantized",
+            unsupported_affine_weights(exported),
+        )
     with quiet():
         partitioners = [_xnnpack_partitioner()] if delegate else []
         edge = to_edge_transform_and_lower(exported, partitioner=partitioners)
+    _raise_if(
+        "torchao affine quantize/dequantize ops outside the XNNPACK delegate (ExecuTorch has no kernels for them; "
+        "XNNPACK runs them as dynamically quantized linears: int8 per-token activations, symmetric int8-stored "
+        "weights; or convert with use_reference_representation=True for plain ATen arithmetic)",
+        affine_ops_outside_delegate(edge.exported_program()),
+    )
     violations = check_delegate_qparams(edge.exported_program())
     if violations:
         raise UnsupportedQuantizedPatternError(
@@ -237,6 +248,11 @@ def _reject_weight_only_linears(program: ExportedProgram) -> None:
             "1.5.1's XNNPACK delegate computes them wrong. Lower with to_executorch(..., delegate=False) "
             "(portable kernels, exact), or quantize their inputs too (a static or dynamic config)."
         )
+
+
+def _raise_if(what: str, problems: list[str]) -> None:
+    if problems:
+        raise UnsupportedQuantizedPatternError(f"{what}:\n  " + "\n  ".join(problems))
 
 
 def _per_tensor_qparams(node: Node) -> Optional[tuple[float, int]]:
