@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule
 
+from pt2q.affine_reference import affine_reference_rewrite
 from pt2q.attrs import remove_unused_attributes
 from pt2q.control_flow import bodies, graph_modules, inline_constants, lift_constants, reattach_operands
 from pt2q.duplicate_dq import duplicate_dq
@@ -69,6 +70,7 @@ def convert_pt2e(
             fold_quantized_weights(m)
     if use_reference_representation:
         reference_representation_rewrite(model)
+        affine_reference_rewrite(model)
     lift_constants(model)  # and pass every tensor they hold back in as an operand, so the result saves
     remove_unused_attributes(model)
     model.meta.update(original_meta)

@@ -496,9 +496,9 @@ def _replace(gm: GraphModule, chain: tuple[Node, ...], build: Callable[[], Node]
     result.name = name  # erased names stay reserved in the graph's namespace: no other node can take it
 
 
-def reference_representation_rewrite(gm: GraphModule) -> GraphModule:
-    """Rewrite every row of ``REWRITES`` that matches into its integer reference form (in place)."""
-    for rewrite in REWRITES:
+def reference_representation_rewrite(gm: GraphModule, rewrites: Sequence[Rewrite] = REWRITES) -> GraphModule:
+    """Rewrite every row of ``rewrites`` that matches into its integer reference form (in place)."""
+    for rewrite in rewrites:
         for chain in list(find_chains(gm, rewrite.chain)):
             dqs = arg_producers(chain[0], rewrite.inputs)
             carried = None if dqs is None else rewrite.carry(gm, chain, dqs)
