@@ -18,7 +18,17 @@ The flow, as in ``torchao.quantization.pt2e``:
 [('linear', 'linear+relu', 'linear_relu'), ('linear_1', 'linear', 'linear')]
 """
 
+from pt2q._affine_quantization import (
+    AffineQuantizedMinMaxObserver,
+    AffineQuantizedMovingAverageMinMaxObserver,
+    AffineQuantizedObserverBase,
+    AffineQuantizedPlaceholderObserver,
+    MappingType,
+    TorchAODType,
+    ZeroPointDomain,
+)
 from pt2q.accuracy_aware import FallbackStep, QuantizeResult, quantize
+from pt2q.affine_fake_quantize import AffineFakeQuantize
 from pt2q.bias_correction import correct_bias
 from pt2q.convert import convert_pt2e
 from pt2q.derived import DerivedObserverOrFakeQuantize
@@ -37,6 +47,8 @@ from pt2q.fake_quantize import (
     enable_fake_quant,
     enable_observer,
 )
+from pt2q.gptq import gptq_quantize
+from pt2q.granularity import Granularity, PerAxis, PerBlock, PerGroup, PerRow, PerTensor, PerToken, get_block_size
 from pt2q.graph_utils import (
     bfs_trace_with_node_process,
     find_sequential_partitions,
@@ -169,4 +181,22 @@ __all__ = [
     "CUSTOM_KEY",
     "NUMERIC_DEBUG_HANDLE_KEY",
     "FROM_NODE_KEY",
+    # affine (low-bit, blockwise) quantization, as torchao.quantization.pt2e exports it
+    "AffineQuantizedObserverBase",
+    "AffineQuantizedMinMaxObserver",
+    "AffineQuantizedMovingAverageMinMaxObserver",
+    "AffineQuantizedPlaceholderObserver",
+    "AffineFakeQuantize",
+    "Granularity",
+    "MappingType",
+    "PerAxis",
+    "PerBlock",
+    "PerGroup",
+    "PerRow",
+    "PerTensor",
+    "PerToken",
+    "TorchAODType",
+    "ZeroPointDomain",
+    "get_block_size",
+    "gptq_quantize",
 ]
