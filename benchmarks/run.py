@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks import accuracy, distributed, overhead, size, transformer
+from benchmarks import accuracy, decoder_lm, distributed, overhead, size, transformer
 from benchmarks.executorch_speed import export_variants, lower_to_pte, pte_latencies
 from benchmarks.models import benchmark_models
 from benchmarks.speed import BASELINE, x86_latencies
@@ -313,6 +313,7 @@ SUITES: dict[str, Callable[[Models, Variants, Settings], list[Section]]] = {
     "accuracy": accuracy_suite,
     "transformer": transformer.suite,  # the real MiniLM, its own models and data (benchmarks/transformer.py)
     "distributed": distributed.suite,  # calibration throughput on 1 and 2 processes, cost of sync_observers
+    "decoder_lm": decoder_lm.suite,
 }
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import io
@@ -428,3 +429,67 @@ def test_a16w8_quantizes_activations_to_int16() -> None:
             assert dtypes == {torch.int16}
     reference = model(*example)[0]
     assert sqnr(reference, outs["a16w8"]) > sqnr(reference, outs["a8w8"]) + 3
+
+
+# --- lowering and the reference representation ----------------------------------------------------
+
+
+def _converted(config, use_reference_representation: bool = False):
+    model, example, batches = two_linears()
+    m = pt2q.prepare_pt2e(export_module(model, example), XNNPACKQuantizer().set_global(config))
+    for b in batches:
+        m(*b)
+    return model, example, pt2q.convert_pt2e(m, use_reference_representation=use_reference_representation)
+
+
+def test_8da4w_pte_runs_every_linear_in_xnnpack_as_int8_x_int4() -> None:
+    from pt2q import runtime
+    from pt2q.lowering import to_executorch
+
+    model, example, q = _converted(get_8da4w_quantization_config(32))
+    lowered = to_executorch(torch.export.export(q, example), strict=True)
+    linears = [r for r in lowered.report.rows if r.op == "aten.linear"]
+    assert [(r.runs_on, r.precision, r.weight_dtype, r.weight_bytes) for r in linears] == [
+        ("XNNPACK", "int8/int4", torch.int4, 96 * 64 // 2),
+        ("XNNPACK", "int8/int4", torch.int4, 32 * 96 // 2),
+    ]
+    assert not lowered.report.fallbacks
+    assert not any(r.op.startswith("torchao.") for r in lowered.report.rows)  # affine Q/DQ folded into the delegate
+    program = runtime.load(lowered.buffer)
+    # XNNPACK keeps group scales in bf16 and quantizes activations itself: close to the Q/DQ graph, not equal
+    assert runtime.compare(program, q, *example).sqnr_db > 35
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        (get_dynamic_affine_quantization_config(4, 32, MappingType.ASYMMETRIC), "asymmetric weight"),
+        (get_dynamic_affine_quantization_config(3, 32), "groupwise weight with range \\[-4, 3\\]"),
+    ],
+)
+def test_to_executorch_refuses_affine_weights_xnnpack_gets_wrong(config, message) -> None:
+    from pt2q.lowering import UnsupportedQuantizedPatternError, to_executorch
+
+    _, example, q = _converted(config)
+    with pytest.raises(UnsupportedQuantizedPatternError, match=f"'linear': {message}"):
+        to_executorch(torch.export.export(q, example))
+
+
+def test_reference_representation_of_dynamic_groupwise_linear_is_integer_arithmetic() -> None:
+    _, example, q = _converted(get_8da4w_quantization_config(32))
+    _, _, ref = _converted(get_8da4w_quantization_config(32), use_reference_representation=True)
+    ops = collections.Counter(str(n.target).replace("aten.", "") for n in ref.graph.nodes if n.op == "call_function")
+    assert not any("torchao" in op for op in ops)
+    # per linear: codes widened to int32, one int32 matmul over [..., G, 1, g] x [G, g, N], a sum over groups
+    assert ops["matmul.default"] == 2 and ops["sum.dim_IntList"] == 2 and ops["unflatten.int"] == 2
+    matmuls = [n for n in ref.graph.nodes if n.target == torch.ops.aten.matmul.default]
+    assert all(a.meta.get("val") is None or a.meta["val"].dtype == torch.int32 for m in matmuls for a in m.args)
+    for batch in [example, (example[0] * 3, example[1])]:
+        a, b = q(*batch)[0], ref(*batch)[0]
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()  # float rounding only: within one step of Q/DQ
+    exported = torch.export.export(ref, example)
+    from pt2q import runtime
+    from pt2q.lowering import to_executorch
+
+    lowered = to_executorch(exported, delegate=False)  # plain ATen: ExecuTorch's portable kernels run it
+    assert runtime.compare(runtime.load(lowered.buffer), ref, *example).sqnr_db > 100

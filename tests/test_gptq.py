@@ -13,7 +13,11 @@ from torch import nn
 import pt2q
 from pt2q.affine_observer import AffineQuantizedFixedQParamsObserver
 from pt2q.affine_ops import affine_ops
-from pt2q.quantizers import XNNPACKQuantizer, get_8da4w_quantization_config, get_symmetric_quantization_config
+from pt2q.quantizers import (
+    XNNPACKQuantizer,
+    get_8da4w_quantization_config,
+    get_symmetric_quantization_config,
+)
 from tests.helpers import export_module
 
 

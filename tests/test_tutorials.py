@@ -137,3 +137,18 @@ def test_distributed_calibration(tmp_path):
     assert "Warning" not in out + err
     program = torch.export.load(tmp_path / "digits_qat_int8.pt2")
     assert program.module()(torch.rand(3, 1, 8, 8)).shape == (3, 10)
+
+
+def test_llm_8da4w():
+    r = load_tutorial("llm_8da4w").main(fast=True)
+    ppl = r["perplexity"]
+    assert ppl["fp32"] < 256 / 10  # trained: far below a uniform guess over bytes
+    assert ppl["8da4w GPTQ"] <= ppl["8da4w RTN"] * 1.01  # GPTQ no worse than round-to-nearest on held-out text
+    assert ppl["8da4w GPTQ"] < ppl["fp32"] * 1.1
+    assert max(r["gptq_vs_rtn_error"]) < 1  # and better on its own objective, layer by layer
+    assert r["pte_perplexity"] == pytest.approx(ppl["8da4w GPTQ"], rel=0.02)  # the .pte computes the converted graph
+    # every 4-bit linear runs inside the XNNPACK delegate, none in portable kernels
+    assert r["linears"] == 7 + 1 and r["linears_in_xnnpack_int4"] == r["linears"] and r["fallbacks"] == 0
+    assert r["linear_weight_bytes"] == r["fp32_linear_weight_bytes"] // 8  # packed int4 codes
+    assert r["pte_vs_graph_sqnr_db"] > 25
+    assert r["greedy_tokens_agree"] >= 0.75 and len(r["generated"]) > 0
