@@ -27,7 +27,14 @@ from typing import Any, Optional
 
 from torch.fx import Node
 
-from pt2q.ops import CHOOSE_QPARAMS_OPS, QDQ_OPS, is_op
+from pt2q.ops import (
+    CHOOSE_QPARAMS_OPS,
+    QDQ_OPS,
+    is_affine_dequantize,
+    is_affine_quantize,
+    is_choose_qparams_affine,
+    is_op,
+)
 
 __all__ = [
     "OBSERVER_KEY",
@@ -110,7 +117,9 @@ def debug_info(node: Node) -> Optional[NodeSourceDebugInfo]:
 
 def chain_source(node: Node) -> Node:
     """The node whose value a chain of quantize/dequantize ops carries."""
-    while is_op(node, QDQ_OPS) and isinstance(node.args[0], Node):
+    while (is_op(node, QDQ_OPS) or is_affine_quantize(node) or is_affine_dequantize(node)) and isinstance(
+        node.args[0], Node
+    ):
         node = node.args[0]
     return node
 
@@ -119,7 +128,7 @@ def _is_qparams(node: Node) -> bool:
     """A run-time ``choose_qparams`` or one of its outputs."""
     if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], Node):
         node = node.args[0]
-    return is_op(node, CHOOSE_QPARAMS_OPS)
+    return is_op(node, CHOOSE_QPARAMS_OPS) or is_choose_qparams_affine(node)
 
 
 def value_handle(node: Node) -> Optional[NodeSourceDebugInfo]:

@@ -40,11 +40,36 @@ from pt2q.notes import (
     note,
     value_handle,
 )
-from pt2q.ops import CHOOSE_QPARAMS_OPS, DQ_OPS, DQ_PER_CHANNEL, Q_OPS, Q_PER_CHANNEL, is_observer_node, is_op
+from pt2q.ops import (
+    CHOOSE_QPARAMS_OPS,
+    DQ_OPS,
+    DQ_PER_CHANNEL,
+    Q_OPS,
+    Q_PER_CHANNEL,
+    is_affine_dequantize,
+    is_affine_qdq,
+    is_affine_quantize,
+    is_observer_node,
+    is_op,
+)
 
 __all__ = ["TensorQuantization", "ReportRow", "QuantizationReport", "report", "as_batches"]
 
 _QUANT_MACHINERY = Q_OPS | DQ_OPS | CHOOSE_QPARAMS_OPS | {operator.getitem}
+
+
+def _is_machinery(node: Node) -> bool:
+    return node.target in _QUANT_MACHINERY or is_affine_qdq(node)
+
+
+def _is_quantize(node: Node) -> bool:
+    return node.target in Q_OPS or is_affine_quantize(node)
+
+
+def _is_dequantize(node: Node) -> bool:
+    return node.target in DQ_OPS or is_affine_dequantize(node)
+
+
 _DTYPE_NAMES = {torch.int8: "int8", torch.uint8: "uint8", torch.int16: "int16", torch.int32: "int32"}
 
 
@@ -66,10 +91,19 @@ class TensorQuantization:
     zero_point: Union[int, torch.Tensor, None]
     observer: Optional[str]
     source: Optional[str] = None
+    block_size: Optional[tuple[int, ...]] = None  # affine quantization: the elements sharing one scale
+    quant_range: Optional[tuple[int, int]] = None  # affine quantization: (quant_min, quant_max)
 
     def __str__(self) -> str:
         dtype = _DTYPE_NAMES.get(self.dtype, str(self.dtype))
-        if self.dynamic:
+        if self.quant_range is not None:
+            bits = math.ceil(math.log2(self.quant_range[1] - self.quant_range[0] + 1))
+            dtype = f"int{bits}" if bits < 8 else dtype
+        if self.block_size is not None:
+            qp = ("dynamic " if self.dynamic else "") + f"blocks {self.block_size}"
+            if isinstance(self.scale, torch.Tensor):
+                qp += f" s∈[{float(self.scale.min()):.3g},{float(self.scale.max()):.3g}]"
+        elif self.dynamic:
             qp = "dynamic"
         elif self.per_channel_axis is not None:
             s = torch.as_tensor(self.scale)
@@ -270,6 +304,11 @@ def _module_path(node: Node) -> str:
 
 def _qparams(gm: GraphModule, node: Node) -> tuple[Optional[int], Any, Any, torch.dtype]:
     """(per-channel axis, scale, zero point, dtype) of a Q/DQ node."""
+    if is_affine_qdq(node):  # (x, block_size, scale, zero_point, dtype, quant_min, quant_max)
+        scale = node.args[2]
+        if isinstance(scale, Node) and scale.op != "get_attr":
+            return None, None, None, cast(torch.dtype, node.args[4])
+        return None, constant_attr(gm, scale), constant_attr(gm, node.args[3]), cast(torch.dtype, node.args[4])
     dtype = cast(torch.dtype, node.args[-1])
     if is_op(node, Q_PER_CHANNEL | DQ_PER_CHANNEL):
         axis = cast(int, node.args[3])
@@ -284,6 +323,10 @@ def _tensor_quantization(gm: GraphModule, qdq: Node, role: str, source: Optional
     axis, scale, zp, dtype = _qparams(gm, qdq)
     dynamic = scale is None and axis is None
     observer = note(qdq, OBSERVER_KEY)
+    if is_affine_qdq(qdq):
+        block = tuple(cast(Sequence[int], qdq.args[1]))
+        qrange = (cast(int, qdq.args[5]), cast(int, qdq.args[6]))
+        return TensorQuantization(role, dtype, None, dynamic, scale, zp, observer, source, block, qrange)
     return TensorQuantization(role, dtype, axis, dynamic, scale, zp, observer, source)
 
 
@@ -314,22 +357,22 @@ def _describe(
     for n in members:
         if n.op != "call_function":
             continue
-        if n.target in Q_OPS:
+        if _is_quantize(n):
             src = n.args[0]
-            produced_here = isinstance(src, Node) and src in member_set and src.target not in _QUANT_MACHINERY
+            produced_here = isinstance(src, Node) and src in member_set and not _is_machinery(src)
             found.append(_tensor_quantization(gm, n, "output" if produced_here else "input"))
-        elif n.target in DQ_OPS and isinstance(n.args[0], Node) and n.args[0].op == "get_attr":
+        elif _is_dequantize(n) and isinstance(n.args[0], Node) and n.args[0].op == "get_attr":
             found.append(_tensor_quantization(gm, n, _weight_role(n)))
-        elif n.target not in _QUANT_MACHINERY:
+        elif not _is_machinery(n):
             for arg in n.all_input_nodes:  # an input quantized outside this layer (by its producer)
-                if arg.target in DQ_OPS and arg not in member_set:
+                if _is_dequantize(arg) and arg not in member_set:
                     found.append(_tensor_quantization(gm, arg, "input", _value_name(arg, row_of)))
     return tuple(found)
 
 
 def _op_nodes(members: list[Node]) -> list[Node]:
     """A layer's operators, without the quantize/dequantize/qparams nodes around them."""
-    return [m for m in members if m.op == "call_function" and m.target not in _QUANT_MACHINERY]
+    return [m for m in members if m.op == "call_function" and not _is_machinery(m)]
 
 
 def _value_of(members: list[Node]) -> Optional[NodeSourceDebugInfo]:

@@ -227,9 +227,9 @@ def two_linears() -> tuple[nn.Module, tuple[torch.Tensor, ...], list[tuple[torch
 class _TorchaoLinearQuantizer(ao_quantizer.Quantizer):
     """The 8da4w annotations of pt2q's config, written with torchao's own observers (the oracle)."""
 
-    def __init__(self, group_size: int | None, bits: int) -> None:
+    def __init__(self, group_size: int | None, bits: int, mapping: MappingType) -> None:
         super().__init__()
-        self.group_size, self.bits = group_size, bits
+        self.group_size, self.bits, self.mapping = group_size, bits, ao_enum(mapping)
 
     def annotate(self, gm):
         QuantizationAnnotation, QuantizationSpec = ao_quantizer.QuantizationAnnotation, ao_quantizer.QuantizationSpec
@@ -255,7 +255,7 @@ class _TorchaoLinearQuantizer(ao_quantizer.Quantizer):
             quant_min=qmin,
             quant_max=qmax,
             observer_or_fake_quant_ctr=ao_aq.AffineQuantizedMinMaxObserver.with_args(
-                mapping_type=ao_pt2e.MappingType.SYMMETRIC,
+                mapping_type=self.mapping,
                 target_dtype=torch.int8,
                 granularity=granularity,
                 scale_dtype=torch.float32,
@@ -293,15 +293,25 @@ def _affine_signature(gm) -> list[tuple]:
     return out
 
 
-@pytest.mark.parametrize("group_size,bits", [(32, 4), (None, 4), (None, 8), (16, 3)])
-def test_low_bit_flow_matches_torchao_graph_and_numbers(group_size, bits) -> None:
+@pytest.mark.parametrize(
+    "group_size,bits,mapping",
+    [
+        (32, 4, MappingType.SYMMETRIC),
+        (None, 4, MappingType.SYMMETRIC),
+        (None, 8, MappingType.SYMMETRIC),
+        (16, 3, MappingType.SYMMETRIC),
+        (64, 2, MappingType.ASYMMETRIC),
+        (32, 6, MappingType.ASYMMETRIC),
+    ],
+)
+def test_low_bit_flow_matches_torchao_graph_and_numbers(group_size, bits, mapping) -> None:
     model, example, batches = two_linears()
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e as ao_convert
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as ao_prepare
 
-    config = get_dynamic_affine_quantization_config(bits, group_size)
+    config = get_dynamic_affine_quantization_config(bits, group_size, mapping)
     ours = pt2q.prepare_pt2e(export_module(model, example), XNNPACKQuantizer().set_global(config))
-    theirs = ao_prepare(export_module(model, example), _TorchaoLinearQuantizer(group_size, bits))
+    theirs = ao_prepare(export_module(model, example), _TorchaoLinearQuantizer(group_size, bits, mapping))
     for b in batches:
         ours(*b)
         theirs(*b)
@@ -493,3 +503,16 @@ def test_reference_representation_of_dynamic_groupwise_linear_is_integer_arithme
 
     lowered = to_executorch(exported, delegate=False)  # plain ATen: ExecuTorch's portable kernels run it
     assert runtime.compare(runtime.load(lowered.buffer), ref, *example).sqnr_db > 100
+
+
+def test_report_describes_low_bit_layers() -> None:
+    model, example, batches = two_linears()
+    exported = torch.export.export(model, example)
+    m = pt2q.prepare_pt2e(exported.module(), XNNPACKQuantizer().set_global(get_8da4w_quantization_config(32)))
+    for b in batches:
+        m(*b)
+    r = pt2q.report(pt2q.convert_pt2e(m), exported, batches)
+    fc1, conv = r.row("linear"), r.row("conv2d")
+    assert fc1.quantized and "w:int4 blocks (1, 32)" in fc1.how and "i:int8 dynamic blocks (1, 1, 64)" in fc1.how
+    assert not conv.quantized and "only linear layers" in conv.how
+    assert 15 < fc1.local_sqnr < 40
