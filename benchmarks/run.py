@@ -13,7 +13,9 @@ numbers measured in this same run. Suites:
 * transformer: static int8 recipes on a real sentence-embedding BERT, accuracy and ``.pte``
   latency — ``benchmarks/transformer.py``;
 * distributed: calibration throughput on 1 and 2 processes, cost of ``sync_observers`` —
-  ``benchmarks/distributed.py``.
+  ``benchmarks/distributed.py``;
+* decoder_lm: a Llama-style decoder trained on the standard library, fp32 / 8da8w / 8da4w
+  (RTN, GPTQ) ``.pte`` perplexity, size, prefill and decode tokens/s — ``benchmarks/decoder_lm.py``.
 
     python -m benchmarks.run [--small] [--suites speed,overhead,size,accuracy] [--models mlp,...] [--out PATH]
 """

@@ -300,7 +300,7 @@ def _affine_signature(gm) -> list[tuple]:
         (None, 4, MappingType.SYMMETRIC),
         (None, 8, MappingType.SYMMETRIC),
         (16, 3, MappingType.SYMMETRIC),
-        (64, 2, MappingType.ASYMMETRIC),
+        (32, 2, MappingType.ASYMMETRIC),
         (32, 6, MappingType.ASYMMETRIC),
     ],
 )

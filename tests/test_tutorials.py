@@ -140,7 +140,12 @@ def test_distributed_calibration(tmp_path):
 
 
 def test_llm_8da4w():
-    r = load_tutorial("llm_8da4w").main(fast=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny decoder: a second intra-op thread only spins on a busy 2-core machine
+    try:
+        r = load_tutorial("llm_8da4w").main(fast=True)
+    finally:
+        torch.set_num_threads(threads)
     ppl = r["perplexity"]
     assert ppl["fp32"] < 256 / 10  # trained: far below a uniform guess over bytes
     assert ppl["8da4w GPTQ"] <= ppl["8da4w RTN"] * 1.01  # GPTQ no worse than round-to-nearest on held-out text
