@@ -36,7 +36,10 @@ def _weight_problem(program: ExportedProgram, dq: Node) -> Optional[str]:
         return f"weight stored as {dtype}; XNNPACK takes affine weights stored as torch.int8"
     if zero_point is not None and bool((zero_point != 0).any()):
         return "asymmetric weight (nonzero zero points), which XNNPACK ignores: use MappingType.SYMMETRIC"
-    groupwise = weight.dim() == 2 and list(block)[0] == 1 and list(block)[1] < weight.shape[1]
+    assert isinstance(block, (list, tuple)), (
+        f"{dq.name}: block_size {block!r} is not a list (dequantize_affine's schema)"
+    )
+    groupwise = weight.dim() == 2 and block[0] == 1 and block[1] != weight.shape[1]
     if groupwise and (qmin, qmax) != (-8, 7):
         return (
             f"groupwise weight with range [{qmin}, {qmax}]; XNNPACK packs only 4-bit groups ([-8, 7]): "

@@ -68,7 +68,7 @@ _WEIGHT_ARG = {
     "quantized_decomposed.embedding_4bit": 0,
 }
 _LOW_BIT_KERNELS = {"quantized_decomposed.embedding_4bit": "int4", "quantized_decomposed.embedding_2bit": "int2"}
-_INTEGER_STORAGE = {torch.int8, torch.uint8, torch.int4}
+_INTEGER_STORAGE = {torch.int8, torch.uint8, torch.int4}  # type: ignore[attr-defined]
 
 
 def source_name(node: Node) -> str:
@@ -222,7 +222,8 @@ def _int4_weight(node: Node, name: str) -> bool:
 def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[torch.Tensor]:
     arg = _weight_arg(node, name)
     if isinstance(arg, Node) and _is_dequantize(arg):
-        arg = arg.args[0]
+        source = arg.args[0]
+        arg = source if isinstance(source, Node) else None
     if isinstance(arg, Node) and arg.op == "placeholder":
         return _program_tensor(program, arg)
     return None
@@ -270,7 +271,7 @@ def _row(
         runs_on=runs_on,
         precision=precision,
         weight_bytes=(weight.numel() + 1) // 2 if packed_int4 and weight is not None else size,
-        weight_dtype=None if weight is None else (torch.int4 if packed_int4 else weight.dtype),
+        weight_dtype=None if weight is None else (torch.int4 if packed_int4 else weight.dtype),  # type: ignore[attr-defined]
         fallback=fallback,
         is_qdq=_is_qdq(node),
     )

@@ -38,6 +38,10 @@ class AffineFakeQuantize(FakeQuantize):
     is ``fake_quantize_affine`` of the input.
     """
 
+    activation_post_process: AffineQuantizedObserverBase
+    target_dtype: torch.dtype
+    zero_point_domain: Optional[ZeroPointDomain]
+
     scale: Tensor
     zero_point: Tensor
 
@@ -48,17 +52,17 @@ class AffineFakeQuantize(FakeQuantize):
         **observer_kwargs: Any,
     ) -> None:
         FakeQuantizeBase.__init__(self)  # FakeQuantize's own setup expects a qscheme-based observer
-        self.activation_post_process: AffineQuantizedObserverBase = observer(is_dynamic=is_dynamic, **observer_kwargs)
-        obs = self.activation_post_process
+        obs = observer(is_dynamic=is_dynamic, **observer_kwargs)
         if not isinstance(obs, AffineQuantizedObserverBase):
             raise TypeError(f"AffineFakeQuantize needs an affine observer, got {type(obs).__name__}")
+        self.activation_post_process = obs
         self.target_dtype = obs.target_dtype
-        self.quant_min = obs.quant_min
-        self.quant_max = obs.quant_max
+        self.quant_min = obs.quant_min  # type: ignore[assignment]  # FakeQuantize leaves these untyped
+        self.quant_max = obs.quant_max  # type: ignore[assignment]
         self.zero_point_domain = obs.zero_point_domain
         self.mapping_type = obs.mapping_type
         self.granularity = obs.granularity
-        self.is_dynamic = is_dynamic
+        self.is_dynamic = is_dynamic  # type: ignore[assignment]
         float_zp = self.zero_point_domain is ZeroPointDomain.FLOAT
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float))
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.float if float_zp else torch.int))
@@ -96,8 +100,8 @@ class AffineFakeQuantize(FakeQuantize):
                 self.scale,
                 zero_point,
                 self.target_dtype,
-                self.quant_min,
-                self.quant_max,
+                self.activation_post_process.quant_min,
+                self.activation_post_process.quant_max,
                 self.zero_point_domain,
             )
         return x

@@ -180,9 +180,11 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
                         self.zero_point_dtype,
                     ),
                 )
-                scale: Optional[Node] = graph.call_function(operator.getitem, (choose, 0))
-                zero_point: Optional[Node] = graph.call_function(operator.getitem, (choose, 1))
-                new += [choose, scale, zero_point]
+                scale_node = graph.call_function(operator.getitem, (choose, 0))
+                zp_node = graph.call_function(operator.getitem, (choose, 1))
+                new += [choose, scale_node, zp_node]
+                scale: Optional[Node] = scale_node
+                zero_point: Optional[Node] = zp_node
             else:
                 scale_value, zp_value = self.calculate_qparams()
                 scale = graph.get_attr(set_new_attr(model, "_scale_", scale_value.detach().clone()))

@@ -188,22 +188,24 @@ def choose_qparams_affine_with_min_max(
     return scale.to(scale_dtype), zero_point
 
 
-def _blocked(x: Tensor, block_size: Sequence[int], *qparams: Optional[Tensor]) -> tuple[Tensor, list[Optional[Tensor]]]:
-    """``x`` viewed with one dimension per block index and block element, qparams viewed to broadcast."""
+def _blocked(
+    x: Tensor, block_size: Sequence[int], scale: Tensor, zero_point: Optional[Tensor]
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """``x`` viewed with one dimension per block index and block element; scale and zero point viewed to broadcast."""
     shape, dims = reduction_params(block_size, x.shape)
     param_shape = [1 if i in dims else s for i, s in enumerate(shape)]
-    return x.view(shape), [None if p is None else p.view(param_shape) for p in qparams]
+    return x.view(shape), scale.view(param_shape), None if zero_point is None else zero_point.view(param_shape)
 
 
 class _RoundSTE(torch.autograd.Function):
     """round() whose gradient passes straight through."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor) -> Tensor:
         return torch.round(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         return grad
 
 
@@ -265,7 +267,7 @@ def quantize_affine(
     if input.dtype not in _FLOAT_INPUTS:
         raise ValueError(f"quantize_affine takes a float32/float16/bfloat16 tensor, got {input.dtype}")
     quant_min, quant_max = get_and_check_qmin_qmax(output_dtype, quant_min, quant_max)
-    blocks, (scale_b, zp_b) = _blocked(input, block_size, scale, zero_point)
+    blocks, scale_b, zp_b = _blocked(input, block_size, scale, zero_point)
     q = _quantize_values(blocks, scale_b, zp_b, quant_min, quant_max, zero_point_domain)
     storage = torch.uint8 if output_dtype in _SUB_BYTE_UINT else output_dtype
     return q.view(input.shape).to(storage)
@@ -289,7 +291,7 @@ def dequantize_affine(
     if output_dtype not in _FLOAT_INPUTS:
         raise ValueError(f"dequantize_affine produces float32/float16/bfloat16, not {output_dtype}")
     quant_min, quant_max = get_and_check_qmin_qmax(input_dtype, quant_min, quant_max)
-    blocks, (scale_b, zp_b) = _blocked(input, block_size, scale, zero_point)
+    blocks, scale_b, zp_b = _blocked(input, block_size, scale, zero_point)
     out = _dequantize_values(blocks, scale_b, zp_b, quant_min, quant_max, zero_point_domain, output_dtype)
     return out.view(input.shape).to(output_dtype)
 
@@ -302,12 +304,12 @@ def fake_quantize_affine(
     quant_dtype: torch.dtype,
     quant_min: Optional[int] = None,
     quant_max: Optional[int] = None,
-    zero_point_domain: ZeroPointDomain = ZeroPointDomain.INT,
+    zero_point_domain: Optional[ZeroPointDomain] = ZeroPointDomain.INT,
 ) -> Tensor:
     """Quantize then dequantize in ``input``'s dtype; the gradient passes straight through rounding
     and is zero where the value was clipped (for training, QAT)."""
     quant_min, quant_max = get_and_check_qmin_qmax(quant_dtype, quant_min, quant_max)
-    blocks, (scale_b, zp_b) = _blocked(input, block_size, scale, zero_point)
+    blocks, scale_b, zp_b = _blocked(input, block_size, scale, zero_point)
     q = _quantize_values(blocks, scale_b, zp_b, quant_min, quant_max, zero_point_domain, round_fn=_RoundSTE.apply)
     out = _dequantize_values(q, scale_b, zp_b, quant_min, quant_max, zero_point_domain, input.dtype)
     return out.view(input.shape)

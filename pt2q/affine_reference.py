@@ -56,7 +56,7 @@ def _shape(gm: GraphModule, node: Any) -> Optional[torch.Size]:
     if isinstance(val, torch.Tensor):
         return val.shape
     if node.op == "get_attr":
-        return get_attr_value(gm, node.target).shape
+        return get_attr_value(gm, str(node.target)).shape
     if is_affine_qdq(node) and not is_choose_qparams_affine(node):
         return _shape(gm, node.args[0])
     return None
@@ -83,25 +83,34 @@ def _carry_groupwise_linear(
     if op.kwargs or not (isinstance(q_x, Node) and q_x.op == "call_function"):
         return None
     x_scale, x_zp = dq_x.args[2], dq_x.args[3]
-    if not all(isinstance(n, Node) and n.target is operator.getitem for n in (x_scale, x_zp)):
+    if not (
+        isinstance(x_scale, Node)
+        and isinstance(x_zp, Node)
+        and x_scale.target is operator.getitem
+        and x_zp.target is operator.getitem
+    ):
         return None  # static activation qparams: not this pattern
     weight, w_block, w_scale, w_zp = dq_w.args[:4]
     shape_x, shape_w = _shape(gm, q_x), _shape(gm, weight)
     if not (isinstance(weight, Node) and weight.op == "get_attr" and shape_w is not None and len(shape_w) == 2):
         return None
     n_out, k = shape_w
-    if shape_x is None or not _per_token(dq_x.args[1], len(shape_x), k) or list(w_block)[0] != 1:
+    if not isinstance(w_block, (list, tuple)) or len(w_block) != 2 or w_block[0] != 1:
+        return None
+    if shape_x is None or not _per_token(dq_x.args[1], len(shape_x), k):
         return None
     if dq_x.args[4] != torch.int8 or not (isinstance(w_scale, Node) and w_scale.op == "get_attr"):
         return None
-    group = int(list(w_block)[1])
+    bias = op.args[2] if len(op.args) > 2 else None
+    if bias is not None and not isinstance(bias, Node):
+        return None
+    group = int(w_block[1])  # type: ignore[arg-type]  # an int in dequantize_affine's schema
     groups = k // group
-    scale = get_attr_value(gm, w_scale.target).float().reshape(n_out, groups)
+    scale = get_attr_value(gm, str(w_scale.target)).float().reshape(n_out, groups)
     zp = None
     if isinstance(w_zp, Node):
-        zp = get_attr_value(gm, w_zp.target).to(torch.int32).reshape(n_out, groups)
+        zp = get_attr_value(gm, str(w_zp.target)).to(torch.int32).reshape(n_out, groups)
         zp = None if not bool(zp.any()) else zp
-    bias = op.args[2] if len(op.args) > 2 else None
     return _GroupwiseLinear(q_x, x_scale, x_zp, weight, zp, scale.T.contiguous(), groups, group, bias)
 
 
@@ -144,9 +153,13 @@ def _carry_per_token_qdq(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[No
         isinstance(qmin, int) and isinstance(qmax, int) and shape is not None and _per_token(block, len(shape), None)
     ):
         return None
-    if not isinstance(scale, Node) or (zero_point is not None and not isinstance(zero_point, Node)):
+    if not isinstance(x, Node) or not isinstance(scale, Node) or not isinstance(dtype, torch.dtype):
+        return None
+    if zero_point is not None and not isinstance(zero_point, Node):
         return None
     out_dtype = node.kwargs.get("output_dtype", torch.float32)
+    if not isinstance(out_dtype, torch.dtype):
+        return None
     return _AffineQDQ(x, scale, zero_point, qmin, qmax, dtype, out_dtype)
 
 
@@ -190,7 +203,9 @@ def _reference_choose_qparams(gm: GraphModule, choose: Node) -> bool:
     x, mapping, block, _, qmin, qmax, eps, scale_dtype, zp_dtype = (list(choose.args) + [None] * 9)[:9]
     shape = _shape(gm, x)
     getters = {u.args[1]: u for u in choose.users if u.target is operator.getitem}
-    if shape is None or not _per_token(block, len(shape), None) or set(getters) - {0, 1} or not isinstance(qmin, int):
+    if not (isinstance(x, Node) and isinstance(qmin, int) and isinstance(qmax, int)):
+        return False
+    if shape is None or not _per_token(block, len(shape), None) or set(getters) - {0, 1}:
         return False
     if mapping not in ("ASYMMETRIC", "SYMMETRIC"):
         return False

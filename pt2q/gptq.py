@@ -67,6 +67,8 @@ class _Target:
 class _HessianRecorder(nn.Module):
     """Accumulates ``2 / n * sum x x^T`` over the rows of every tensor it sees."""
 
+    hessian: Tensor
+
     def __init__(self, features: int) -> None:
         super().__init__()
         self.features = features
@@ -87,7 +89,8 @@ def _owner(gm: GraphModule, target: str) -> tuple[nn.Module, str]:
 
 
 def _targets(gm: GraphModule) -> list[_Target]:
-    found, uses = [], defaultdict(int)
+    found: list[_Target] = []
+    uses: defaultdict[str, int] = defaultdict(int)
     for node in gm.graph.nodes:
         if not is_op(node, LINEAR) or len(node.args) < 2:
             continue
@@ -98,10 +101,11 @@ def _targets(gm: GraphModule) -> list[_Target]:
         weight = obs_node.args[0]
         if not isinstance(observer, _RunningMinMax) or not (isinstance(weight, Node) and weight.op == "get_attr"):
             continue
-        if get_attr_value(gm, weight.target).dim() != 2:
+        attr = str(weight.target)
+        if get_attr_value(gm, attr).dim() != 2:
             continue
-        uses[weight.target] += 1
-        found.append(_Target(node, weight.target, obs_node, observer, act))
+        uses[attr] += 1
+        found.append(_Target(node, attr, obs_node, observer, act))
     return [t for t in found if uses[t.weight_attr] == 1]  # a weight shared by several linears keeps its observer
 
 
@@ -140,12 +144,18 @@ def _record_hessians(gm: GraphModule, level: list[_Target], batches: list[tuple[
         with torch.no_grad():
             for args in batches:
                 gm(*args)
-        return {act: gm.get_submodule(name).hessian.clone() for act, (name, _) in recorders.items()}
+        return {act: _recorded(gm, name) for act, (name, _) in recorders.items()}
     finally:
         for name, node in recorders.values():
             gm.graph.erase_node(node)
             delattr(gm, name)
         gm.recompile()
+
+
+def _recorded(gm: GraphModule, name: str) -> Tensor:
+    recorder = gm.get_submodule(name)
+    assert isinstance(recorder, _HessianRecorder)
+    return recorder.hessian.clone()
 
 
 def _group_qparams(observer: _RunningMinMax, columns: Tensor) -> tuple[Tensor, Optional[Tensor]]:
@@ -266,7 +276,7 @@ def _install(gm: GraphModule, t: _Target, quantized: Tensor, scale: Tensor, zero
         zero_point_domain=obs.zero_point_domain,
     )
     fixed.target_name = obs.target_name
-    setattr(gm, t.observer_node.target, fixed)
+    setattr(gm, str(t.observer_node.target), fixed)
 
 
 def _group_size(t: _Target, weight: Tensor) -> int:

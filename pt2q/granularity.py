@@ -74,11 +74,11 @@ def get_block_size(input_shape: Sequence[int], granularity: Granularity) -> tupl
         block[granularity.axis] = 1
         return tuple(block)
     if isinstance(granularity, PerBlock):
-        block = (1,) * (len(shape) - len(granularity.block_size)) + tuple(granularity.block_size)
-        if len(block) != len(shape):
+        per_block = (1,) * (len(shape) - len(granularity.block_size)) + tuple(granularity.block_size)
+        if len(per_block) != len(shape):
             raise ValueError(f"PerBlock{tuple(granularity.block_size)} has more dimensions than the tensor {shape}")
-        _check_divides(shape, block, "PerBlock")
-        return block
+        _check_divides(shape, per_block, "PerBlock")
+        return per_block
     if isinstance(granularity, PerToken):
         return (1,) * (len(shape) - 1) + shape[-1:]
     if isinstance(granularity, PerRow):

@@ -127,8 +127,9 @@ def replace_observers_with_qdq(gm: GraphModule) -> GraphModule:
         )
     for node in observer_nodes:
         obs = gm.get_submodule(node.target)
-        if hasattr(obs, "convert"):  # writes its own quantized form (affine observers: torchao's affine ops)
-            obs.convert(gm, node)
+        convert = getattr(obs, "convert", None)
+        if callable(convert):  # writes its own quantized form (affine observers: torchao's affine ops)
+            convert(gm, node)
             continue
         dtype = _UNDERLYING.get(obs.dtype, obs.dtype)
         if obs.dtype not in _QUANT_DTYPES and obs.dtype != torch.float16:
