@@ -157,7 +157,9 @@ def _save_atomically(obj: Any, path: Path) -> None:
         raise
 
 
-def trained_model(s: LMSettings, train_tokens: torch.Tensor) -> tuple[TinyLlama, dict[str, Any]]:
+def trained_model(
+    s: LMSettings, train_tokens: torch.Tensor, progress: bool = False
+) -> tuple[TinyLlama, dict[str, Any]]:
     """The decoder trained on ``train_tokens`` (or loaded from the cache), and how it was trained."""
     torch.manual_seed(0)
     model = TinyLlama(s.config)
@@ -168,7 +170,7 @@ def trained_model(s: LMSettings, train_tokens: torch.Tensor) -> tuple[TinyLlama,
         return model.eval(), {**saved["info"], "cached": str(path)}
     start = time.perf_counter()
     with _threads(os.cpu_count() or 1):
-        losses = train(model, train_tokens, s.train_steps, s.batch, s.seq_len, lr=s.lr, bf16=s.bf16)
+        losses = train(model, train_tokens, s.train_steps, s.batch, s.seq_len, lr=s.lr, bf16=s.bf16, progress=progress)
     info = {
         "seconds": time.perf_counter() - start,
         "final_loss": statistics.mean(losses[-20:]),
@@ -238,7 +240,7 @@ def measure(s: LMSettings, log=lambda msg: None) -> tuple[dict[str, dict[str, fl
     train_tokens = stdlib_text(held_out=False, max_bytes=s.max_train_bytes)
     held_out = stdlib_text(held_out=True)
     log(f"training ({s.train_steps} steps) or loading the decoder")
-    model, info = trained_model(s, train_tokens)
+    model, info = trained_model(s, train_tokens, progress=True)
     program = _export(model, s)
     calibration = [
         (w[None, :-1], torch.arange(s.eval_len)) for w in windows(train_tokens, s.eval_len, s.calib_windows, seed=1)

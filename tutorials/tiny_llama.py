@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -231,11 +233,12 @@ def train(
     lr: float = 2e-3,
     seed: int = 0,
     bf16: bool = False,
+    progress: bool = False,
 ) -> list[float]:
     """AdamW with warm-up and cosine decay on random windows; the losses (nats per byte).
 
     ``bf16`` runs the forward pass under bfloat16 autocast (faster matmuls on CPUs that have
-    them; the weights and the optimizer stay float32)."""
+    them; the weights and the optimizer stay float32). ``progress`` shows a bar on stderr."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, steps // 20)
@@ -243,8 +246,8 @@ def train(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
     model.train()
-    losses = []
-    for step in range(steps):
+    losses: list[float] = []
+    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress, file=sys.stderr):
         w = windows(tokens, seq_len, batch, seed=seed * 100003 + step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(w[:, :-1])
