@@ -801,11 +801,34 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: dict[str, Any]) -> None:
                 raise RuntimeError(f"{kind} keys for observer {key} in state_dict")
 
 
+_AFFINE_NAMES = frozenset(
+    {
+        "AffineQuantizedObserverBase",
+        "Granularity",
+        "MappingType",
+        "PerAxis",
+        "PerBlock",
+        "PerGroup",
+        "PerRow",
+        "PerTensor",
+        "PerToken",
+        "TorchAODType",
+        "ZeroPointDomain",
+        "get_block_size",
+    }
+)
+
+
 def __getattr__(name: str) -> Any:
-    """``PercentileObserver`` and ``MSEObserver`` (defined in :mod:`pt2q.range_estimators`, on top of
-    the classes here) are importable from this module too."""
+    """``PercentileObserver`` and ``MSEObserver`` (defined in :mod:`pt2q.range_estimators`) and the affine
+    names of :mod:`pt2q._affine_quantization` (both built on the classes here) are importable from this
+    module too."""
     if name in ("PercentileObserver", "MSEObserver"):
         from pt2q import range_estimators
 
         return getattr(range_estimators, name)
+    if name in _AFFINE_NAMES:  # torchao's observer module re-exports its affine names; ours live on top of this one
+        from pt2q import _affine_quantization, granularity
+
+        return getattr(granularity if hasattr(granularity, name) else _affine_quantization, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -52,37 +52,8 @@ PUBLIC_MODULES = {
     "executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils",
 }
 
-_AFFINE = "low-bit affine quantization: being added by the affine-quantization work (issue 16)"
 # (torchao module, name) -> why pt2q does not provide it. The one list of deliberate gaps.
-GAPS: dict[tuple[str, str], str] = {
-    **{
-        (module, name): _AFFINE
-        for module in ("torchao.quantization.pt2e", "torchao.quantization.pt2e.observer")
-        for name in (
-            "AffineQuantizedObserverBase",
-            "Granularity",
-            "MappingType",
-            "PerAxis",
-            "PerBlock",
-            "PerGroup",
-            "PerRow",
-            "PerTensor",
-            "PerToken",
-            "TorchAODType",
-            "ZeroPointDomain",
-            "get_block_size",
-        )
-    },
-    **{
-        ("torchao.quantization.pt2e.fake_quantize", name): _AFFINE
-        for name in (
-            "AffineFakeQuantize",
-            "default_affine_fake_quant",
-            "default_groupwise_fake_quant",
-            "default_affine_per_axis_fake_quant",
-        )
-    },
-}
+GAPS: dict[tuple[str, str], str] = {}
 
 # Parameters pt2q's counterpart spells differently on purpose: (module, name) -> {torchao's: reason}
 SIGNATURE_GAPS: dict[tuple[str, str], dict[str, str]] = {}
