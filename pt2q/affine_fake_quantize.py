@@ -62,7 +62,7 @@ class AffineFakeQuantize(FakeQuantize):
         self.zero_point_domain = obs.zero_point_domain
         self.mapping_type = obs.mapping_type
         self.granularity = obs.granularity
-        self.is_dynamic = is_dynamic  # type: ignore[assignment]
+        self.is_dynamic = is_dynamic
         float_zp = self.zero_point_domain is ZeroPointDomain.FLOAT
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float))
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.float if float_zp else torch.int))

@@ -113,7 +113,7 @@ class FakeQuantizeBase(ABC, nn.Module):
         self._target_name = name
         observer = self._modules.get("activation_post_process")
         if observer is not None:
-            observer.target_name = name
+            setattr(observer, "target_name", name)  # noqa: B010 (any observer module, untyped)
 
     with_args = classmethod(_with_args)
     with_callable_args = classmethod(_with_callable_args)
@@ -131,6 +131,13 @@ class FakeQuantize(FakeQuantizeBase):
 
     scale: Tensor
     zero_point: Tensor
+    # any observer module: duck-typed (calculate_qparams, quant_min/max, dtype, qscheme, min_val/max_val)
+    activation_post_process: Any
+    dtype: torch.dtype
+    qscheme: torch.qscheme
+    quant_min: int
+    quant_max: int
+    ch_axis: int
 
     def __init__(
         self,
@@ -203,9 +210,9 @@ class FakeQuantize(FakeQuantizeBase):
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         for name in ("scale", "zero_point"):  # per-channel qparams take the saved number of channels
-            saved = state_dict.get(prefix + name)
-            if saved is not None and self._buffers[name].shape != saved.shape:
-                self._buffers[name].resize_(saved.shape)
+            saved, buffer = state_dict.get(prefix + name), self._buffers[name]
+            if saved is not None and buffer is not None and buffer.shape != saved.shape:
+                buffer.resize_(saved.shape)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:

@@ -36,8 +36,9 @@ def _spec_kwargs(spec: QuantizationSpec | FixedQParamsQuantizationSpec) -> dict[
     for name in ("quant_min", "quant_max", "qscheme"):
         if getattr(spec, name) is not None:
             kwargs[name] = getattr(spec, name)
-    if is_per_channel(spec.qscheme) and getattr(spec, "ch_axis", None) is not None:
-        kwargs["ch_axis"] = spec.ch_axis
+    ch_axis = getattr(spec, "ch_axis", None)
+    if is_per_channel(spec.qscheme) and ch_axis is not None:
+        kwargs["ch_axis"] = ch_axis
     return kwargs
 
 
@@ -103,7 +104,7 @@ def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
             gid = groups[member]
             if gid not in by_group:
                 by_group[gid] = _check_mode(_create(spec, made, is_qat), member, is_qat)
-                by_group[gid].target_name = describe(member)
+                setattr(by_group[gid], "target_name", describe(member))  # noqa: B010 (any observer module)
             made[member] = by_group[gid]
     return made
 
@@ -173,7 +174,9 @@ def _insert(gm: GraphModule, made: dict[EdgeOrNode, nn.Module]) -> None:
             return arg
         original = arg
         while is_observer_node(original, gm):
-            original = original.args[0]
+            source = original.args[0]
+            assert isinstance(source, Node)  # an observer call reads one node
+            original = source
         obs = made.get((original, consumer))
         if obs is None or obs is made.get(original):
             return arg  # not quantized, or already observed at the producer's output

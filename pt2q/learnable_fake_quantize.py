@@ -48,6 +48,9 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     learning_enabled: Tensor
     initialized: Tensor
     eps: Tensor
+    activation_post_process: Any  # any observer module (duck-typed, as in FakeQuantize)
+    dtype: torch.dtype
+    qscheme: torch.qscheme
 
     def __init__(
         self,

@@ -359,7 +359,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
 class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
     """Qparams per channel (along ``ch_axis``) from running per-channel min and max."""
 
-    supported_qschemes = PER_CHANNEL_QSCHEMES
+    supported_qschemes: tuple[torch.qscheme, ...] = PER_CHANNEL_QSCHEMES
     supports_dynamic = False
     min_val: Tensor
     max_val: Tensor
@@ -394,7 +394,7 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         rows = y.reshape(y.shape[0], -1)
         lo, hi = rows.amin(1), rows.amax(1)  # two reductions: ~25x faster than aminmax(dim=1) on CPU
         if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            bad = (~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()[0].item()
+            bad = int((~(torch.isfinite(lo) & torch.isfinite(hi))).nonzero()[0].item())
             raise ValueError(
                 f"{self._where()}: calibration data must be finite, but channel {bad} has "
                 f"min={lo[bad].item()}, max={hi[bad].item()} (NaN or Inf in the input)"

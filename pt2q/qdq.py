@@ -6,7 +6,6 @@ import operator
 from typing import Any
 
 import torch
-from torch import nn
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import set_new_attr
@@ -29,8 +28,11 @@ class UncalibratedModelError(RuntimeError):
     """convert_pt2e was called before the observers saw any data."""
 
 
-def _qrange(obs: nn.Module, dtype: torch.dtype) -> tuple[int, int]:
-    lo, hi = dtype_range(dtype)
+def _qrange(obs: Any, dtype: torch.dtype) -> tuple[int, int]:
+    full_range = dtype_range(dtype)
+    if full_range is None:
+        raise TypeError(f"{type(obs).__name__}: {dtype} is not an integer dtype to quantize to")
+    lo, hi = full_range
     qmin = obs.quant_min if getattr(obs, "quant_min", None) is not None else lo
     qmax = obs.quant_max if getattr(obs, "quant_max", None) is not None else hi
     return int(qmin), int(qmax)
@@ -43,7 +45,7 @@ def _port_meta(new: Node, observer_node: Node, with_val: bool = False) -> None:
         new.meta["val"] = observer_node.meta["val"]
 
 
-def _check_scale(scale: torch.Tensor, obs: nn.Module, node: Node) -> None:
+def _check_scale(scale: torch.Tensor, obs: Any, node: Node) -> None:
     """A zero, negative, inf or NaN scale quantizes every value to garbage: refuse it by name."""
     scale = torch.as_tensor(scale)
     if not (torch.isfinite(scale).all() and (scale > 0).all()):
@@ -54,7 +56,7 @@ def _check_scale(scale: torch.Tensor, obs: nn.Module, node: Node) -> None:
         )
 
 
-def _static_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype) -> tuple[Node, Node]:
+def _static_qdq(gm: GraphModule, node: Node, obs: Any, dtype: torch.dtype) -> tuple[Node, Node]:
     scale, zero_point = obs.calculate_qparams()
     _check_scale(scale, obs, node)
     qmin, qmax = _qrange(obs, dtype)
@@ -72,7 +74,7 @@ def _static_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype)
     return q, dq
 
 
-def _dynamic_qdq(gm: GraphModule, node: Node, obs: nn.Module, dtype: torch.dtype) -> tuple[Node, Node]:
+def _dynamic_qdq(gm: GraphModule, node: Node, obs: Any, dtype: torch.dtype) -> tuple[Node, Node]:
     qscheme = getattr(obs, "qscheme", torch.per_tensor_affine) or torch.per_tensor_affine
     if qscheme not in _CHOOSE_QPARAMS:
         raise ValueError(
@@ -114,9 +116,9 @@ def replace_observers_with_qdq(gm: GraphModule) -> GraphModule:
     observer_nodes = [n for n in gm.graph.nodes if is_observer_node(n, gm)]
     uncalibrated = sorted(
         {
-            gm.get_submodule(n.target).target_name or n.name
+            str(getattr(gm.get_submodule(str(n.target)), "target_name", "") or n.name)
             for n in observer_nodes
-            if not getattr(gm.get_submodule(n.target), "has_statistics", True)
+            if not getattr(gm.get_submodule(str(n.target)), "has_statistics", True)
         }
     )
     if uncalibrated:
@@ -126,7 +128,7 @@ def replace_observers_with_qdq(gm: GraphModule) -> GraphModule:
             "model on representative inputs (calibration) before calling convert_pt2e."
         )
     for node in observer_nodes:
-        obs = gm.get_submodule(node.target)
+        obs: Any = gm.get_submodule(str(node.target))  # any observer module (duck-typed)
         convert = getattr(obs, "convert", None)
         if callable(convert):  # writes its own quantized form (affine observers: torchao's affine ops)
             convert(gm, node)

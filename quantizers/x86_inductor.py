@@ -76,7 +76,7 @@ from pt2q.ops import (
     ops,
 )
 from pt2q.pattern import NodeIndex
-from pt2q.quantizer import Quantizer
+from pt2q.quantizer import QuantizationSpecBase, Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
 from pt2q.quantizers.annotators import PATTERNS, float_operands
@@ -256,7 +256,7 @@ def _annotate_x86_cat(cat: Node, config: Optional[QuantizationConfig]) -> list[N
     """``cat``: the first input gets the input spec; the other inputs and the output share its qparams."""
     tensors = [t for t in cast(Sequence[Any], cat.args[0]) if isinstance(t, Node)]
     shared = SharedQuantizationSpec((tensors[0], cat))
-    inputs = {tensors[0]: get_input_act_qspec(config)}
+    inputs: dict[Node, Optional[QuantizationSpecBase]] = {tensors[0]: get_input_act_qspec(config)}
     for t in tensors[1:]:
         inputs.setdefault(t, shared)
     cat.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=shared, _annotated=True)
