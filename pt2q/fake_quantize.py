@@ -431,15 +431,11 @@ fused_per_channel_wt_fake_quant_range_neg_127_to_127 = FusedMovingAvgObsFakeQuan
 
 
 def __getattr__(name: str) -> Any:
-    """``AffineFakeQuantize`` and its ``default_*`` constructors (defined in :mod:`pt2q.affine_fake_quantize`,
-    on top of the classes here) are importable from this module too, as from torchao's."""
-    if name in (
-        "AffineFakeQuantize",
-        "default_affine_fake_quant",
-        "default_groupwise_fake_quant",
-        "default_affine_per_axis_fake_quant",
-    ):
+    """``AffineFakeQuantize`` and its ``default_*`` constructors (:mod:`pt2q.affine_fake_quantize`, built on
+    the classes here) are importable from this module too, as from torchao's."""
+    if not name.startswith("_"):
         from pt2q import affine_fake_quantize
 
-        return getattr(affine_fake_quantize, name)
+        if name in affine_fake_quantize.__all__:
+            return getattr(affine_fake_quantize, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

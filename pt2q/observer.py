@@ -19,6 +19,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from pt2q.affine_primitives import MappingType, TorchAODType, ZeroPointDomain
+from pt2q.granularity import Granularity, PerAxis, PerBlock, PerGroup, PerRow, PerTensor, PerToken, get_block_size
 from pt2q.merge_across_ranks import MergeSteps, first_merge, merge_flags, merge_range, remember_merge
 from pt2q.qparams import (
     PER_CHANNEL_QSCHEMES,
@@ -61,6 +63,18 @@ __all__ = [
     "default_fixed_qparams_range_0to1_observer",
     "default_symmetric_fixed_qparams_observer",
     "default_affine_fixed_qparams_observer",
+    # the affine (low-bit) names torchao's observer module re-exports (and AffineQuantizedObserverBase, below)
+    "Granularity",
+    "MappingType",
+    "PerAxis",
+    "PerBlock",
+    "PerGroup",
+    "PerRow",
+    "PerTensor",
+    "PerToken",
+    "TorchAODType",
+    "ZeroPointDomain",
+    "get_block_size",
     "RecordingObserver",
     "ReuseInputObserver",
     "get_observer_state_dict",
@@ -801,34 +815,16 @@ def load_observer_state_dict(mod: nn.Module, obs_dict: dict[str, Any]) -> None:
                 raise RuntimeError(f"{kind} keys for observer {key} in state_dict")
 
 
-_AFFINE_NAMES = frozenset(
-    {
-        "AffineQuantizedObserverBase",
-        "Granularity",
-        "MappingType",
-        "PerAxis",
-        "PerBlock",
-        "PerGroup",
-        "PerRow",
-        "PerTensor",
-        "PerToken",
-        "TorchAODType",
-        "ZeroPointDomain",
-        "get_block_size",
-    }
-)
-
-
 def __getattr__(name: str) -> Any:
-    """``PercentileObserver`` and ``MSEObserver`` (defined in :mod:`pt2q.range_estimators`) and the affine
-    names of :mod:`pt2q._affine_quantization` (both built on the classes here) are importable from this
-    module too."""
+    """``PercentileObserver`` and ``MSEObserver`` (:mod:`pt2q.range_estimators`) and
+    ``AffineQuantizedObserverBase`` (:mod:`pt2q.affine_observer`), built on the classes here, are
+    importable from this module too."""
     if name in ("PercentileObserver", "MSEObserver"):
         from pt2q import range_estimators
 
         return getattr(range_estimators, name)
-    if name in _AFFINE_NAMES:  # torchao's observer module re-exports its affine names; ours live on top of this one
-        from pt2q import _affine_quantization, granularity
+    if name == "AffineQuantizedObserverBase":
+        from pt2q import affine_observer
 
-        return getattr(granularity if hasattr(granularity, name) else _affine_quantization, name)
+        return affine_observer.AffineQuantizedObserverBase
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
