@@ -13,12 +13,22 @@ when only that node is quantized, worst first): each try costs one prepare + cal
 same op at the same place of the other repeated blocks, e.g. every layer's FFN output
 linear) are tried together next, as one try. At most ``max_passes`` tries are made, so
 the cost is bounded.
+
+With a ``ladder`` (a :class:`~pt2q.precision_ladder.Ladder`, or extra rungs after the
+quantizer's own recipe, e.g. ``pt2q.quantizers.ladders.xnnpack_rungs()``) the fallback is a
+latency-aware search instead (:mod:`pt2q.ladder_search`): each layer may move to another
+recipe the backend runs fast (dynamic per-token int8, ...) or to fp32, and the search picks the
+cheapest choice on ``cost`` (measured per-layer latency on the target, e.g.
+``pt2q.lowering.latency_cost.PteLatencyCost``; without one, a MAC-based estimate) that meets
+the target, in at most ``max_passes`` rounds. The result's :meth:`QuantizeResult.trade_off_table`
+shows every round's cost and accuracy.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import sys
 import warnings
@@ -32,18 +42,21 @@ from torch.export import ExportedProgram
 from torch.fx import GraphModule
 from tqdm import tqdm
 
+from pt2q.atomic_file import atomic_write
 from pt2q.bias_correction import correct_bias
 from pt2q.convert import convert_pt2e
 from pt2q.keep_float import KeepFloat, layer_name
+from pt2q.ladder_search import Choice, LadderOutcome, Try, search
 from pt2q.layer_errors import ErrorStats
 from pt2q.notes import FLOAT_REASON_KEY, set_note
 from pt2q.ops import SHARE_QPARAMS_OPS, is_op
+from pt2q.precision_ladder import FP32, CostModel, Ladder, MixedPrecision, Rung
 from pt2q.prepare import prepare_pt2e
 from pt2q.quantization_report import QuantizationReport, ReportRow, as_batches, report
 from pt2q.quantizer import Quantizer
 from pt2q.smoothing import smooth_quant as apply_smooth_quant
 
-__all__ = ["FallbackStep", "QuantizeResult", "quantize", "output_sqnr"]
+__all__ = ["FallbackStep", "QuantizeResult", "quantize", "output_sqnr", "Try", "Choice"]
 
 Metric = Callable[[torch.nn.Module], float]
 
@@ -68,7 +81,12 @@ class FallbackStep:
 
 @dataclass
 class QuantizeResult:
-    """The converted model, its report, and the fallback's record; unpacks as ``(model, report)``."""
+    """The converted model, its report, and the fallback's record; unpacks as ``(model, report)``.
+
+    With a ladder: ``tries`` (every round: its choice, estimated cost, metric), ``choices``
+    (each layer moved off the base rung: what it costs and buys), ``choice`` (layer -> rung) and
+    the estimated costs of the returned model, of the base rung everywhere and of fp32 everywhere
+    (in ``cost_unit``: ms when measured)."""
 
     model: GraphModule
     report: QuantizationReport
@@ -76,10 +94,77 @@ class QuantizeResult:
     float_metric: Optional[float]  # of the float model (user metric only; the SQNR of float is inf)
     target_met: bool
     steps: list[FallbackStep] = field(default_factory=list)
+    tries: list[Try] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)
+    choice: dict[str, str] = field(default_factory=dict)
+    cost: float = math.nan
+    base_cost: float = math.nan
+    float_cost: float = math.nan
+    cost_unit: str = ""
 
     @property
     def kept_float(self) -> list[str]:
-        return [layer for s in self.steps if s.kept for layer in s.layers]
+        return [layer for s in self.steps if s.kept for layer in s.layers] + [
+            layer for layer, rung in self.choice.items() if rung == FP32
+        ]
+
+    @property
+    def rounds(self) -> int:
+        """Prepare/calibrate/convert rounds the call made."""
+        return len(self.tries) if self.tries else 1 + len(self.steps)
+
+    def trade_off_table(self) -> str:
+        """A Markdown table of the ladder's rounds: choice, estimated cost, accuracy, target."""
+        if not self.tries:
+            return "(no precision ladder: pass ladder= to pt2q.quantize)"
+        lines = [
+            f"| round | choice | est. cost ({self.cost_unit}) | vs all {self.tries[0].label[4:]} "
+            "| output SQNR dB | predicted dB | metric | target |",
+            "|---:|---|---:|---:|---:|---:|---:|---|",
+        ]
+        base = self.tries[0].cost or math.nan
+        chosen = self._chosen_round()
+        for t in self.tries:
+            predicted = "" if t.predicted_sqnr is None else f"{t.predicted_sqnr:.1f}"
+            mark = " <- returned" if t.round == chosen else ""
+            lines.append(
+                f"| {t.round} | {t.label} | {t.cost:.3g} | {t.cost / base:.2f}x | {t.sqnr:.1f} | {predicted} "
+                f"| {t.score:.4g} | {'met' if t.met else 'missed'}{mark} |"
+            )
+        lines.append(f"| - | all fp32 (not run) | {self.float_cost:.3g} | {self.float_cost / base:.2f}x | inf | | | |")
+        return "\n".join(lines)
+
+    def _chosen_round(self) -> int:
+        for t in self.tries:
+            if t.cost == self.cost and t.score == self.metric:
+                return t.round
+        return -1
+
+    def plot_trade_off(self, path: Union[str, os.PathLike[str], None] = None) -> Any:
+        """Accuracy against estimated cost of every round (PNG written atomically at ``path``);
+        returns the matplotlib ``Figure``."""
+        if not self.tries:
+            raise ValueError("no trade-off to plot: pt2q.quantize ran without a precision ladder")
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("plot_trade_off needs matplotlib: pip install matplotlib") from e
+        fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+        for t in self.tries:
+            ax.scatter([t.cost], [t.score], color="tab:green" if t.met else "tab:red", zorder=3)
+            ax.annotate(
+                f"{t.round}: {t.label}", (t.cost, t.score), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
+        ax.axvline(self.float_cost, color="gray", linestyle="--", label="all fp32")
+        ax.set_xlabel(f"estimated cost ({self.cost_unit})")
+        ax.set_ylabel("metric (output SQNR dB)" if self.float_metric is None else "metric")
+        ax.set_title("pt2q.quantize: accuracy vs cost per round (green: target met)")
+        ax.legend(fontsize=8)
+        if path is not None:
+            with atomic_write(path) as f:
+                fig.savefig(f, dpi=120, format="png")
+        return fig
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.model, self.report))
@@ -126,6 +211,8 @@ def quantize(
     bias_correction: bool = False,
     report_batches: int = 2,
     progress: bool = True,
+    ladder: Union[Ladder, Sequence[Rung], None] = None,
+    cost: Optional[CostModel] = None,
 ) -> QuantizeResult:
     """Quantize ``model`` with ``quantizer`` on ``calibration_data``; meet a target by keeping nodes float.
 
@@ -140,6 +227,9 @@ def quantize(
     * ``smooth_quant=alpha`` runs :func:`pt2q.smooth_quant` on the float graph
       first; ``bias_correction=True`` runs :func:`pt2q.correct_bias` after
       each convert. ``report_batches``: batches the report's SQNR columns are measured on.
+    * ``ladder``: other recipes per layer (see the module docs); its first rung must be
+      ``quantizer`` (a sequence of rungs is appended after it). ``cost``: what each layer costs
+      on each rung on the target runtime; ``max_passes`` then bounds the rounds.
     """
     if max_drop is not None and metric is None:
         raise ValueError("pt2q.quantize: max_drop needs a metric (for the default output SQNR use min_sqnr)")
@@ -152,13 +242,16 @@ def quantize(
     float_gm = _float_graph(model, tuple(example_inputs))
     float_metric = metric(float_gm) if metric is not None and max_drop is not None else None
 
-    def attempt(layers: dict[str, str]) -> GraphModule:
+    steps_ladder = _as_ladder(ladder, quantizer)
+
+    def attempt(layers: dict[str, str], with_quantizer: Optional[Quantizer] = None) -> GraphModule:
         with warnings.catch_warnings():  # torch's own pytree deprecation notice when copying a GraphModule
             warnings.simplefilter("ignore", FutureWarning)
             gm = copy.deepcopy(float_gm)
         if smooth_quant is not None:
             apply_smooth_quant(gm, batches, alpha=smooth_quant)
-        prepared = prepare_pt2e(gm, KeepFloat(quantizer, layers) if layers else quantizer)
+        chosen = with_quantizer or (KeepFloat(quantizer, layers) if layers else quantizer)
+        prepared = prepare_pt2e(gm, chosen)
         with torch.no_grad():
             for batch in tqdm(
                 batches, desc="pt2q: calibrating", unit="batch", leave=False, disable=not progress, file=sys.stderr
@@ -183,14 +276,43 @@ def quantize(
     steps: list[FallbackStep] = []
     layers: dict[str, str] = {}
     targeted = max_drop is not None or min_sqnr is not None
-    if targeted and not met(score, sqnr):
-        ranking = report(current, float_gm, batches[:report_batches]).worst(n=len(float_gm.graph.nodes))
-        by_name = {n.name: n for n in float_gm.graph.nodes}
-        queue = [  # a view or dropout only shares its producer's qparams: keeping it float changes nothing
+    outcome: Optional[LadderOutcome] = None
+    by_name = {n.name: n for n in float_gm.graph.nodes}
+
+    def candidates(gm: GraphModule) -> list[ReportRow]:
+        """Quantized rows with a sensitivity, worst first; a view or dropout only shares its producer's
+        qparams: moving it alone changes nothing."""
+        ranking = report(gm, float_gm, batches[:report_batches]).worst(n=len(float_gm.graph.nodes))
+        return [
             r
             for r in ranking
             if r.quantized and r.sensitivity_sqnr is not None and not is_op(by_name.get(r.name), SHARE_QPARAMS_OPS)
         ]
+
+    if steps_ladder is not None and targeted:
+
+        def run_round(choice: dict[str, str]) -> tuple[GraphModule, float, float, bool]:
+            gm = attempt({}, MixedPrecision(steps_ladder, choice))
+            s, q = measure(gm)
+            return gm, s, q, met(s, q)
+
+        rows = [] if met(score, sqnr) else candidates(current)
+        outcome = search(
+            float_gm,
+            steps_ladder,
+            run_round,
+            lambda gm: {r.name: r.sensitivity_sqnr for r in candidates(gm) if r.sensitivity_sqnr is not None},
+            [r.name for r in rows],
+            {r.name: r.sensitivity_sqnr for r in rows if r.sensitivity_sqnr is not None},
+            (current, score, sqnr, met(score, sqnr)),
+            cost_model=cost,
+            min_sqnr=min_sqnr,
+            max_rounds=max_passes,
+            progress=progress,
+        )
+        current, score, sqnr = outcome.model, outcome.score, outcome.sqnr
+    elif targeted and not met(score, sqnr):
+        queue = candidates(current)
         tried: set[str] = set()
         bar = tqdm(
             total=max_passes,
@@ -227,7 +349,48 @@ def quantize(
     final.notes.extend(
         _summary(steps, score, sqnr, float_metric, metric, max_drop, min_sqnr, targeted, met(score, sqnr))
     )
-    return QuantizeResult(current, final, score, float_metric, met(score, sqnr), steps)
+    if outcome is None or steps_ladder is None:
+        return QuantizeResult(current, final, score, float_metric, met(score, sqnr), steps)
+    final.notes.append(_ladder_summary(outcome, steps_ladder))
+    return QuantizeResult(
+        current,
+        final,
+        score,
+        float_metric,
+        met(score, sqnr),
+        steps,
+        outcome.tries,
+        outcome.choices,
+        outcome.choice,
+        outcome.cost,
+        outcome.base_cost,
+        outcome.float_cost,
+        outcome.cost_unit,
+    )
+
+
+def _as_ladder(ladder: Union[Ladder, Sequence[Rung], None], quantizer: Quantizer) -> Optional[Ladder]:
+    if ladder is None or isinstance(ladder, Ladder) and ladder.base.quantizer is quantizer:
+        return ladder
+    if isinstance(ladder, Ladder):
+        raise ValueError(
+            "pt2q.quantize: the ladder's first rung must be the quantizer passed to pt2q.quantize "
+            "(or pass ladder=[extra rungs] to put them after it)"
+        )
+    return Ladder([Rung("as given", quantizer), *ladder])
+
+
+def _ladder_summary(outcome: LadderOutcome, ladder: Ladder) -> str:
+    counts: dict[str, int] = {}
+    for rung in outcome.choice.values():
+        counts[rung] = counts.get(rung, 0) + 1
+    moved = ", ".join(f"{n} layer(s) on {r}" for r, n in counts.items()) or "none"
+    ratio = outcome.cost / outcome.base_cost if outcome.base_cost else math.nan
+    return (
+        f"precision ladder ({' -> '.join(r.name for r in ladder.rungs)}): {len(outcome.tries)} rounds; moved off "
+        f"{ladder.base.name}: {moved}; est. cost {outcome.cost:.3g} {outcome.cost_unit} ({ratio:.2f}x all "
+        f"{ladder.base.name}, all fp32 {outcome.float_cost:.3g})"
+    )
 
 
 def _siblings(row: ReportRow, of: ReportRow) -> bool:
