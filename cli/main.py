@@ -1,6 +1,7 @@
 """The ``pt2q`` command: quantize a model factory, inspect a saved program, run a ``.pte``, or run the demo.
 
     pt2q quantize MODULE:FACTORY --quantizer xnnpack --example-inputs 1x3x32x32 --target pte --out m.pte
+    pt2q quantize MODULE:FACTORY ... --min-sqnr 30 [--max-rounds 6] [--plot tradeoff.png]
     pt2q inspect m.pt2 | m.pte [--trust]
     pt2q run m.pte --inputs 1x3x32x32 [--runs 50] [--trust]
     pt2q demo [--out DIR]
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn, Optional, TypedDict
 import torch  # pt2q itself imports torch: a lazy import here would save nothing
 
 if TYPE_CHECKING:
+    from pt2q import QuantizeResult as pt2q_QuantizeResult
     from pt2q.quantizer import Quantizer
     from pt2q.runtime import Program
 
@@ -138,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the per-layer report: how each node is quantized and its SQNR against fp32",
     )
+    q.add_argument(
+        "--min-sqnr",
+        type=float,
+        metavar="DB",
+        help="accuracy target (output SQNR in dB against fp32): search the backend's precision ladder (static "
+        "int8, dynamic int8, fp32 per layer) for the cheapest choice by measured per-layer latency, "
+        "and print the accuracy-vs-latency table of the tries",
+    )
+    q.add_argument(
+        "--max-rounds", type=int, default=6, metavar="N", help="most prepare/calibrate/convert rounds (default 6)"
+    )
+    q.add_argument("--plot", type=Path, metavar="PNG", help="with --min-sqnr: write the trade-off chart")
     q.set_defaults(handler=cmd_quantize)
 
     i = sub.add_parser("inspect", help="summarise a .pt2 or .pte file")
@@ -289,6 +303,31 @@ def quantize_model(model: torch.nn.Module, inputs: tuple, names: Sequence[str], 
     return pt2q.convert_pt2e(prepared)
 
 
+def quantize_to_target(
+    model: torch.nn.Module, inputs: tuple, args: argparse.Namespace
+) -> tuple[pt2q_QuantizeResult, str]:
+    """``pt2q.quantize`` with the quantizer's precision ladder, priced by latency measured on this machine
+    (XNNPACK ``.pte`` or Inductor x86, per the quantizer), on random calibration and evaluation batches."""
+    import pt2q
+    from pt2q.lowering.latency_cost import PteLatencyCost, X86LatencyCost
+    from pt2q.quantizers.ladders import precision_ladder
+
+    quantizer = build_quantizer(args.quantizer)
+    cost = X86LatencyCost() if "x86" in args.quantizer else PteLatencyCost()
+    result = pt2q.quantize(
+        model,
+        inputs,
+        quantizer,
+        [random_like(inputs) for _ in range(args.calibrate)],
+        eval_data=[random_like(inputs) for _ in range(2)],
+        min_sqnr=args.min_sqnr,
+        ladder=precision_ladder(quantizer),
+        cost=cost,
+        max_passes=args.max_rounds,
+    )
+    return result, cost.name
+
+
 def cmd_quantize(args: argparse.Namespace) -> None:
     from pt2q.runtime import compare
 
@@ -301,27 +340,54 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         raise CLIError(f"--target {args.target} writes a {suffix} file, got --out {args.out}")
     if args.calibrate < 1:
         raise CLIError("--calibrate must be at least 1")
+    if args.min_sqnr is None and args.plot is not None:
+        raise CLIError("--plot draws the trade-off of --min-sqnr: give a target")
+    if args.max_rounds < 1:
+        raise CLIError("--max-rounds must be at least 1")
     model = make_model(args.factory)
     inputs = random_inputs(args.example_inputs)
     check_inputs(model, inputs, args.factory)
-    quantized = quantize_model(model, inputs, args.quantizer, args.calibrate)
+    searched, cost_model = None, ""
+    if args.min_sqnr is None:
+        quantized = quantize_model(model, inputs, args.quantizer, args.calibrate)
+    else:
+        searched, cost_model = quantize_to_target(model, inputs, args)
+        quantized = searched.model
     rows = [
         ("model", args.factory),
         ("quantizers", ",".join(args.quantizer)),
         ("example inputs", ", ".join(map(str, args.example_inputs))),
         ("calibration batches", args.calibrate),
     ]
+    if searched is not None:
+        rows += [
+            ("target", f"output SQNR >= {args.min_sqnr:g} dB: {'met' if searched.target_met else 'NOT met'}"),
+            ("rounds (prepare/calibrate/convert)", searched.rounds),
+            ("moved off static int8", _rung_counts(searched.choice) or "none"),
+        ]
     test = random_like(inputs)
     rows += [("SQNR Q/DQ vs fp32", f"{compare(quantized, model, *test).sqnr_db:.1f} dB")]
     rows += {"pt2": _save_pt2, "pte": _save_pte, "x86": _lower_x86}[args.target](
         model, quantized, inputs, test, args.out
     )
     print_table(f"pt2q quantize -> {args.target}", rows)
+    if searched is not None:
+        print(f"\naccuracy vs latency of the tries ({cost_model}):")
+        print(searched.trade_off_table())
+        if args.plot is not None:
+            _make_folder(args.plot)
+            searched.plot_trade_off(args.plot)
+            print(f"trade-off chart: {args.plot}")
     if args.report:
         import pt2q
 
         print(f"\nper-layer report ({args.calibrate} random batches; SQNR in dB against fp32)")
         print(pt2q.report(quantized, model, [random_like(inputs) for _ in range(args.calibrate)]))
+
+
+def _rung_counts(choice: dict[str, str]) -> str:
+    counts = collections.Counter(choice.values())
+    return ", ".join(f"{n} layer(s) on {rung}" for rung, n in counts.items())
 
 
 def _make_folder(out: Path) -> None:

@@ -264,7 +264,8 @@ def quantize(
 
     def measure(gm: GraphModule) -> tuple[float, float]:
         """(score: the user metric or the SQNR, SQNR or nan when not needed)."""
-        sqnr = output_sqnr(float_gm, gm, evaluation) if metric is None or min_sqnr is not None else math.nan
+        needed = metric is None or min_sqnr is not None or steps_ladder is not None  # the ladder models SQNR
+        sqnr = output_sqnr(float_gm, gm, evaluation) if needed else math.nan
         return (metric(gm) if metric is not None else sqnr), sqnr
 
     def met(score: float, sqnr: float) -> bool:

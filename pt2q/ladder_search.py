@@ -207,7 +207,14 @@ def search(
     gm0, score0, sqnr0, met0 = base_round
     rounds: list[tuple[dict[str, str], GraphModule, float, float, bool]] = [({}, gm0, score0, sqnr0, met0)]
     tries = [_try(0, {}, candidates, ladder, costs, score0, sqnr0, met0, None)]
-    bar = tqdm(total=max_rounds, desc="pt2q: precision ladder", unit="round", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=max_rounds,
+        desc="pt2q: precision ladder",
+        unit="round",
+        leave=False,
+        disable=not progress,
+        file=sys.stderr,
+    )
     bar.update()
 
     def run(choice: dict[str, str], predicted: Optional[float]) -> None:

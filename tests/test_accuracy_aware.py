@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 import torch.nn as nn
 
 import pt2q
+import pt2q.runtime as runtime
 from pt2q.accuracy_aware import output_sqnr
+from pt2q.ladder_search import RelativeCost, estimate_cost
+from pt2q.lowering import lower_pt2e_quantized_to_x86, to_executorch
+from pt2q.lowering.delegation_report import XNNPACK
+from pt2q.lowering.latency_cost import PteLatencyCost, cpu_features
+from pt2q.precision_ladder import FP32, MixedPrecision, annotated_layers
 from pt2q.quantizers import (
     X86InductorQuantizer,
     XNNPACKQuantizer,
     get_default_x86_inductor_quantization_config,
     get_symmetric_quantization_config,
 )
+from pt2q.quantizers.ladders import DYNAMIC, DYNAMIC_PER_TOKEN, precision_ladder
+from pt2q.runtime import compare_outputs
 from tests.helpers import qdq_signature
 from tests.transformer_zoo import TinyBert, token_batches
 
@@ -131,3 +140,173 @@ def test_bias_correction_removes_the_mean_shift() -> None:
     # the first linear had no bias: it gets one
     first = next(n for n in corrected.graph.nodes if n.target == torch.ops.aten.linear.default)
     assert first.args[2].target.startswith("_bias_correction_")
+
+
+# --- the precision ladder: pt2q.quantize(..., ladder=..., cost=...) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def outlier_bert():
+    model = TinyBert(outliers=True, layers=2).eval()
+    calibration, evaluation = token_batches(3), token_batches(2, seed=9)
+    ep = torch.export.export(model, calibration[0])
+    plain = pt2q.quantize(ep, (), _xnnpack(), calibration, eval_data=evaluation, progress=False)
+    return ep, calibration, evaluation, plain
+
+
+def _rung_model(ep, ladder, rung: str, calibration):
+    """Every layer the rung applies to on it (the rest on the base), converted."""
+    float_gm = ep.module()
+    layers = (
+        annotated_layers(
+            ladder.base.quantizer.transform_for_annotation(copy.deepcopy(float_gm)), ladder[rung].quantizer
+        )
+        if ladder[rung].quantizer
+        else {n.name for n in float_gm.graph.nodes if n.target == torch.ops.aten.linear.default}
+    )
+    prepared = pt2q.prepare_pt2e(copy.deepcopy(float_gm), MixedPrecision(ladder, dict.fromkeys(layers, rung)))
+    for b in calibration:
+        prepared(*b)
+    return pt2q.convert_pt2e(prepared), layers
+
+
+def test_every_xnnpack_rung_lowers_into_the_delegate_and_computes_right(outlier_bert) -> None:
+    """One program with all three rungs: the first block's attention linears dynamic per token, the second
+    block's FFN linears fp32, the rest static int8; every linear runs in XNNPACK in its rung's precision."""
+    ep, calibration, evaluation, _ = outlier_bert
+    ladder = precision_ladder(_xnnpack())
+    rungs = dict.fromkeys(["linear", "linear_1", "linear_2", "linear_3"], DYNAMIC_PER_TOKEN)
+    rungs |= dict.fromkeys(["linear_10", "linear_11"], FP32)
+    prepared = pt2q.prepare_pt2e(copy.deepcopy(ep.module()), MixedPrecision(ladder, rungs))
+    for b in calibration:
+        prepared(*b)
+    converted = pt2q.convert_pt2e(prepared)
+    lowered = to_executorch(converted, calibration[0], strict=True)  # strict: a quantized op left outside raises
+    linears = {r.source: r for r in lowered.report.rows if r.op == "aten.linear"}
+    assert len(linears) == 12 and all(r.runs_on == XNNPACK for r in linears.values())
+    assert not lowered.report.fallbacks
+    for name, row in linears.items():  # fp32 linears keep float weights (the report calls linear_11 int8: the
+        rung = rungs.get(name, "static int8")  # residual add after it quantizes its output)
+        assert row.weight_dtype == (torch.float32 if rung == FP32 else torch.int8), (name, rung)
+        assert row.precision == "int8" or name in ("linear_10", "linear_11"), name
+    assert linears["linear_10"].precision == "fp32"
+    dynamic = [n for n in converted.graph.nodes if "choose_qparams" in str(n.target)]
+    assert len(dynamic) == 2  # per-token qparams chosen at run time: one for q/k/v's shared input, one for attn_out
+    program = runtime.load(lowered.buffer)
+    for b in evaluation:  # the .pte computes what the Q/DQ graph computes
+        with torch.no_grad():
+            assert compare_outputs(program(*b), converted(*b)).sqnr_db > 45
+    report = pt2q.report(converted, ep, None)
+    assert report.row("linear_11").float_reason == "fp32 rung chosen by pt2q.quantize"
+
+
+def test_the_ladder_meets_a_target_cheaper_than_the_fp32_fallback(outlier_bert) -> None:
+    ep, calibration, evaluation, plain = outlier_bert
+    target = plain.metric + 8
+    ladder = precision_ladder(_xnnpack())
+    result = pt2q.quantize(
+        ep, (), ladder.base.quantizer, calibration, min_sqnr=target, eval_data=evaluation, ladder=ladder, progress=False
+    )
+    assert result.target_met and result.metric >= target
+    assert result.metric == pytest.approx(output_sqnr(ep.module(), result.model, evaluation))
+    # round 0 is the plain flow, round 1 the dynamic rung everywhere it applies; bounded by max_passes
+    assert [t.round for t in result.tries] == list(range(result.rounds)) and 3 <= result.rounds <= 12
+    assert result.tries[0].label == "all static int8" and result.tries[0].score == pytest.approx(plain.metric)
+    assert result.tries[1].counts == {"static int8": 5, DYNAMIC_PER_TOKEN: 12}  # adds stay static there
+    # every choice says what it costs and buys, and the returned model is what the choice says
+    assert result.choices and all(c.sqnr > c.base_sqnr and c.rung == result.choice[c.layer] for c in result.choices)
+    rows = {r.name: r for r in result.report.rows}
+    for layer, rung in result.choice.items():
+        how = rows[layer].how
+        assert how.startswith("float: fp32 rung") if rung == FP32 else "i:int8 dynamic blocks (1, 1, " in how, how
+    # the fp32-only fallback meets the same target at a cost no lower, on the same cost model
+    fallback = pt2q.quantize(ep, (), _xnnpack(), calibration, min_sqnr=target, eval_data=evaluation, progress=False)
+    assert fallback.target_met
+    costs = RelativeCost().layer_costs(ep.module(), {layer: list(ladder) for layer in rows})
+    assert result.cost <= estimate_cost(costs, dict.fromkeys(fallback.kept_float, FP32), "static int8") + 1e-9
+    assert result.cost < result.float_cost
+    table = result.trade_off_table()
+    assert table.count("\n") == result.rounds + 2 and "<- returned" in table and "all fp32 (not run)" in table
+    assert result.report.notes[-1].startswith(f"precision ladder (static int8 -> {DYNAMIC_PER_TOKEN} -> fp32)")
+    # bounded: two rounds are two rounds, and the best of them is returned
+    bounded = pt2q.quantize(
+        ep, (), ladder.base.quantizer, calibration, min_sqnr=200, eval_data=evaluation, ladder=ladder, max_passes=2
+    )
+    assert bounded.rounds == 2 and not bounded.target_met and bounded.metric == max(t.score for t in bounded.tries)
+
+
+def test_a_user_metric_on_x86_with_the_ladder(outlier_bert, tmp_path) -> None:
+    ep, calibration, evaluation, _ = outlier_bert
+    model = ep.module()
+
+    def closeness(m) -> float:  # a user metric, higher is better: minus the worst absolute error
+        with torch.no_grad():
+            return -max(float((model(*b) - m(*b)).abs().max()) for b in evaluation)
+
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    plain = pt2q.quantize(ep, (), quantizer, calibration, metric=closeness, progress=False)
+    drop = -plain.metric / 3
+    result = pt2q.quantize(
+        ep,
+        (),
+        quantizer,
+        calibration,
+        metric=closeness,
+        max_drop=drop,
+        ladder=precision_ladder(quantizer),
+        progress=False,
+    )
+    assert result.target_met and -result.metric <= drop and result.float_metric == 0.0
+    assert result.tries[1].label == f"all {DYNAMIC}" or DYNAMIC in result.tries[1].label
+    assert result.rounds <= 12 and result.cost < result.float_cost
+    # every x86 rung lowers to oneDNN int8 kernels (FX lowering: the ops Inductor compiles)
+    ladder = precision_ladder(quantizer)
+    for rung in ("static int8", DYNAMIC):
+        converted, layers = _rung_model(ep, ladder, rung, calibration)
+        lowered = lower_pt2e_quantized_to_x86(converted, calibration[0])
+        qlinears = [n for n in lowered.graph.nodes if str(n.target).startswith("onednn.qlinear")]
+        assert len(qlinears) == 12, rung
+        with torch.no_grad():
+            assert compare_outputs(lowered(*evaluation[0]), converted(*evaluation[0])).sqnr_db > 30
+    figure = result.plot_trade_off(tmp_path / "trade_off.png")
+    assert (tmp_path / "trade_off.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(figure.axes[0].collections) == result.rounds
+
+
+def test_plain_int8_enough_costs_one_round_and_changes_nothing() -> None:
+    torch.manual_seed(0)
+    cnn = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4)
+    )
+    batches = [(torch.randn(2, 3, 8, 8),) for _ in range(3)]
+    plain = pt2q.quantize(cnn.eval(), batches[0], _xnnpack(), batches, progress=False)
+    ladder = precision_ladder(_xnnpack())
+    result = pt2q.quantize(
+        cnn, batches[0], ladder.base.quantizer, batches, min_sqnr=plain.metric - 1, ladder=ladder, progress=False
+    )
+    assert result.rounds == 1 and result.choice == {} and result.target_met
+    assert qdq_signature(result.model) == qdq_signature(plain.model)
+    with torch.no_grad():
+        assert all(torch.equal(result.model(*b), plain.model(*b)) for b in batches)
+    with pytest.raises(ValueError, match="first rung must be the quantizer"):
+        pt2q.quantize(cnn, batches[0], _xnnpack(), batches, min_sqnr=10, ladder=ladder, progress=False)
+
+
+def test_measured_layer_costs_are_cached_per_cpu(outlier_bert, tmp_path) -> None:
+    ep, *_ = outlier_bert
+    ladder = precision_ladder(_xnnpack())
+    cost = PteLatencyCost(runs=3, rounds=1, cache_path=tmp_path / "costs.json", progress=False)
+    float_gm = ep.module()
+    requests = {"linear": list(ladder), "linear_5": list(ladder), "add_3": list(ladder)}
+    costs = cost.layer_costs(float_gm, requests)
+    # linear and linear_5 have different shapes (32->32, 64->32): two layers x three rungs timed; the add is free
+    assert cost.measured == 6 and costs["add_3"] == dict.fromkeys(costs["add_3"], 0.0)
+    assert set(costs["linear"]) == {"static int8", DYNAMIC_PER_TOKEN, FP32}
+    assert all(0 < ms < float("inf") for layer in ("linear", "linear_5") for ms in costs[layer].values())
+    # linear_1 has linear's shape: served from the cache, as is everything from the file in a new model
+    again = PteLatencyCost(cache_path=tmp_path / "costs.json", progress=False)
+    assert again.layer_costs(float_gm, {"linear_1": list(ladder)})["linear_1"] == costs["linear"]
+    assert again.measured == 0
+    keys = json.loads((tmp_path / "costs.json").read_text())
+    features = ",".join(k for k, v in sorted(cpu_features().items()) if v)
+    assert len(keys) == 6 and all(k.startswith(f"PteLatencyCost|{features}|") for k in keys)
