@@ -311,16 +311,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--small", action="store_true", help="a tiny random-weight BERT, few passes")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument(
+        "--variants", help="comma-separated recipe names to run (the first, plain, always runs: ratios are to it)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in args.models.split(","):
+            every = CNN_VARIANTS if name.startswith("crepe") else VARIANTS
+            wanted = set(args.variants.split(",")) if args.variants else {v.name for v in every}
             rows += measure(
                 name,
                 args.small,
                 runs=args.runs,
+                variants=[v for i, v in enumerate(every) if i == 0 or v.name in wanted],
                 max_passes=3 if args.small else 6,
                 on_row=lambda row: print(markdown_table([row]).splitlines()[-1], flush=True),
             )

@@ -14,6 +14,7 @@ from pt2q.digest import verify_trailer
 from tests.hostile_files import hostile_pt2s
 
 FACTORY = """
+import torch
 import torch.nn as nn
 
 
@@ -45,6 +46,22 @@ class TwoHeads(nn.Module):
 
 def heads():
     return TwoHeads()
+
+
+class Outlier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(16, 16), nn.Linear(16, 16)  # one shape: three programs to time
+        with torch.no_grad():
+            self.b.bias[3] = 60.0  # one output channel 50x the others: per-tensor int8 loses the rest
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))) + x
+
+
+def outlier():
+    return Outlier()
 
 
 def quits():
@@ -263,6 +280,25 @@ def test_bad_arguments_print_one_error_line(workdir: Path) -> None:
             "writes a .pte file",
         ),
         (["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--target", "x86"], "needs --quantizer x86"),
+        (
+            ["quantize", "tiny.py:make", "--example-inputs", SHAPE, "--out", "x.pt2", "--plot", "t.png"],
+            "--plot draws the trade-off of --min-sqnr",
+        ),
+        (
+            [
+                "quantize",
+                "tiny.py:make",
+                "--example-inputs",
+                SHAPE,
+                "--out",
+                "x.pt2",
+                "--min-sqnr",
+                "30",
+                "--max-rounds",
+                "0",
+            ],
+            "--max-rounds must be at least 1",
+        ),
         (["inspect", "tiny.py"], "expected a .pt2 or .pte"),
         (["inspect", "tiny.pte", "--layers"], "--layers reads a .pt2 program"),
         (["run", "tiny.pte", "--inputs", SHAPE, "--runs", "0"], "--runs must be at least 1"),
@@ -363,3 +399,26 @@ def test_dict_outputs_and_hostile_files_in_process(workdir: Path, monkeypatch, c
             assert not marker.exists(), args
     assert main(["inspect", "heads.pt2", "--trust"]) == 0
     assert re.search(r"\| outputs\s+\| 2\b", capfd.readouterr().out)
+
+
+def test_quantize_to_an_accuracy_target_prints_the_trade_off_in_process(workdir: Path, monkeypatch, capsys) -> None:
+    """`quantize --min-sqnr` searches the XNNPACK ladder on measured .pte layer latency and prints every try."""
+    from pt2q.cli.main import main
+
+    monkeypatch.chdir(workdir)
+    args = ["quantize", "tiny.py:outlier", "--example-inputs", "32x16", "--calibrate", "2", "--target", "pte"]
+    assert main([*args, "--out", "target.pte", "--min-sqnr", "45", "--plot", "charts/trade_off.png"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\| target\s+\| output SQNR >= 45 dB: met\n", out), out
+    rounds = int(re.search(r"\| rounds \(prepare/calibrate/convert\)\s+\| (\d+)\n", out).group(1))
+    assert 2 <= rounds <= 6
+    table = out[out.index("accuracy vs latency of the tries (XNNPACK .pte latency per layer, 1 thread, measured") :]
+    lines = table.splitlines()
+    assert lines[1].startswith("| round | choice | est. cost (ms) | vs all static int8 | output SQNR dB")
+    assert re.match(r"\| 0 \| all static int8 \| [\d.e-]+ \| 1\.00x \| [\d.]+ \|  \| [\d.]+ \| missed \|", lines[3])
+    assert len([line for line in lines if re.match(r"\| \d+ \|", line)]) == rounds
+    assert sum("<- returned" in line and "| met" in line for line in lines) == 1
+    sqnr = float(re.search(r"\| SQNR \.pte vs fp32\s+\| ([\d.]+) dB", out).group(1))
+    assert sqnr >= 45 - 6  # the target is met on the random evaluation batches; the .pte on fresh ones
+    assert (workdir / "charts" / "trade_off.png").read_bytes()[:4] == b"\x89PNG"
+    assert (workdir / "target.pte").is_file()
