@@ -297,7 +297,7 @@ def quantize(
             s, q = measure(gm)
             return gm, s, q, met(s, q)
 
-        rows = [] if met(score, sqnr) else candidates(current)
+        rows = candidates(current)  # their costs decide whether a cheaper rung is worth a round
         outcome = search(
             float_gm,
             steps_ladder,

@@ -3,8 +3,10 @@
 Every try is one prepare + calibration + convert ("round") and is measured on the target
 metric. The rounds, at most ``max_rounds``:
 
-1. the base rung everywhere (the plain flow): when it meets the target, that is the answer;
-2. each other quantizing rung on every layer it applies to (the rest on the base): measures
+1. the base rung everywhere (the plain flow): when it meets the target and no other rung is
+   cheaper on this machine (by more than 3% of the summed cost), that is the answer;
+2. each other quantizing rung on every layer it applies to (the rest on the base; when the
+   base met the target, only the cheaper rungs): measures
    the metric of that uniform choice, and, from the report's *sensitivity* column, the output
    SQNR with only one layer on that rung, for every layer;
 3. mixed choices: with ``n(layer, rung) = 10^(-sensitivity/10)`` (its share of output noise,
@@ -223,17 +225,20 @@ def search(
         tries.append(_try(len(tries), choice, candidates, ladder, costs, score, sqnr, ok, predicted))
         bar.update()
 
-    if not met0:
-        for rung in ladder.rungs[1:]:
-            if rung.is_float or len(rounds) >= max_rounds:
-                continue
-            uniform = {layer: rung.name for layer in candidates if layer in applies[rung.name]}
-            if not uniform:
-                continue
-            run(uniform, None)
-            for layer, s in sensitivities(rounds[-1][1]).items():
-                if layer in uniform:
-                    sens.setdefault(layer, {})[rung.name] = s
+    # when the base already meets the target, only a rung that is cheaper here is worth a round
+    # (e.g. dynamic int8 on CPUs whose static int8 kernels are no faster than fp32)
+    worth = [r for r in ladder.rungs[1:] if not r.is_float and (not met0 or _saves(r, costs, base, applies))]
+    for rung in worth:
+        if len(rounds) >= max_rounds:
+            break
+        uniform = {layer: rung.name for layer in candidates if layer in applies[rung.name]}
+        if not uniform:
+            continue
+        run(uniform, None)
+        for layer, s in sensitivities(rounds[-1][1]).items():
+            if layer in uniform:
+                sens.setdefault(layer, {})[rung.name] = s
+    if worth or not met0:
         _mixed(rounds, run, sens, costs, ladder, candidates, min_sqnr, max_rounds)
     bar.close()
 
@@ -266,6 +271,17 @@ def search(
         float_cost=estimate_cost(costs, dict.fromkeys(costs, ladder.float_rung.name), base),
         cost_unit=unit,
     )
+
+
+def _saves(rung: Rung, costs: Mapping[str, Mapping[str, float]], base: str, applies: Mapping[str, set]) -> bool:
+    """Whether ``rung`` everywhere it applies would cut the summed cost by more than 3%."""
+    total = sum(c.get(base, 0.0) for c in costs.values())
+    saving = sum(
+        c[base] - c[rung.name]
+        for layer, c in costs.items()
+        if layer in applies.get(rung.name, ()) and base in c and rung.name in c
+    )
+    return total > 0 and saving > 0.03 * total
 
 
 def _clone(gm: GraphModule) -> GraphModule:
