@@ -190,6 +190,7 @@ class _LayerCost:
             finally:
                 torch.set_num_threads(torch_threads)
             if self.cache_path is not None:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.cache_path, json.dumps(self.cache, indent=1, sort_keys=True).encode())
         for layer, rungs in requests.items():
             node = nodes.get(layer)
