@@ -195,8 +195,7 @@ def search(
     """Search ``ladder`` for the cheapest choice over ``candidates`` (report row names, with their
     ``base_sensitivity`` measured on ``base_round``, the plain flow's already-run round)."""
     base = ladder.base.name
-    transformed = ladder.base.quantizer.transform_for_annotation(_clone(float_gm))  # type: ignore[union-attr]
-    applies = {r.name: annotated_layers(transformed, r.quantizer) for r in ladder.rungs[1:] if r.quantizer}
+    applies = {r.name: annotated_layers(float_gm, r.quantizer) for r in ladder.rungs[1:] if r.quantizer}
     requests = {
         layer: [r for r in ladder.rungs if r.name == base or r.is_float or layer in applies.get(r.name, ())]
         for layer in candidates
@@ -282,12 +281,6 @@ def _saves(rung: Rung, costs: Mapping[str, Mapping[str, float]], base: str, appl
         if layer in applies.get(rung.name, ()) and base in c and rung.name in c
     )
     return total > 0 and saving > 0.03 * total
-
-
-def _clone(gm: GraphModule) -> GraphModule:
-    from pt2q.precision_ladder import _copy
-
-    return _copy(gm)
 
 
 def _try(
