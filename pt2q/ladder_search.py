@@ -136,12 +136,17 @@ def _db(noise: float) -> float:
 Options = dict[str, dict[str, tuple[float, float]]]  # layer -> rung -> (noise, cost)
 
 
-def solve(options: Options, budget: float) -> dict[str, str]:
+def solve(options: Options, budget: float, prefer: str = "") -> dict[str, str]:
     """The cheapest rung per layer whose summed noise stays within ``budget`` (greedy).
 
-    Every layer starts on its cheapest rung; while over budget, the move that removes the most
-    noise per unit of added cost is taken; then layers go back to cheaper rungs while the budget holds."""
-    pick = {layer: min(rungs, key=lambda r: (rungs[r][1], rungs[r][0])) for layer, rungs in options.items()}
+    Every layer starts on its cheapest rung (``prefer``, the base, on a tie); while over budget,
+    the move that removes the most noise per unit of added cost is taken; then layers go back to
+    cheaper rungs, or to ``prefer`` at the same cost, while the budget holds."""
+
+    def start(rungs: dict[str, tuple[float, float]]) -> str:
+        return min(rungs, key=lambda r: (rungs[r][1], r != prefer, rungs[r][0]))
+
+    pick = {layer: start(rungs) for layer, rungs in options.items()}
     total = sum(options[layer][r][0] for layer, r in pick.items())
     while total > budget:
         best: Optional[tuple[float, float, str, str]] = None
@@ -158,10 +163,11 @@ def solve(options: Options, budget: float) -> dict[str, str]:
             break  # nothing left to improve: the budget cannot be met
         _, gain, layer, r = best
         pick[layer], total = r, total - gain
-    for layer in sorted(options, key=lambda x: -options[x][pick[x]][1]):  # give back what is not needed
-        for r, (n, c) in sorted(options[layer].items(), key=lambda kv: kv[1][1]):
-            noise, cost = options[layer][pick[layer]]
-            if c < cost and total - noise + n <= budget:
+    for layer in sorted(options, key=lambda x: (-options[x][pick[x]][1], options[x][pick[x]][0])):
+        noise, cost = options[layer][pick[layer]]
+        for r, (n, c) in sorted(options[layer].items(), key=lambda kv: (kv[1][1], kv[0] != prefer)):
+            cheaper = c < cost or (c == cost and r == prefer and pick[layer] != prefer)
+            if cheaper and total - noise + n <= budget:  # give back what the budget does not need
                 pick[layer], total = r, total - noise + n
                 break
     return pick
@@ -341,7 +347,7 @@ def _mixed(
         goal = _goal(rounds, min_sqnr)
         if goal is None:
             return
-        choice = {layer: r for layer, r in solve(options, 10 ** (-(goal + bump) / 10) / k).items() if r != base}
+        choice = {layer: r for layer, r in solve(options, 10 ** (-(goal + bump) / 10) / k, base).items() if r != base}
         if choice in tried:
             if any(r[4] for r in rounds):
                 return

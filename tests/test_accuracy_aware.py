@@ -12,7 +12,7 @@ import torch.nn as nn
 import pt2q
 import pt2q.runtime as runtime
 from pt2q.accuracy_aware import output_sqnr
-from pt2q.ladder_search import RelativeCost, estimate_cost, work
+from pt2q.ladder_search import RelativeCost, estimate_cost, solve, work
 from pt2q.lowering import lower_pt2e_quantized_to_x86, to_executorch
 from pt2q.lowering.delegation_report import XNNPACK
 from pt2q.lowering.latency_cost import PteLatencyCost, cpu_features
@@ -362,3 +362,16 @@ def test_where_static_int8_is_no_faster_the_search_takes_the_cheaper_rung(outlie
     )
     assert hard.target_met and hard.cost < hard.base_cost
     assert all(hard.choice.get(layer) for layer in ("linear", "linear_5"))  # every linear moved off static
+
+
+def test_solve_takes_the_cheapest_rungs_and_keeps_free_layers_on_the_base() -> None:
+    base, dyn = "static int8", DYNAMIC_PER_TOKEN
+    options = {  # layer -> rung -> (share of output noise, cost)
+        "linear": {base: (4e-3, 1.0), dyn: (1e-4, 1.05), FP32: (0.0, 3.0)},
+        "linear_1": {base: (1e-4, 1.0), dyn: (5e-5, 0.9), FP32: (0.0, 3.0)},  # dynamic is cheaper here (AVX2)
+        "add": {base: (2e-4, 0.0), FP32: (0.0, 0.0)},  # free to move: stays on the base unless needed
+    }
+    assert solve(options, 1e-3, base) == {"linear": dyn, "linear_1": dyn, "add": base}
+    assert solve(options, 1.5e-4, base) == {"linear": dyn, "linear_1": dyn, "add": FP32}
+    assert solve(options, 0.0, base) == {"linear": FP32, "linear_1": FP32, "add": FP32}
+    assert solve(options, 1.0, base) == {"linear": base, "linear_1": dyn, "add": base}
