@@ -15,7 +15,9 @@ numbers measured in this same run. Suites:
 * distributed: calibration throughput on 1 and 2 processes, cost of ``sync_observers`` —
   ``benchmarks/distributed.py``;
 * decoder_lm: a Llama-style decoder trained on the standard library, fp32 / 8da8w / 8da4w
-  (RTN, GPTQ) ``.pte`` perplexity, size, prefill and decode tokens/s — ``benchmarks/decoder_lm.py``.
+  (RTN, GPTQ) ``.pte`` perplexity, size, prefill and decode tokens/s — ``benchmarks/decoder_lm.py``;
+* backends: ExecuTorch's backend quantizers through pt2q and torchao (matrix: runs / bit-identical) and
+  prepare+convert time — ``benchmarks/backends.py``.
 
     python -m benchmarks.run [--small] [--suites speed,overhead,size,accuracy] [--models mlp,...] [--out PATH]
 """
@@ -37,7 +39,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks import accuracy, decoder_lm, distributed, overhead, size, transformer
+from benchmarks import accuracy, backends, decoder_lm, distributed, overhead, size, transformer
 from benchmarks.executorch_speed import export_variants, lower_to_pte, pte_latencies
 from benchmarks.models import benchmark_models
 from benchmarks.speed import BASELINE, x86_latencies
@@ -316,6 +318,7 @@ SUITES: dict[str, Callable[[Models, Variants, Settings], list[Section]]] = {
     "transformer": transformer.suite,  # the real MiniLM, its own models and data (benchmarks/transformer.py)
     "distributed": distributed.suite,  # calibration throughput on 1 and 2 processes, cost of sync_observers
     "decoder_lm": decoder_lm.suite,
+    "backends": backends.suite,  # ExecuTorch's backend quantizers: pt2q vs torchao matrix and prepare+convert time
 }
 
 

@@ -1,0 +1,296 @@
+"""Backends matrix and prepare+convert time with ExecuTorch's backend quantizers, pt2q vs torchao.
+
+* matrix: every quantizer configuration of ``tests/backend_zoo.py`` (each built as its backend documents it) on
+  every model it lists, PTQ and QAT, through torchao's flow and pt2q's: does each run, and is pt2q's converted
+  graph the same (Q/DQ ops with every qparam) with bit-identical outputs on held-out inputs;
+* time: wall time of ``prepare_pt2e`` (or ``prepare_qat_pt2e``) + ``convert_pt2e`` with the same quantizer
+  config on the same exported model (export, quantizer construction and calibration excluded), median of
+  interleaved repeats, pt2q / torchao.
+
+    python -m benchmarks.backends [--small] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tests.backend_zoo import (
+    CASES,
+    UNAVAILABLE,
+    Flow,
+    QuantizerCase,
+    export_for,
+    importable,
+    make_model,
+    model_batches,
+    pattern_memo,
+    pt2q_flow,
+    qdq_signature,
+    quantize,
+    torchao_flow,
+)
+
+__all__ = ["Cell", "run_matrix", "matrix_table", "time_prepare_convert", "timing_table", "suite", "main"]
+
+# one configuration per backend, on a conv and a transformer model: the timing rows
+TIMED = (
+    ("xnnpack-per_channel", "conv_bn_relu"),
+    ("xnnpack-per_channel", "attention"),
+    ("xnnpack-per_channel-qat", "conv_bn_relu"),
+    ("vulkan-dynamic_8a4w", "attention"),
+    ("cadence-default", "conv_bn_relu"),
+    ("cadence-default", "attention"),
+    ("qualcomm-8a8w", "conv_bn_relu"),
+    ("qualcomm-16a8w", "attention"),
+    ("qualcomm-8a8w-qat", "conv_bn_relu"),
+    ("coreml-int8_symmetric", "conv_bn_relu"),
+    ("samsung-a8w8", "conv_bn_relu"),
+    ("samsung-a8w8-qat", "conv_bn_relu"),
+    ("example-default", "conv_bn_relu"),
+    ("openvino-int8_sym", "conv_bn_relu"),
+    ("openvino-int8_transformer", "attention"),
+    ("arm-tosa_int", "conv_bn_relu"),
+)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:160]
+
+
+@dataclass
+class Cell:
+    """One (quantizer configuration, model) of the matrix."""
+
+    case: QuantizerCase
+    model: str
+    torchao: str = "-"  # "ok" or the error
+    pt2q: str = "-"
+    identical: bool | None = None  # same Q/DQ graph and torch.equal outputs (None: not comparable)
+    detail: str = ""
+
+    @property
+    def mode(self) -> str:
+        return "QAT" if self.case.qat else "PTQ"
+
+
+def _run(flow: Flow, case: QuantizerCase, model: str) -> tuple[torch.fx.GraphModule | None, str]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return quantize(flow, case, model), "ok"
+    except Exception as exc:  # the matrix records what fails, it does not stop
+        return None, _error(exc)
+
+
+def run_cell(case: QuantizerCase, model: str) -> Cell:
+    """Quantize ``model`` with ``case`` through both flows and compare."""
+    cell = Cell(case, model)
+    theirs, cell.torchao = _run(torchao_flow(), case, model)
+    ours, cell.pt2q = _run(pt2q_flow(), case, model)
+    if theirs is None or ours is None:
+        return cell
+    expected, actual = qdq_signature(theirs), qdq_signature(ours)
+    if actual != expected:
+        cell.identical, cell.detail = False, f"Q/DQ graph differs ({sum(actual.values())} vs {sum(expected.values())})"
+        return cell
+    with torch.no_grad():
+        for batch in model_batches(model, 2, seed=100):
+            if not torch.equal(ours(*batch), theirs(*batch)):
+                cell.identical, cell.detail = False, "outputs differ"
+                return cell
+    cell.identical = True
+    return cell
+
+
+def run_matrix(progress: bool = True) -> list[Cell]:
+    """Every available (case, model) of the zoo."""
+    cells = []
+    for case in CASES:
+        if not importable(case.needs):
+            continue
+        for model in case.models:
+            if progress:
+                print(f"backends: {case.name} / {model}", file=sys.stderr)
+            cells.append(run_cell(case, model))
+    return cells
+
+
+def _mark(cell: Cell) -> str:
+    if cell.pt2q != "ok":
+        return f"fails: {cell.pt2q}"
+    if cell.identical is None:
+        return "runs"
+    return "bit-identical" if cell.identical else f"runs, differs: {cell.detail}"
+
+
+def matrix_table(cells: list[Cell]) -> str:
+    """Markdown: backend, configuration, PTQ/QAT, model, torchao's flow, pt2q's flow."""
+    lines = ["| backend | config | mode | model | torchao | pt2q |", "|---|---|---|---|---|---|"]
+    for c in cells:
+        torchao = "runs" if c.torchao == "ok" else f"fails: {c.torchao}"
+        lines.append(f"| {c.case.backend} | {c.case.config} | {c.mode} | {c.model} | {torchao} | {_mark(c)} |")
+    for case in CASES:
+        if not importable(case.needs) and case.backend not in {u.backend for u in UNAVAILABLE}:
+            lines.append(f"| {case.backend} | {case.config} | – | – | `{case.needs}` not installed | – |")
+    for u in UNAVAILABLE:
+        if u.backend in ("arm", "cortex_m") and importable("tosa_serializer"):
+            continue
+        lines.append(f"| {u.backend} | – | – | – | import fails: `{u.error.__name__}: {u.message}` | – |")
+    return "\n".join(lines)
+
+
+def matrix_summary(cells: list[Cell]) -> str:
+    runnable = [c for c in cells if c.torchao == "ok"]
+    runs = sum(c.pt2q == "ok" for c in runnable)
+    same = sum(bool(c.identical) for c in runnable)
+    return (
+        f"{len(cells)} cases; torchao's flow runs {len(runnable)}; of those pt2q runs {runs} and is bit-identical "
+        f"(same Q/DQ graph and outputs) on {same}."
+    )
+
+
+def _one_prepare_convert(flow: Flow, case: QuantizerCase, exported: torch.fx.GraphModule, batch: tuple) -> float:
+    gm = copy.deepcopy(exported)
+    quantizer = case.build()
+    with warnings.catch_warnings(), pattern_memo():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        prepared = (flow.prepare_qat if case.qat else flow.prepare)(gm, quantizer)
+        t_prepare = time.perf_counter() - t0
+        with torch.no_grad():
+            prepared(*batch)
+        if case.qat:
+            flow.to_eval(prepared)
+        t0 = time.perf_counter()
+        flow.convert(prepared)
+        return t_prepare + time.perf_counter() - t0
+
+
+def time_prepare_convert(case: QuantizerCase, model: str, repeats: int) -> dict[str, float]:
+    """Median seconds of prepare + convert per flow; the flows alternate in a fresh random order each repeat
+    (after one untimed run of each, which also fills the pattern memo both flows share)."""
+    net, example = make_model(model)
+    exported = export_for(case, net, example)
+    batch = model_batches(model, 1, seed=1)[0]
+    flows = [torchao_flow(), pt2q_flow()]
+    times: dict[str, list[float]] = {f.name: [] for f in flows}
+    for flow in flows:
+        _one_prepare_convert(flow, case, exported, batch)
+    rng = random.Random(0)
+    for _ in range(repeats):
+        rng.shuffle(flows)
+        for flow in flows:
+            times[flow.name].append(_one_prepare_convert(flow, case, exported, batch))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def timing_rows(repeats: int, progress: bool = True) -> dict[str, dict[str, float]]:
+    by_name = {c.name: c for c in CASES}
+    rows = {}
+    for name, model in TIMED:
+        case = by_name[name]
+        if not importable(case.needs):
+            continue
+        if progress:
+            print(f"backends: timing {name} / {model}", file=sys.stderr)
+        try:
+            rows[f"{name} / {model}"] = time_prepare_convert(case, model, repeats)
+        except Exception as exc:
+            print(f"backends: timing {name} / {model} failed: {_error(exc)}", file=sys.stderr)
+    return rows
+
+
+def timing_table(rows: dict[str, dict[str, float]]) -> str:
+    lines = ["| quantizer / model | torchao ms | pt2q ms | pt2q / torchao |", "|---|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['torchao'] * 1e3:.1f} | {r['pt2q'] * 1e3:.1f} | {r['pt2q'] / r['torchao']:.2f} |")
+    if rows:
+        ratios = [r["pt2q"] / r["torchao"] for r in rows.values()]
+        lines.append(f"| **median** | | | **{statistics.median(ratios):.2f}** |")
+    return "\n".join(lines)
+
+
+MATRIX_METHOD = (
+    "Each ExecuTorch quantizer built as its backend's docs and test flows build it (`tests/backend_zoo.py`), "
+    "on CI-sized models (conv+BN+ReLU, depthwise conv+BN, LayerNorm+linear+GELU MLP, self-attention block, "
+    "embedding, GRU); exported with `torch.export` (Cadence: its own `compiler.trace`), PTQ calibrated on 3 "
+    "batches, QAT prepared with `prepare_qat_pt2e` on the train-mode export and run on the same 3 batches. "
+    "bit-identical = the same quantize/dequantize ops with the same scales, zero points, ranges, dtypes and axes, "
+    "and `torch.equal` outputs on 2 held-out batches. The XNNPACK and Core ML quantizers' pattern graphs are "
+    "memoized for both flows alike. The same matrix is `tests/test_backends.py`."
+)
+
+
+def timing_method(repeats: int) -> str:
+    return (
+        "Wall time of `prepare_pt2e` (QAT: `prepare_qat_pt2e`) + `convert_pt2e` on the same exported model with a "
+        "freshly built quantizer of the same configuration (export, quantizer construction and the one calibration "
+        f"batch excluded); median of {repeats} repeats in which the two flows run in a fresh random order, after "
+        "one untimed run of each. One thread. The time includes the quantizer's own `transform_for_annotation` "
+        "and `annotate`, which are the same code in both flows."
+    )
+
+
+def suite(models: Any, variants: Any, settings: Any) -> list:
+    """The ``backends`` suite of ``benchmarks.run`` (its own models: ``tests/backend_zoo.py``)."""
+    from benchmarks.run import Section
+
+    cells = run_matrix()
+    repeats = 3 if settings.small else 7
+    return [
+        Section(
+            "Backends: ExecuTorch quantizers through pt2q",
+            f"{MATRIX_METHOD} {matrix_summary(cells)}",
+            matrix_table(cells),
+        ),
+        Section("Backends: prepare + convert time", timing_method(repeats), timing_table(timing_rows(repeats))),
+    ]
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="3 timing repeats instead of 7")
+    parser.add_argument("--repeats", type=int, default=None, help="timing repeats (default: 7, --small: 3)")
+    parser.add_argument("--no-matrix", action="store_true", help="only the timing table")
+    parser.add_argument("--no-timing", action="store_true", help="only the matrix")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (3 if args.small else 7)
+    torch.set_num_threads(1)
+    parts = []
+    if not args.no_matrix:
+        cells = run_matrix()
+        parts += [
+            "## Backends: ExecuTorch quantizers through pt2q",
+            "",
+            MATRIX_METHOD,
+            matrix_summary(cells),
+            "",
+            matrix_table(cells),
+            "",
+        ]
+    if not args.no_timing:
+        parts += [
+            "## Backends: prepare + convert time",
+            "",
+            timing_method(repeats),
+            "",
+            timing_table(timing_rows(repeats)),
+            "",
+        ]
+    document = "\n".join(parts)
+    print(document)
+    return document
+
+
+if __name__ == "__main__":
+    main()
