@@ -15,7 +15,7 @@ from pt2q.accuracy_aware import output_sqnr
 from pt2q.ladder_search import RelativeCost, estimate_cost, solve, work
 from pt2q.lowering import lower_pt2e_quantized_to_x86, to_executorch
 from pt2q.lowering.delegation_report import XNNPACK
-from pt2q.lowering.latency_cost import PteLatencyCost, cpu_features
+from pt2q.lowering.latency_cost import PteLatencyCost, X86LatencyCost, cpu_features
 from pt2q.precision_ladder import FP32, MixedPrecision, annotated_layers
 from pt2q.quantizers import (
     X86InductorQuantizer,
@@ -375,3 +375,18 @@ def test_solve_takes_the_cheapest_rungs_and_keeps_free_layers_on_the_base() -> N
     assert solve(options, 1.5e-4, base) == {"linear": dyn, "linear_1": dyn, "add": FP32}
     assert solve(options, 0.0, base) == {"linear": FP32, "linear_1": FP32, "add": FP32}
     assert solve(options, 1.0, base) == {"linear": base, "linear_1": dyn, "add": base}
+
+
+def test_x86_layer_costs_are_compiled_latencies(outlier_bert) -> None:
+    ep, *_ = outlier_bert
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    ladder = precision_ladder(quantizer)
+    cost = X86LatencyCost(runs=3, rounds=1, progress=False)
+    costs = cost.layer_costs(
+        ep.module(), {"linear_4": [ladder["static int8"], ladder[DYNAMIC]], "layer_norm": list(ladder)}
+    )
+    assert cost.measured == 2 and set(costs["linear_4"]) == {"static int8", DYNAMIC}
+    assert all(0 < ms < float("inf") for ms in costs["linear_4"].values())
+    assert costs["layer_norm"] == dict.fromkeys(costs["layer_norm"], 0.0) and cost.name.startswith(
+        "Inductor/oneDNN latency"
+    )
