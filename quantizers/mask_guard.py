@@ -18,6 +18,8 @@ A float tensor is **mask-like** when either
 * it is an add, sub, mul, div, ``where``, ``masked_fill`` or a view/copy of a mask-like
   tensor (``scores + mask`` is dominated by the mask's constants just the same).
 
+The guard also keeps float the integer index arithmetic a model carries in float
+(:mod:`pt2q.quantizers.index_guard`: T5/MPNet position buckets, float position ids).
 A quantizer keeps float every node that computes a mask-like tensor or reads one as an
 operand (:meth:`MaskGuard.allows`), and tells ``pt2q.report`` why (:meth:`MaskGuard.reason`).
 """
@@ -32,10 +34,12 @@ from torch.fx import GraphModule, Node
 
 from pt2q.attrs import get_attr_value
 from pt2q.ops import ADD, DIV, FULL, MASKED_FILL, MOVE_OPS, MUL, SUB, WHERE, is_op, ops
+from pt2q.quantizers.index_guard import find_index_derived
 
 __all__ = ["MASK_VALUE_BOUND", "find_mask_like", "MaskGuard"]
 
 MASK_VALUE_BOUND = 1e4
+_INDEX_WHY = "positions and buckets must stay exact (and may hold -inf before a clamp)"
 
 # ops that fill masked positions with a value
 _FILL_OPS = WHERE | MASKED_FILL
@@ -115,7 +119,10 @@ def find_mask_like(gm: GraphModule) -> dict[Node, str]:
 
 
 class MaskGuard:
-    """A quantizer's guard that keeps mask-like tensors float (on by default).
+    """A quantizer's guard that keeps mask-like tensors and index arithmetic float (on by default).
+
+    Index arithmetic: float tensors computed only from integer sources (positions, buckets;
+    :func:`pt2q.quantizers.index_guard.find_index_derived`), and the nodes reading them.
 
     ``scan(gm)`` once per ``annotate``; then ``allows(node)`` filters the patterns
     (False for a node computing or reading a mask-like tensor) and ``reason(node)``
@@ -132,8 +139,10 @@ class MaskGuard:
         if not self.enabled:
             return self
         masks = find_mask_like(gm)
+        indices = {n: why for n, why in find_index_derived(gm).items() if n not in masks}
         for node in gm.graph.nodes:
             operand = next((a for a in node.all_input_nodes if a in masks), None)
+            index = next((a for a in node.all_input_nodes if a in indices), None)
             if operand is not None and node.op == "call_function":
                 self._reasons[node.name] = (
                     f"kept float (mask guard): its operand {operand.name} is {masks[operand]}; "
@@ -141,6 +150,12 @@ class MaskGuard:
                 )
             elif node in masks:
                 self._reasons[node.name] = f"kept float (mask guard): it computes {masks[node]}"
+            elif node in indices:
+                self._reasons[node.name] = f"kept float (index guard): it computes {indices[node]}; {_INDEX_WHY}"
+            elif index is not None and node.op == "call_function":
+                self._reasons[node.name] = (
+                    f"kept float (index guard): its operand {index.name} is {indices[index]}; {_INDEX_WHY}"
+                )
         return self
 
     def allows(self, node: Node) -> bool:
