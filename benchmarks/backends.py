@@ -42,8 +42,17 @@ from tests.backend_zoo import (
 
 __all__ = ["Cell", "run_matrix", "matrix_table", "time_prepare_convert", "timing_table", "suite", "main"]
 
+BENCHMARK_MODELS = ("resnet18", "bert_encoder_12l")
 # one configuration per backend, on a conv and a transformer model: the timing rows
 TIMED = (
+    ("xnnpack-per_channel", "resnet18"),
+    ("xnnpack-per_channel", "bert_encoder_12l"),
+    ("qualcomm-8a8w", "resnet18"),
+    ("qualcomm-8a8w", "bert_encoder_12l"),
+    ("cadence-default", "resnet18"),
+    ("samsung-a8w8", "resnet18"),
+    ("coreml-int8_symmetric", "resnet18"),
+    ("openvino-int8_sym", "resnet18"),
     ("xnnpack-per_channel", "conv_bn_relu"),
     ("xnnpack-per_channel", "attention"),
     ("xnnpack-per_channel-qat", "conv_bn_relu"),
@@ -159,9 +168,31 @@ def matrix_summary(cells: list[Cell]) -> str:
     )
 
 
-def _one_prepare_convert(flow: Flow, case: QuantizerCase, exported: torch.fx.GraphModule, batch: tuple) -> float:
+QUANTIZER_HOOKS = ("transform_for_annotation", "annotate", "validate")
+
+
+def _timed(method: Any, spent: list[float]) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    return call
+
+
+def _one_prepare_convert(
+    flow: Flow, case: QuantizerCase, exported: torch.fx.GraphModule, batch: tuple
+) -> tuple[float, float]:
+    """Seconds of prepare + convert, and of them the seconds spent inside the quantizer's own hooks."""
     gm = copy.deepcopy(exported)
     quantizer = case.build()
+    spent = [0.0]
+    for hook in QUANTIZER_HOOKS:
+        method = getattr(quantizer, hook, None)
+        if method is not None:
+            setattr(quantizer, hook, _timed(method, spent))
     with warnings.catch_warnings(), pattern_memo():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
@@ -173,25 +204,40 @@ def _one_prepare_convert(flow: Flow, case: QuantizerCase, exported: torch.fx.Gra
             flow.to_eval(prepared)
         t0 = time.perf_counter()
         flow.convert(prepared)
-        return t_prepare + time.perf_counter() - t0
+        return t_prepare + time.perf_counter() - t0, spent[0]
+
+
+def _timing_model(model: str) -> tuple[torch.nn.Module, tuple]:
+    """A model of the zoo, or a benchmark model (``benchmarks/models.py``, small sizes) by name."""
+    if model in BENCHMARK_MODELS:
+        from benchmarks.models import benchmark_models
+
+        return benchmark_models(small=True)[model]
+    return make_model(model)
 
 
 def time_prepare_convert(case: QuantizerCase, model: str, repeats: int) -> dict[str, float]:
-    """Median seconds of prepare + convert per flow; the flows alternate in a fresh random order each repeat
-    (after one untimed run of each, which also fills the pattern memo both flows share)."""
-    net, example = make_model(model)
+    """Per flow, median seconds of prepare + convert (``<flow>``) and of the same without the time spent in
+    the quantizer's own hooks (``<flow> flow``). The flows alternate in a fresh random order each repeat, after
+    one untimed run of each (which also fills the pattern memo both flows share)."""
+    net, example = _timing_model(model)
     exported = export_for(case, net, example)
-    batch = model_batches(model, 1, seed=1)[0]
+    batch = example if model in BENCHMARK_MODELS else model_batches(model, 1, seed=1)[0]
     flows = [torchao_flow(), pt2q_flow()]
-    times: dict[str, list[float]] = {f.name: [] for f in flows}
+    totals: dict[str, list[float]] = {f.name: [] for f in flows}
+    own: dict[str, list[float]] = {f.name: [] for f in flows}
     for flow in flows:
         _one_prepare_convert(flow, case, exported, batch)
     rng = random.Random(0)
     for _ in range(repeats):
         rng.shuffle(flows)
         for flow in flows:
-            times[flow.name].append(_one_prepare_convert(flow, case, exported, batch))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            total, in_quantizer = _one_prepare_convert(flow, case, exported, batch)
+            totals[flow.name].append(total)
+            own[flow.name].append(total - in_quantizer)
+    result = {name: statistics.median(ts) for name, ts in totals.items()}
+    result.update({f"{name} flow": statistics.median(ts) for name, ts in own.items()})
+    return result
 
 
 def timing_rows(repeats: int, progress: bool = True) -> dict[str, dict[str, float]]:
@@ -211,12 +257,20 @@ def timing_rows(repeats: int, progress: bool = True) -> dict[str, dict[str, floa
 
 
 def timing_table(rows: dict[str, dict[str, float]]) -> str:
-    lines = ["| quantizer / model | torchao ms | pt2q ms | pt2q / torchao |", "|---|---:|---:|---:|"]
+    lines = [
+        "| quantizer / model | torchao ms | pt2q ms | pt2q / torchao | torchao flow ms | pt2q flow ms | "
+        "flow: pt2q / torchao |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['torchao'] * 1e3:.1f} | {r['pt2q'] * 1e3:.1f} | {r['pt2q'] / r['torchao']:.2f} |")
+        lines.append(
+            f"| {name} | {r['torchao'] * 1e3:.1f} | {r['pt2q'] * 1e3:.1f} | {r['pt2q'] / r['torchao']:.2f} | "
+            f"{r['torchao flow'] * 1e3:.1f} | {r['pt2q flow'] * 1e3:.1f} | {r['pt2q flow'] / r['torchao flow']:.2f} |"
+        )
     if rows:
-        ratios = [r["pt2q"] / r["torchao"] for r in rows.values()]
-        lines.append(f"| **median** | | | **{statistics.median(ratios):.2f}** |")
+        total = statistics.median(r["pt2q"] / r["torchao"] for r in rows.values())
+        flow = statistics.median(r["pt2q flow"] / r["torchao flow"] for r in rows.values())
+        lines.append(f"| **median** | | | **{total:.2f}** | | | **{flow:.2f}** |")
     return "\n".join(lines)
 
 
@@ -236,8 +290,10 @@ def timing_method(repeats: int) -> str:
         "Wall time of `prepare_pt2e` (QAT: `prepare_qat_pt2e`) + `convert_pt2e` on the same exported model with a "
         "freshly built quantizer of the same configuration (export, quantizer construction and the one calibration "
         f"batch excluded); median of {repeats} repeats in which the two flows run in a fresh random order, after "
-        "one untimed run of each. One thread. The time includes the quantizer's own `transform_for_annotation` "
-        "and `annotate`, which are the same code in both flows."
+        "one untimed run of each. One thread. The first three columns include the quantizer's own "
+        "`transform_for_annotation`, `annotate` and `validate` (the same code in both flows); the *flow* columns "
+        "subtract the time spent inside those hooks, leaving each library's own work (observer insertion, QAT "
+        "rewrites, convert)."
     )
 
 
