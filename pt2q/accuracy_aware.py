@@ -280,15 +280,13 @@ def quantize(
     outcome: Optional[LadderOutcome] = None
     by_name = {n.name: n for n in float_gm.graph.nodes}
 
-    def candidates(gm: GraphModule) -> list[ReportRow]:
-        """Quantized rows with a sensitivity, worst first; a view or dropout only shares its producer's
+    def candidates(gm: GraphModule, sensitivity: bool = True) -> list[ReportRow]:
+        """Quantized rows (with a sensitivity, worst first); a view or dropout only shares its producer's
         qparams: moving it alone changes nothing."""
-        ranking = report(gm, float_gm, batches[:report_batches]).worst(n=len(float_gm.graph.nodes))
-        return [
-            r
-            for r in ranking
-            if r.quantized and r.sensitivity_sqnr is not None and not is_op(by_name.get(r.name), SHARE_QPARAMS_OPS)
-        ]
+        rows = report(gm, float_gm, batches[:report_batches], sensitivity=sensitivity).rows
+        if sensitivity:
+            rows = sorted((r for r in rows if r.sensitivity_sqnr is not None), key=lambda r: r.sensitivity_sqnr or 0.0)
+        return [r for r in rows if r.quantized and not is_op(by_name.get(r.name), SHARE_QPARAMS_OPS)]
 
     if steps_ladder is not None and targeted:
 
@@ -297,14 +295,15 @@ def quantize(
             s, q = measure(gm)
             return gm, s, q, met(s, q)
 
-        rows = candidates(current)  # their costs decide whether a cheaper rung is worth a round
+        # the plain flow met the target: only the layers' costs are needed (does a cheaper rung exist?)
+        rows = candidates(current, sensitivity=not met(score, sqnr))
         outcome = search(
             float_gm,
             steps_ladder,
             run_round,
             lambda gm: {r.name: r.sensitivity_sqnr for r in candidates(gm) if r.sensitivity_sqnr is not None},
             [r.name for r in rows],
-            {r.name: r.sensitivity_sqnr for r in rows if r.sensitivity_sqnr is not None},
+            {r.name: r.sensitivity_sqnr for r in rows if r.sensitivity_sqnr is not None} or None,
             (current, score, sqnr, met(score, sqnr)),
             cost_model=cost,
             min_sqnr=min_sqnr,

@@ -191,7 +191,7 @@ def search(
     run_round: RunRound,
     sensitivities: Callable[[GraphModule], dict[str, float]],
     candidates: Sequence[str],
-    base_sensitivity: Mapping[str, float],
+    base_sensitivity: Optional[Mapping[str, float]],
     base_round: tuple[GraphModule, float, float, bool],
     cost_model: Optional[CostModel] = None,
     min_sqnr: Optional[float] = None,
@@ -199,7 +199,8 @@ def search(
     progress: bool = True,
 ) -> LadderOutcome:
     """Search ``ladder`` for the cheapest choice over ``candidates`` (report row names, with their
-    ``base_sensitivity`` measured on ``base_round``, the plain flow's already-run round)."""
+    ``base_sensitivity`` measured on ``base_round``, the plain flow's already-run round; ``None``:
+    measured with ``sensitivities`` when a round beyond it is made)."""
     base = ladder.base.name
     applies = {r.name: annotated_layers(float_gm, r.quantizer) for r in ladder.rungs[1:] if r.quantizer}
     requests = {
@@ -209,7 +210,7 @@ def search(
     model = cost_model or RelativeCost()
     costs = model.layer_costs(float_gm, requests)
     unit = getattr(model, "unit", "ms")
-    sens: dict[str, dict[str, float]] = {layer: {base: s} for layer, s in base_sensitivity.items()}
+    sens: dict[str, dict[str, float]] = {layer: {base: s} for layer, s in (base_sensitivity or {}).items()}
 
     gm0, score0, sqnr0, met0 = base_round
     rounds: list[tuple[dict[str, str], GraphModule, float, float, bool]] = [({}, gm0, score0, sqnr0, met0)]
@@ -233,6 +234,9 @@ def search(
     # when the base already meets the target, only a rung that is cheaper here is worth a round
     # (e.g. dynamic int8 on CPUs whose static int8 kernels are no faster than fp32)
     worth = [r for r in ladder.rungs[1:] if not r.is_float and (not met0 or _saves(r, costs, base, applies))]
+    if worth and base_sensitivity is None:
+        for layer, s in sensitivities(gm0).items():
+            sens.setdefault(layer, {})[base] = s
     for rung in worth:
         if len(rounds) >= max_rounds:
             break
