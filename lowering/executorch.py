@@ -16,8 +16,11 @@
 >>> runtime.load(path)(*example_inputs).shape
 torch.Size([1, 4])
 
-The steps, all ExecuTorch's own machinery:
+The steps, all ExecuTorch's own machinery after one rewrite of pt2q's:
 
+0. A reshape of a transposed attention output gets a contiguous copy first
+   (:mod:`pt2q.lowering.attention_layout`): export saw SDPA's eager layout, ExecuTorch's
+   decomposition gives another, and the view would no longer fit (GPT-2).
 1. ``to_edge_transform_and_lower`` with the XNNPACK partitioner: quantized
    linear/conv/add/... patterns become XNNPACK delegate blobs.
 2. A check of every delegated op whose input and output XNNPACK requires to share
@@ -50,6 +53,7 @@ from torch.utils import _pytree as pytree
 from pt2q.atomic_file import write_atomic
 from pt2q.digest import seal_trailer
 from pt2q.lowering.affine_checks import affine_ops_outside_delegate, unsupported_affine_weights
+from pt2q.lowering.attention_layout import copy_attention_outputs
 from pt2q.lowering.delegation_report import DelegationReport, build_delegation_report, source_name
 from pt2q.ops import ANY_DEQUANTIZE, DQ_PER_TENSOR, LINEAR, Q_PER_TENSOR, aten, is_observer_node, is_op, op_name, ops
 from pt2q.pt2_file import save_pt2
@@ -156,6 +160,7 @@ def to_executorch(
             "affine-quantized weight(s) the XNNPACK delegate cannot run as quantized",
             unsupported_affine_weights(exported),
         )
+    copy_attention_outputs(exported)  # a view of SDPA's eager layout breaks when ExecuTorch decomposes it (GPT-2)
     with quiet():
         partitioners = [_xnnpack_partitioner()] if delegate else []
         edge = to_edge_transform_and_lower(exported, partitioner=partitioners)

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
 from torch._ops import OpOverloadPacket
 from torch.fx import GraphModule, Node
 
@@ -57,6 +58,7 @@ from pt2q.quantizers.annotation import (
     is_annotated,
     mark_annotated,
 )
+from pt2q.quantizers.observer_choice import weight_constructor
 from pt2q.spec import QuantizationConfig, QuantizationSpec, QuantizationSpecBase
 
 __all__ = ["Guard", "Pattern", "apply_pattern", "annotate_pattern", "weighted_inputs", "operand_inputs"]
@@ -108,11 +110,28 @@ class Pattern:
 
 
 def _weight_qspec(op: Node, config: Optional[QuantizationConfig]) -> Optional[QuantizationSpecBase]:
-    """The weight spec; a transposed conv's weight is (in, out/groups, ...): its channel axis is 1."""
+    """The weight spec; a transposed conv's weight is (in, out/groups, ...): its channel axis is 1.
+
+    A weight computed in the graph (not a stored tensor, e.g. from an activation) is quantized
+    per tensor: the backends run computed tensors with one scale, as they run activations.
+    """
     spec = get_weight_qspec(config)
     if is_op(op, CONV_TRANSPOSE) and isinstance(spec, QuantizationSpec):
         spec = dataclasses.replace(spec, ch_axis=1)
+    weight = op.args[1]
+    if isinstance(weight, Node) and weight.op != "get_attr" and isinstance(spec, QuantizationSpec):
+        if spec.qscheme in (torch.per_channel_symmetric, torch.per_channel_affine):
+            per_tensor = (
+                torch.per_tensor_symmetric if spec.qscheme == torch.per_channel_symmetric else torch.per_tensor_affine
+            )
+            spec = dataclasses.replace(
+                spec, qscheme=per_tensor, ch_axis=None, observer_or_fake_quant_ctr=_per_tensor_ctr(config)
+            )
     return spec
+
+
+def _per_tensor_ctr(config: Optional[QuantizationConfig]) -> Any:
+    return weight_constructor(bool(config is not None and config.is_qat), is_per_channel=False)
 
 
 def weighted_inputs(op: Node, config: Optional[QuantizationConfig]) -> tuple[InputSpecs, list[Node]]:

@@ -50,6 +50,7 @@ from pt2q.quantizer import OperatorConfig, OperatorPatternType, Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, has_affine_weights, is_dynamic_config
 from pt2q.quantizers.annotators import PATTERNS, propagate_annotation
+from pt2q.quantizers.computed_weights import fold_computed_weights
 from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
@@ -280,7 +281,14 @@ class XNNPACKQuantizer(Quantizer):
     # --- Quantizer -----------------------------------------------------------------
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        """Scalars of float add/mul become tensors; weights computed from parameters (weight norm) are folded."""
+        if not self._any_qat():
+            fold_computed_weights(model)  # QAT trains the parameters the weight is computed from
         return convert_scalars_to_attrs(model)
+
+    def _any_qat(self) -> bool:
+        configs = [self.global_config, *self.operator_type_config.values(), *self.module_type_config.values()]
+        return any(c is not None and c.is_qat for c in [*configs, *self.module_name_config.values()])
 
     def annotate(self, model: GraphModule) -> GraphModule:
         owners = {node: self._owner(node) for node in model.graph.nodes}
