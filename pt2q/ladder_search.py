@@ -3,8 +3,9 @@
 Every try is one prepare + calibration + convert ("round") and is measured on the target
 metric. The rounds, at most ``max_rounds``:
 
-1. the base rung everywhere (the plain flow): when it meets the target and no other rung is
-   cheaper on this machine (by more than 3% of the summed cost), that is the answer;
+1. the base rung everywhere (the plain flow): when it meets the target and no other rung (fp32
+   included: small layers may run faster float) is cheaper on this machine by more than 3% of the
+   summed cost, that is the answer;
 2. each other quantizing rung on every layer it applies to (the rest on the base; when the
    base met the target, only the cheaper rungs): measures
    the metric of that uniform choice, and, from the report's *sensitivity* column, the output
@@ -247,7 +248,10 @@ def search(
         for layer, s in sensitivities(rounds[-1][1]).items():
             if layer in uniform:
                 sens.setdefault(layer, {})[rung.name] = s
-    if worth or not met0:
+    if worth or not met0 or _saves(ladder.float_rung, costs, base, {ladder.float_rung.name: set(costs)}):
+        if base_sensitivity is None and not worth:  # only fp32 is cheaper (small layers on x86): price its noise
+            for layer, s in sensitivities(gm0).items():
+                sens.setdefault(layer, {})[base] = s
         _mixed(rounds, run, sens, costs, ladder, candidates, min_sqnr, max_rounds)
     bar.close()
 
@@ -370,7 +374,9 @@ def _goal(rounds: list, min_sqnr: Optional[float]) -> Optional[float]:
         hi = min(passed)
         if min_sqnr is not None and (lo is None or lo < min_sqnr):
             return None if hi <= min_sqnr + 0.25 else min_sqnr + _margin(rounds)
-        if lo is None or hi - lo < 0.5:
+        if lo is None:  # a user metric nothing has missed yet: no less accurate than what met it
+            return hi
+        if hi - lo < 0.5:
             return None  # nothing cheaper left to find between them
         return (lo + hi) / 2
     floor = min_sqnr if min_sqnr is not None else -math.inf
