@@ -232,10 +232,12 @@ def search(
         tries.append(_try(len(tries), choice, candidates, ladder, costs, score, sqnr, ok, predicted))
         bar.update()
 
-    # when the base already meets the target, only a rung that is cheaper here is worth a round
-    # (e.g. dynamic int8 on CPUs whose static int8 kernels are no faster than fp32)
+    # when the base already meets the target, only a rung that is cheaper here is worth a round (e.g.
+    # dynamic int8 on CPUs whose static int8 is no faster than fp32; fp32 for small layers on x86)
     worth = [r for r in ladder.rungs[1:] if not r.is_float and (not met0 or _saves(r, costs, base, applies))]
-    if worth and base_sensitivity is None:
+    float_cheaper = met0 and _saves(ladder.float_rung, costs, base, {ladder.float_rung.name: set(costs)})
+    mixed = worth or not met0 or float_cheaper
+    if mixed and base_sensitivity is None:
         for layer, s in sensitivities(gm0).items():
             sens.setdefault(layer, {})[base] = s
     for rung in worth:
@@ -248,10 +250,7 @@ def search(
         for layer, s in sensitivities(rounds[-1][1]).items():
             if layer in uniform:
                 sens.setdefault(layer, {})[rung.name] = s
-    if worth or not met0 or _saves(ladder.float_rung, costs, base, {ladder.float_rung.name: set(costs)}):
-        if base_sensitivity is None and not worth:  # only fp32 is cheaper (small layers on x86): price its noise
-            for layer, s in sensitivities(gm0).items():
-                sens.setdefault(layer, {})[base] = s
+    if mixed:
         _mixed(rounds, run, sens, costs, ladder, candidates, min_sqnr, max_rounds)
     bar.close()
 
