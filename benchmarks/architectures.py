@@ -14,7 +14,10 @@ Per cell: runs? (else the first line of the error), output SQNR against fp32 on 
 batch, the share of matmul-class ops (linear/conv/matmul) whose operands are all int8, and
 latency against the same flow's fp32 program (fp32 ``.pte`` with XNNPACK / fp32 Inductor).
 
-    python -m benchmarks.architectures [--models bert,gpt2] [--flows pt2q_pte,pt2q_x86,torchao_pte] [--no-timing]
+A second table runs the decoders through each XNNPACK recipe (static int8, dynamic int8, 8da8w, 8da4w).
+
+    python -m benchmarks.architectures [--models bert,gpt2] [--flows pt2q_pte,pt2q_x86,torchao_pte] [--recipes]
+                                       [--no-timing]
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from torch.fx import GraphModule
 from pt2q.quiet import quiet
 from tests.hf_zoo import ARCHITECTURES, Arch
 
-__all__ = ["Cell", "FLOWS", "run_cell", "rows", "table", "suite", "main", "int8_share", "float_notes"]
+__all__ = ["Cell", "FLOWS", "run_cell", "rows", "table", "recipe_rows", "recipe_table", "suite", "main", "int8_share"]
 
 CALIBRATION = 4  # batches; the next one is held out for SQNR
 FLOWS = ("pt2q_pte", "pt2q_x86", "torchao_pte")
@@ -130,7 +133,7 @@ def pt2q_xnnpack_quantizer() -> Any:
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 
-def _pte_cell(arch: Arch, torchao: bool, timing_runs: int) -> Cell:
+def _pte_cell(arch: Arch, torchao: bool, timing_runs: int, quantizer: Optional[Any] = None) -> Cell:
     from pt2q import runtime
 
     model, batches = arch.build(CALIBRATION + 1)
@@ -142,12 +145,13 @@ def _pte_cell(arch: Arch, torchao: bool, timing_runs: int) -> Cell:
         from executorch.backends.xnnpack.quantizer import xnnpack_quantizer as et
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        quantizer = et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True))
-        converted = _quantize(prepare_pt2e, convert_pt2e, quantizer, gm, batches)
+        et_quantizer = et.XNNPACKQuantizer().set_global(et.get_symmetric_quantization_config(is_per_channel=True))
+        converted = _quantize(prepare_pt2e, convert_pt2e, et_quantizer, gm, batches)
     else:
         import pt2q
 
-        converted = _quantize(pt2q.prepare_pt2e, pt2q.convert_pt2e, pt2q_xnnpack_quantizer(), gm, batches)
+        quantizer = quantizer if quantizer is not None else pt2q_xnnpack_quantizer()
+        converted = _quantize(pt2q.prepare_pt2e, pt2q.convert_pt2e, quantizer, gm, batches)
     with quiet():
         program = torch.export.export(converted, batches[0])
     buffer = _pte(program, pt2q_lowering=not torchao)
@@ -214,6 +218,65 @@ def rows(
     return out
 
 
+def _recipes() -> dict[str, Callable[[], Any]]:
+    from pt2q.quantizers import (
+        XNNPACKQuantizer,
+        get_8da4w_quantization_config,
+        get_8da8w_quantization_config,
+        get_symmetric_quantization_config,
+    )
+
+    return {
+        "static int8": pt2q_xnnpack_quantizer,
+        "dynamic int8": lambda: XNNPACKQuantizer().set_global(
+            get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+        ),
+        "8da8w": lambda: XNNPACKQuantizer().set_global(get_8da8w_quantization_config()),
+        "8da4w": lambda: XNNPACKQuantizer().set_global(get_8da4w_quantization_config(group_size=32)),
+    }
+
+
+def recipe_rows(names: Sequence[str], timing_runs: int = 20, progress: bool = True) -> dict[str, dict[str, Cell]]:
+    """Decoders through each XNNPACK recipe (static int8, dynamic int8, 8da8w, 8da4w), to a running .pte."""
+    out: dict[str, dict[str, Cell]] = {}
+    for name in names:
+        out[name] = {}
+        for recipe, build in _recipes().items():
+            try:
+                cell = _pte_cell(ARCHITECTURES[name], False, timing_runs, build())
+            except Exception as exc:
+                cell = Cell(False, error=_error(exc))
+            out[name][recipe] = cell
+            if progress:
+                shown = f"{cell.sqnr:.1f} dB" if cell.runs and cell.sqnr is not None else cell.error
+                print(f"architectures: {name} {recipe}: {shown}", file=sys.stderr, flush=True)
+    return out
+
+
+def recipe_table(results: dict[str, dict[str, Cell]]) -> str:
+    recipes = list(next(iter(results.values())))
+    lines = [
+        "| decoder | " + " | ".join(f"{r} SQNR | {r} vs fp32" for r in recipes) + " |",
+        "|---|" + "---:|---:|" * len(recipes),
+    ]
+    for name, cells in results.items():
+        shown = []
+        for recipe in recipes:
+            cell = cells[recipe]
+            ok = cell.runs and cell.sqnr is not None
+            shown += [f"{cell.sqnr:.1f}" if ok else "✗", f"{cell.latency:.2f}" if cell.latency else "–"]
+        lines.append(f"| {name} | " + " | ".join(shown) + " |")
+    return "\n".join(lines)
+
+
+RECIPE_METHOD = (
+    "The decoders of the zoo through pt2q's XNNPACK recipes, each lowered to a .pte and run: static int8 "
+    "(per-channel weights, calibrated activations), dynamic int8 (per-tensor activations chosen at run time), "
+    "8da8w / 8da4w (int8 per-token dynamic activations, int8 per-channel / int4 group-32 weights). SQNR (dB) of "
+    "the .pte against fp32 on a held-out batch; vs fp32: latency over the fp32 .pte (one thread, median)."
+)
+
+
 def _fmt_cell(cell: Cell) -> list[str]:
     if not cell.runs:
         return ["✗", "–", "–", "–"]
@@ -261,8 +324,13 @@ def suite(models: Any, variants: Any, settings: Any) -> list:
     from benchmarks.run import Section
 
     torch.set_num_threads(1)
-    results = rows(list(ARCHITECTURES), timing_runs=5 if settings.small else 20)
-    return [Section("Architectures: Hugging Face models to .pte and x86", METHOD, table(results))]
+    runs = 5 if settings.small else 20
+    results = rows(list(ARCHITECTURES), timing_runs=runs)
+    decoders = [n for n, a in ARCHITECTURES.items() if a.family == "decoder"]
+    return [
+        Section("Architectures: Hugging Face models to .pte and x86", METHOD, table(results)),
+        Section("Architectures: decoder recipes (.pte)", RECIPE_METHOD, recipe_table(recipe_rows(decoders, runs))),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -270,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--models", default=",".join(ARCHITECTURES))
     parser.add_argument("--flows", default=",".join(FLOWS))
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--recipes", action="store_true", help="also the decoder recipe table")
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -277,8 +346,22 @@ def main(argv: Sequence[str] | None = None) -> str:
     unknown = set(names) - set(ARCHITECTURES)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; known: {', '.join(ARCHITECTURES)}")
-    results = rows(names, args.flows.split(","), 0 if args.no_timing else args.runs)
-    document = "\n".join(["## Architectures: Hugging Face models to .pte and x86", "", METHOD, "", table(results), ""])
+    runs = 0 if args.no_timing else args.runs
+    parts = []
+    if args.flows:
+        results = rows(names, args.flows.split(","), runs)
+        parts += ["## Architectures: Hugging Face models to .pte and x86", "", METHOD, "", table(results), ""]
+    if args.recipes:
+        decoders = [n for n in names if ARCHITECTURES[n].family == "decoder"]
+        parts += [
+            "## Architectures: decoder recipes (.pte)",
+            "",
+            RECIPE_METHOD,
+            "",
+            recipe_table(recipe_rows(decoders, runs)),
+            "",
+        ]
+    document = "\n".join(parts)
     print(document)
     return document
 
