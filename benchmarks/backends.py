@@ -40,7 +40,7 @@ from tests.backend_zoo import (
     torchao_flow,
 )
 
-__all__ = ["Cell", "run_matrix", "matrix_table", "time_prepare_convert", "timing_table", "suite", "main"]
+__all__ = ["Cell", "run_matrix", "matrix_table", "grid_table", "time_prepare_convert", "timing_table", "suite", "main"]
 
 BENCHMARK_MODELS = ("resnet18", "bert_encoder_12l")
 # one configuration per backend, on a conv and a transformer model: the timing rows
@@ -142,10 +142,13 @@ def _mark(cell: Cell) -> str:
     return "bit-identical" if cell.identical else f"runs, differs: {cell.detail}"
 
 
-def matrix_table(cells: list[Cell]) -> str:
-    """Markdown: backend, configuration, PTQ/QAT, model, torchao's flow, pt2q's flow."""
+def matrix_table(cells: list[Cell], problems_only: bool = False) -> str:
+    """Markdown: backend, configuration, PTQ/QAT, model, torchao's flow, pt2q's flow (``problems_only``: the
+    cells that are not bit-identical), then the backends that are not available here and why."""
     lines = ["| backend | config | mode | model | torchao | pt2q |", "|---|---|---|---|---|---|"]
     for c in cells:
+        if problems_only and c.identical:
+            continue
         torchao = "runs" if c.torchao == "ok" else f"fails: {c.torchao}"
         lines.append(f"| {c.case.backend} | {c.case.config} | {c.mode} | {c.model} | {torchao} | {_mark(c)} |")
     for case in CASES:
@@ -155,6 +158,30 @@ def matrix_table(cells: list[Cell]) -> str:
         if u.backend in ("arm", "cortex_m") and importable("tosa_serializer"):
             continue
         lines.append(f"| {u.backend} | – | – | – | import fails: `{u.error.__name__}: {u.message}` | – |")
+    return "\n".join(lines)
+
+
+def _symbol(cell: Cell) -> str:
+    if cell.torchao != "ok":
+        return "torchao fails"
+    if cell.pt2q != "ok":
+        return "fails"
+    return "bit-identical" if cell.identical else "differs"
+
+
+def grid_table(cells: list[Cell]) -> str:
+    """Compact Markdown: one row per quantizer configuration and mode, one column per model."""
+    models = [
+        m
+        for m in ("conv_bn_relu", "depthwise", "ln_gelu_mlp", "attention", "embedding", "gru")
+        if any(c.model == m for c in cells)
+    ]
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    for c in cells:
+        rows.setdefault((c.case.backend, c.case.config, c.mode), {})[c.model] = _symbol(c)
+    lines = ["| backend | config | mode | " + " | ".join(models) + " |", "|---|---|---|" + "---|" * len(models)]
+    for (backend, config, mode), row in rows.items():
+        lines.append(f"| {backend} | {config} | {mode} | " + " | ".join(row.get(m, "") for m in models) + " |")
     return "\n".join(lines)
 
 
@@ -307,7 +334,9 @@ def suite(models: Any, variants: Any, settings: Any) -> list:
         Section(
             "Backends: ExecuTorch quantizers through pt2q",
             f"{MATRIX_METHOD} {matrix_summary(cells)}",
-            matrix_table(cells),
+            grid_table(cells)
+            + "\n\nNot bit-identical, and backends not available here:\n\n"
+            + matrix_table(cells, problems_only=True),
         ),
         Section("Backends: prepare + convert time", timing_method(repeats), timing_table(timing_rows(repeats))),
     ]
@@ -331,7 +360,11 @@ def main(argv: list[str] | None = None) -> str:
             MATRIX_METHOD,
             matrix_summary(cells),
             "",
-            matrix_table(cells),
+            grid_table(cells),
+            "",
+            "Not bit-identical, and backends not available here:",
+            "",
+            matrix_table(cells, problems_only=True),
             "",
         ]
     if not args.no_timing:
