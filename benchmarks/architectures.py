@@ -43,7 +43,9 @@ FLOWS = ("pt2q_pte", "pt2q_x86", "torchao_pte")
 MATMUL_OPS = {
     torch.ops.aten.linear.default,
     torch.ops.aten.conv1d.default,
+    torch.ops.aten.conv1d.padding,
     torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv2d.padding,
     torch.ops.aten.matmul.default,
     torch.ops.aten.bmm.default,
     torch.ops.aten.mm.default,
@@ -69,6 +71,7 @@ class Cell:
 
 
 def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
+    reference, actual = reference.detach(), actual.detach()
     noise = (reference - actual).pow(2).mean()
     return math.inf if noise == 0 else float(10 * torch.log10(reference.pow(2).mean() / noise))
 

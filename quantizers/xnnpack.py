@@ -54,6 +54,7 @@ from pt2q.quantizers.computed_weights import fold_computed_weights
 from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
+from pt2q.quantizers.transposed_weights import addmm_as_linear
 from pt2q.spec import QuantizationConfig, QuantizationSpec
 
 __all__ = [
@@ -281,9 +282,11 @@ class XNNPACKQuantizer(Quantizer):
     # --- Quantizer -----------------------------------------------------------------
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
-        """Scalars of float add/mul become tensors; weights computed from parameters (weight norm) are folded."""
-        if not self._any_qat():
-            fold_computed_weights(model)  # QAT trains the parameters the weight is computed from
+        """Scalars of float add/mul become tensors; weights computed from parameters (weight norm) are folded
+        and ``addmm`` on a stored (in, out) weight (GPT-2's Conv1D) becomes a linear."""
+        if not self._any_qat():  # QAT trains the parameters these rewrites replace by stored results
+            fold_computed_weights(model)
+            addmm_as_linear(model)
         return convert_scalars_to_attrs(model)
 
     def _any_qat(self) -> bool:
