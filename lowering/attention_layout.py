@@ -40,9 +40,10 @@ def _attention_source(node: Node) -> Optional[Node]:
         if node.target not in _PASS_THROUGH:
             return None
         permuted |= node.target in _PERMUTES
-        node = node.args[0]
-        if not isinstance(node, Node):
+        source = node.args[0]
+        if not isinstance(source, Node):
             return None
+        node = source
     return node if permuted and node.op == "call_function" else None
 
 

@@ -45,13 +45,13 @@ def addmm_as_linear(gm: GraphModule) -> int:
         value = _stored_matrix(gm, weight)
         if value is None or not isinstance(x, Node) or isinstance(weight, Node) and weight.op != "get_attr":
             continue
-        target = str(weight.target)  # type: ignore[union-attr]
+        target = str(weight.target)
         if target not in transposed:
             transposed[target] = set_new_attr(gm, "_transposed_weight_", value.detach().t().contiguous())
         with gm.graph.inserting_before(node):
             stored = gm.graph.get_attr(transposed[target])
             linear = gm.graph.call_function(aten.linear.default, (x, stored) if bias is None else (x, stored, bias))
-        val = weight.meta.get("val")  # type: ignore[union-attr]
+        val = weight.meta.get("val")
         if isinstance(val, torch.Tensor):
             with val.fake_mode:  # type: ignore[attr-defined]
                 stored.meta["val"] = val.t().contiguous()
