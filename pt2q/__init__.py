@@ -32,6 +32,13 @@ from pt2q.affine_fake_quantize import AffineFakeQuantize
 from pt2q.bias_correction import correct_bias
 from pt2q.convert import convert_pt2e
 from pt2q.derived import DerivedObserverOrFakeQuantize
+from pt2q.drop_in_warnings import (
+    DropInWarning,
+    FakeQuantizeInPTQWarning,
+    MissingChannelAxisWarning,
+    ObserverInQATWarning,
+    UncalibratedObserverWarning,
+)
 from pt2q.export_utils import WrapperModule
 from pt2q.fake_quantize import (
     FakeQuantize,
@@ -128,6 +135,12 @@ __all__ = [
     "smooth_quant",
     "correct_bias",
     "QuantizationRangeWarning",
+    # where pt2q accepts what torchao accepts but warns
+    "DropInWarning",
+    "ObserverInQATWarning",
+    "FakeQuantizeInPTQWarning",
+    "MissingChannelAxisWarning",
+    "UncalibratedObserverWarning",
     "QuantizationReport",
     "LearnableFakeQuantize",
     "enable_range_learning",

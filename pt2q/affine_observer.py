@@ -32,7 +32,7 @@ from pt2q.affine_primitives import (
     reduction_params,
 )
 from pt2q.attrs import set_new_attr
-from pt2q.granularity import Granularity, get_block_size
+from pt2q.granularity import Granularity, as_granularity, get_block_size
 from pt2q.notes import OBSERVER_KEY, copy_provenance, set_note
 from pt2q.observer import _with_args
 
@@ -86,8 +86,12 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
                 f"{name} cannot choose qparams at run time; "
                 "use AffineQuantizedPlaceholderObserver for dynamic quantization"
             )
-        if not isinstance(granularity, Granularity):
-            raise TypeError(f"{name}: granularity must be a Granularity such as PerGroup(32), got {granularity!r}")
+        try:
+            granularity = as_granularity(granularity)  # torchao's granularity objects too
+        except TypeError as e:
+            raise TypeError(f"{name}: {e}") from None
+        if not isinstance(mapping_type, MappingType) and getattr(mapping_type, "name", None) in MappingType.__members__:
+            mapping_type = MappingType[mapping_type.name]  # torchao's MappingType
         if not isinstance(mapping_type, MappingType):
             raise TypeError(f"{name}: mapping_type must be a pt2q MappingType, got {mapping_type!r}")
         get_and_check_qmin_qmax(target_dtype, quant_min, quant_max)  # fails early on an impossible range
@@ -100,6 +104,8 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
         self.scale_dtype = scale_dtype
         self.zero_point_dtype = zero_point_dtype
         self.preserve_zero = preserve_zero
+        if zero_point_domain is not None and not isinstance(zero_point_domain, ZeroPointDomain):
+            zero_point_domain = ZeroPointDomain[zero_point_domain.name]  # torchao's ZeroPointDomain
         self.zero_point_domain = zero_point_domain
         self.block_size: Optional[tuple[int, ...]] = None  # set by forward
         self.original_dtype: Optional[torch.dtype] = None

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch.fx import Graph, GraphModule, Node
 
+from pt2q.drop_in_warnings import MissingChannelAxisWarning, warn_drop_in
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
     DerivedQuantizationSpec,
@@ -100,8 +101,13 @@ def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase, graph: Graph) ->
     if is_per_channel(qscheme):
         ch_axis, rank = getattr(spec, "ch_axis", None), _rank(member)
         if ch_axis is None:
-            raise AnnotationError(f"{describe(member)}: per-channel qscheme {qscheme} needs a ch_axis.")
-        if rank is not None and not 0 <= ch_axis < rank:
+            warn_drop_in(
+                MissingChannelAxisWarning,
+                f"{describe(member)}: per-channel qscheme {qscheme} without a ch_axis; the observer's default "
+                "axis applies (0). Set ch_axis in the spec",
+                stacklevel=5,
+            )
+        elif rank is not None and not 0 <= ch_axis < rank:
             raise AnnotationError(
                 f"{describe(member)}: ch_axis={ch_axis} is out of range for a tensor of rank {rank}; "
                 f"use an axis in [0, {rank - 1}]."

@@ -12,7 +12,7 @@ from pt2q.duplicate_dq import duplicate_dq
 from pt2q.fold_quantize import fold_quantize as fold_quantized_weights
 from pt2q.prepare import _require_graph_module
 from pt2q.qat_conv_bn import fold_trained_conv_bn
-from pt2q.qdq import UncalibratedModelError, replace_observers_with_qdq
+from pt2q.qdq import replace_observers_with_qdq
 from pt2q.quantizer.port_metadata_pass import port_node_meta_for_qdq
 from pt2q.reentrant import drop_requantize
 from pt2q.reference_representation import reference_representation_rewrite
@@ -50,15 +50,7 @@ def convert_pt2e(
     move_exported_model_to_eval(model)
     reattach_operands(model)
     for name, m in [("", model), *((name, body) for _, name, body in bodies(model))]:
-        try:
-            replace_observers_with_qdq(m)
-        except UncalibratedModelError as e:
-            if not name:
-                raise
-            raise UncalibratedModelError(
-                f"{e} They are in the body '{name}', which calibration never ran: use inputs that take "
-                "every branch of the model's control flow."
-            ) from None
+        replace_observers_with_qdq(m, where=name)
         warn_absurd_scales(m)
     drop_requantize(model)  # a second round's Q/DQ around values the first round quantized
     fold_trained_conv_bn(model)

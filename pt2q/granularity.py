@@ -12,7 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Granularity", "PerTensor", "PerAxis", "PerGroup", "PerRow", "PerToken", "PerBlock", "get_block_size"]
+__all__ = [
+    "Granularity",
+    "PerTensor",
+    "PerAxis",
+    "PerGroup",
+    "PerRow",
+    "PerToken",
+    "PerBlock",
+    "get_block_size",
+    "as_granularity",
+]
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,26 @@ class PerBlock(Granularity):
     """One qparam per block of the trailing dimensions; leading dimensions are padded with 1."""
 
     block_size: tuple[int, ...]
+
+
+def as_granularity(obj: object) -> Granularity:
+    """``obj`` as a pt2q granularity: itself, or the same kind read by its class name and fields (torchao's
+    ``torchao.quantization.granularity.PerGroup(32)`` becomes ``PerGroup(32)``). TypeError for anything else."""
+    if isinstance(obj, Granularity):
+        return obj
+    kinds: dict[str, type[Granularity]] = {
+        k.__name__: k for k in (PerTensor, PerAxis, PerGroup, PerRow, PerToken, PerBlock)
+    }
+    kind = kinds.get(type(obj).__name__)
+    if kind is not None:
+        try:
+            fields = {f: getattr(obj, f) for f in kind.__dataclass_fields__}
+            if kind is PerBlock:
+                fields["block_size"] = tuple(fields["block_size"])
+            return kind(**fields)
+        except AttributeError:
+            pass
+    raise TypeError(f"granularity must be a Granularity such as PerGroup(32), got {obj!r}")
 
 
 def _check_divides(shape: Sequence[int], block: Sequence[int], what: str) -> None:

@@ -12,6 +12,7 @@ from torch.fx import GraphModule, Node
 from pt2q.check_annotations import AnnotationError
 from pt2q.control_flow import graph_modules, value_aliases
 from pt2q.derived import DerivedObserverOrFakeQuantize
+from pt2q.drop_in_warnings import FakeQuantizeInPTQWarning, ObserverInQATWarning, warn_drop_in
 from pt2q.graph_utils import collect_producer_nodes
 from pt2q.notes import copy_provenance
 from pt2q.ops import OBSERVER_PREFIX, is_observer_node, writes_first_argument
@@ -37,9 +38,15 @@ def _spec_kwargs(spec: QuantizationSpec | FixedQParamsQuantizationSpec) -> dict[
         if getattr(spec, name) is not None:
             kwargs[name] = getattr(spec, name)
     ch_axis = getattr(spec, "ch_axis", None)
-    if is_per_channel(spec.qscheme) and ch_axis is not None:
-        kwargs["ch_axis"] = ch_axis
+    if ch_axis is not None and (is_per_channel(spec.qscheme) or "PerChannel" in _observer_class_name(spec)):
+        kwargs["ch_axis"] = ch_axis  # as torchao: a per-channel observer takes the axis whatever the qscheme
     return kwargs
+
+
+def _observer_class_name(spec: QuantizationSpec | FixedQParamsQuantizationSpec) -> str:
+    ctr = getattr(spec, "observer_or_fake_quant_ctr", None)
+    func = getattr(getattr(ctr, "p", None), "func", ctr)  # a with_args partial wraps the class
+    return getattr(func, "__name__", "")
 
 
 def _create(spec: QuantizationSpecBase, made: dict[EdgeOrNode, nn.Module], is_qat: bool) -> nn.Module:
@@ -66,22 +73,34 @@ def _create(spec: QuantizationSpecBase, made: dict[EdgeOrNode, nn.Module], is_qa
     return spec.observer_or_fake_quant_ctr(**_spec_kwargs(spec))
 
 
-def _check_mode(obs: nn.Module, member: EdgeOrNode, is_qat: bool) -> nn.Module:
-    """QAT needs fake quantizers (they pass gradients); PTQ needs observers."""
+def _wrong_mode(obs: nn.Module, is_qat: bool) -> bool:
+    """QAT wants fake quantizers (they pass gradients), PTQ observers; torchao takes either anywhere."""
     if isinstance(obs, DerivedObserverOrFakeQuantize):
-        return obs
-    is_fake_quant = hasattr(obs, "fake_quant_enabled")
-    if is_qat and not is_fake_quant:
-        raise ValueError(
-            f"prepare_qat_pt2e: the spec for {describe(member)} builds a {type(obs).__name__}, which only "
-            "observes and cannot train. Use a QAT config, e.g. get_symmetric_quantization_config(is_qat=True)."
+        return False
+    return hasattr(obs, "fake_quant_enabled") != is_qat
+
+
+def _warn_wrong_mode(members: list[tuple[EdgeOrNode, nn.Module]], is_qat: bool) -> None:
+    if not members:
+        return
+    (member, obs), more = members[0], len(members) - 1
+    where = describe(member) + (f" and {more} more" if more else "")
+    if is_qat:
+        warn_drop_in(
+            ObserverInQATWarning,
+            f"prepare_qat_pt2e: the spec for {where} builds a {type(obs).__name__}, which only observes: "
+            "training does not simulate the quantization of these tensors. Use a QAT config, e.g. "
+            "get_symmetric_quantization_config(is_qat=True)",
+            stacklevel=4,
         )
-    if not is_qat and is_fake_quant:
-        raise ValueError(
-            f"prepare_pt2e: the spec for {describe(member)} builds a {type(obs).__name__}, a QAT fake "
-            "quantizer. Use prepare_qat_pt2e for quantization-aware training, or a config with is_qat=False."
+    else:
+        warn_drop_in(
+            FakeQuantizeInPTQWarning,
+            f"prepare_pt2e: the spec for {where} builds a {type(obs).__name__}, a QAT fake quantizer: "
+            "calibration runs through fake quantization. Use prepare_qat_pt2e for quantization-aware "
+            "training, or a config with is_qat=False",
+            stacklevel=4,
         )
-    return obs
 
 
 def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
@@ -93,6 +112,7 @@ def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
     groups, uf = sharing_groups(specs, value_aliases(gm))
     by_group: dict[int, nn.Module] = {}
     made: dict[EdgeOrNode, nn.Module] = {}
+    wrong_mode: list[tuple[EdgeOrNode, nn.Module]] = []
     # Derived specs read other groups' observers, so build them last.
     for derived_pass in (False, True):
         for member in specs:
@@ -103,9 +123,12 @@ def _build(gm: GraphModule, is_qat: bool) -> dict[EdgeOrNode, nn.Module]:
                 continue
             gid = groups[member]
             if gid not in by_group:
-                by_group[gid] = _check_mode(_create(spec, made, is_qat), member, is_qat)
+                by_group[gid] = _create(spec, made, is_qat)
+                if _wrong_mode(by_group[gid], is_qat):
+                    wrong_mode.append((member, by_group[gid]))
                 setattr(by_group[gid], "target_name", describe(member))  # noqa: B010 (any observer module)
             made[member] = by_group[gid]
+    _warn_wrong_mode(wrong_mode, is_qat)
     return made
 
 

@@ -123,12 +123,8 @@ class LearnableFakeQuantize(FakeQuantizeBase):
 
     @torch.jit.export
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:
-        """The learned scale (clamped to ``eps``, in place) and the rounded, clamped zero point."""
-        if not self.has_statistics:
-            raise RuntimeError(
-                f"{self.target_name or 'LearnableFakeQuantize'}: calculate_qparams called before the "
-                "fake quantizer saw any data; run the prepared model first."
-            )
+        """The learned scale (clamped to ``eps``, in place) and the rounded, clamped zero point (before any
+        data: the initial scale 1.0 and zero point 0, as torchao; ``convert_pt2e`` warns about it)."""
         self.scale.data.clamp_(min=float(self.eps))
         zero_point = self.zero_point.detach().round().clamp(self.quant_min, self.quant_max).long()
         return self.scale.detach(), zero_point

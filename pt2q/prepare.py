@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule
 
+from pt2q.annotation_protocol import adopt_annotations
 from pt2q.check_annotations import check_annotations
 from pt2q.control_flow import bodies, detach_operands, graph_modules, inline_constants
 from pt2q.export_utils import NotExportedError
@@ -77,7 +78,7 @@ def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     fold_bn(model)
     inline_constants(model)  # a weight in a control-flow body is a constant there too (convert lifts it back out)
     model = _annotate_all(model, quantizer)
-    insert_observers(model, is_qat=False, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
+    insert_observers(model, is_qat=False, obs_or_fq_callback=getattr(quantizer, "prepare_obs_or_fq_callback", None))
     detach_operands(model)
     model.meta.update(original_meta)
     return disallow_eval_train(model)
@@ -99,7 +100,7 @@ def prepare_qat_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     original_meta = dict(model.meta)
     model = _annotate_all(model, quantizer, with_bodies=False)
     simulate_conv_bn_folding(model)
-    insert_observers(model, is_qat=True, obs_or_fq_callback=quantizer.prepare_obs_or_fq_callback)
+    insert_observers(model, is_qat=True, obs_or_fq_callback=getattr(quantizer, "prepare_obs_or_fq_callback", None))
     model.meta.update(original_meta)
     return disallow_eval_train(model)
 
@@ -127,10 +128,19 @@ def _annotate_all(model: GraphModule, quantizer: Quantizer, with_bodies: bool = 
     return model
 
 
+def _no_explanation(node: object) -> None:
+    return None
+
+
 def _annotate(model: GraphModule, quantizer: Quantizer) -> GraphModule:
-    model = quantizer.transform_for_annotation(model)
+    transform = getattr(quantizer, "transform_for_annotation", None)  # annotate is the one required method
+    model = transform(model) if transform is not None else model
     quantizer.annotate(model)
-    quantizer.validate(model)
+    validate = getattr(quantizer, "validate", None)
+    if validate is not None:
+        validate(model)
+    adopt_annotations(model)  # a quantizer written against torchao's classes writes torchao's objects
     check_annotations(model)
-    record_float_reasons(model, quantizer.explain_unannotated, type(quantizer).__name__)
+    explain = getattr(quantizer, "explain_unannotated", None) or _no_explanation  # a pt2q-only hook
+    record_float_reasons(model, explain, type(quantizer).__name__)
     return model

@@ -25,7 +25,7 @@ from torch.fx import GraphModule, Node
 from pt2q.attrs import constant_attr, get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
 from pt2q.notes import copy_provenance, mark_value_of
-from pt2q.ops import BATCH_NORM, CONV, CONV_TRANSPOSE, is_op, node_arg, optional_node_arg
+from pt2q.ops import ANY_DEQUANTIZE, BATCH_NORM, CONV, CONV_TRANSPOSE, is_op, node_arg, optional_node_arg
 from pt2q.pattern import find_chains, match_chain
 from pt2q.spec import Q_ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
 
@@ -166,7 +166,8 @@ def _batch_counter(gm: GraphModule, bn: Node) -> Optional[Node]:
 
 
 def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
-    """Fold the BatchNorm of each simulated-folding subgraph into the conv's bias (in place).
+    """Fold the BatchNorm of each simulated-folding subgraph whose conv weight is quantized into the conv's
+    bias (in place).
 
     The BatchNorm's batch counter goes too, and so does the zero bias the conv
     ran with during training.
@@ -179,6 +180,8 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
         ) or match_chain(conv, [CONV | CONV_TRANSPOSE, {aten.div.Tensor}, BATCH_NORM])
         if chain is None or not _divides_by_bn_scale(chain[1], chain[-1]):
             continue
+        if not is_op(optional_node_arg(conv, 1), ANY_DEQUANTIZE):
+            continue  # a float weight keeps the training form, as in torchao (same numbers, bit for bit)
         bn = chain[-1]
         bias_node = node_arg(node_arg(chain[2], 1), 0) if len(chain) == 4 else None  # add(y, reshape(bias))
         bn_w, bn_b, mean, var = (constant_attr(gm, a) for a in bn.args[1:5])

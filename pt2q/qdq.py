@@ -9,6 +9,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from pt2q.attrs import set_new_attr
+from pt2q.drop_in_warnings import UncalibratedObserverWarning, warn_drop_in
 from pt2q.notes import OBSERVER_KEY, copy_provenance, set_note
 from pt2q.ops import is_observer_node
 from pt2q.spec import dtype_range, is_per_channel
@@ -16,7 +17,10 @@ from pt2q.spec import dtype_range, is_per_channel
 __all__ = ["replace_observers_with_qdq", "UncalibratedModelError"]
 
 qd = torch.ops.quantized_decomposed
-_QUANT_DTYPES = {torch.int8, torch.uint8, torch.int16, torch.int32, torch.qint8, torch.quint8, torch.qint32}
+_QUANT_DTYPES = {
+    *(torch.int8, torch.uint8, torch.int16, torch.uint16, torch.int32, torch.qint8, torch.quint8, torch.qint32),
+    *(torch.float8_e4m3fn, torch.float8_e5m2),  # float8 Q/DQ as torchao has them (quantized_decomposed's bounds)
+}
 _UNDERLYING = {torch.qint8: torch.int8, torch.quint8: torch.uint8, torch.qint32: torch.int32}
 _CHOOSE_QPARAMS = {
     torch.per_tensor_affine: qd.choose_qparams.tensor,
@@ -30,6 +34,8 @@ class UncalibratedModelError(RuntimeError):
 
 def _qrange(obs: Any, dtype: torch.dtype) -> tuple[int, int]:
     full_range = dtype_range(dtype)
+    if full_range is None and dtype.is_floating_point and dtype.itemsize == 1:  # float8: its finite range
+        full_range = (int(torch.finfo(dtype).min), int(torch.finfo(dtype).max))
     if full_range is None:
         raise TypeError(f"{type(obs).__name__}: {dtype} is not an integer dtype to quantize to")
     lo, hi = full_range
@@ -111,22 +117,46 @@ def _out_dtype_kwargs(node: Node) -> dict[str, Any]:
     return {}
 
 
-def replace_observers_with_qdq(gm: GraphModule) -> GraphModule:
-    """Turn each observer call into ``quantize -> dequantize`` with the observer's qparams (in place)."""
-    observer_nodes = [n for n in gm.graph.nodes if is_observer_node(n, gm)]
-    uncalibrated = sorted(
-        {
-            str(getattr(gm.get_submodule(str(n.target)), "target_name", "") or n.name)
-            for n in observer_nodes
-            if not getattr(gm.get_submodule(str(n.target)), "has_statistics", True)
-        }
-    )
-    if uncalibrated:
-        shown = ", ".join(uncalibrated[:5]) + (f" and {len(uncalibrated) - 5} more" if len(uncalibrated) > 5 else "")
-        raise UncalibratedModelError(
-            f"convert_pt2e: {len(uncalibrated)} observer(s) never saw data ({shown}). Run the prepared "
-            "model on representative inputs (calibration) before calling convert_pt2e."
+def _saw_data(obs: Any) -> bool:
+    """pt2q's ``has_statistics``; for another observer (torchao's), a recorded range (min <= max)."""
+    if hasattr(obs, "has_statistics"):
+        return bool(obs.has_statistics)
+    inner = getattr(obs, "activation_post_process", obs)  # a fake quantizer's observer
+    lo, hi = getattr(inner, "min_val", None), getattr(inner, "max_val", None)
+    if isinstance(lo, torch.Tensor) and isinstance(hi, torch.Tensor):
+        return lo.numel() > 0 and bool((lo <= hi).all())
+    return True  # nothing to tell by: trust it
+
+
+def _refuse_or_warn_uncalibrated(gm: GraphModule, observer_nodes: list[Node], where: str) -> None:
+    """Observers that never saw data: an error where they have no default qparams (affine observers, as in
+    torchao), else an ``UncalibratedObserverWarning`` and their defaults (scale 1.0, zero point 0), as torchao."""
+    uncalibrated: dict[str, Any] = {}
+    for n in observer_nodes:
+        obs = gm.get_submodule(str(n.target))
+        if not _saw_data(obs):
+            uncalibrated.setdefault(str(getattr(obs, "target_name", "") or n.name), obs)
+    if not uncalibrated:
+        return
+    names = sorted(uncalibrated)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    message = f"convert_pt2e: {len(names)} observer(s) never saw data ({shown})"
+    advice = "Run the prepared model on representative inputs (calibration) before calling convert_pt2e."
+    if where:
+        advice = (
+            f"They are in the body '{where}', which calibration never ran: use inputs that take every branch "
+            "of the model's control flow."
         )
+    if any(callable(getattr(obs, "convert", None)) for obs in uncalibrated.values()):
+        raise UncalibratedModelError(f"{message}. {advice}")  # no default qparams for a block-wise observer
+    warn_drop_in(UncalibratedObserverWarning, f"{message}: they convert with scale 1.0, zero point 0. {advice}", 5)
+
+
+def replace_observers_with_qdq(gm: GraphModule, where: str = "") -> GraphModule:
+    """Turn each observer call into ``quantize -> dequantize`` with the observer's qparams (in place).
+    ``where`` names the control-flow body ``gm`` is, for messages."""
+    observer_nodes = [n for n in gm.graph.nodes if is_observer_node(n, gm)]
+    _refuse_or_warn_uncalibrated(gm, observer_nodes, where)
     for node in observer_nodes:
         obs: Any = gm.get_submodule(str(node.target))  # any observer module (duck-typed)
         convert = getattr(obs, "convert", None)

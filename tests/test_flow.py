@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import expecttest
 import pytest
@@ -135,8 +136,15 @@ def test_saved_pt2_is_at_most_0_3x_fp32_and_smaller_than_torchao() -> None:
 def test_convert_before_calibration_names_the_observers() -> None:
     model, example = make("mlp")
     m = pt2q.prepare_pt2e(export_module(model, example), xnnpack())
-    with pytest.raises(RuntimeError, match=r"never saw data .*input 'x' of node 'linear'.*calibration"):
-        pt2q.convert_pt2e(m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pt2q.UncalibratedObserverWarning)  # a user who wants the error gets it
+        with pytest.raises(pt2q.UncalibratedObserverWarning, match=r"never saw data .*input 'x' of node 'linear'"):
+            pt2q.convert_pt2e(copy.deepcopy(m))
+    # by default, as torchao: the observers' defaults (scale 1, zero point 0), with the warning naming them
+    with pytest.warns(pt2q.UncalibratedObserverWarning, match=r"never saw data .*input 'x' of node 'linear'"):
+        uncalibrated = pt2q.convert_pt2e(copy.deepcopy(m))
+    scales = {n.args[1] for n in uncalibrated.graph.nodes if "quantize_per_tensor" in str(n.target)}
+    assert scales == {1.0}
     m(*example)  # nothing was lost: the model still calibrates and converts
     assert sum(qdq_signature(pt2q.convert_pt2e(m)).values()) > 0
 

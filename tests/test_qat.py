@@ -7,6 +7,7 @@ import collections
 import copy
 import dataclasses
 import io
+import warnings
 
 import pytest
 import torch
@@ -24,7 +25,6 @@ from pt2q.fake_quantize import (
 )
 from pt2q.learnable_fake_quantize import LearnableFakeQuantize, enable_range_learning
 from pt2q.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
-from pt2q.qdq import UncalibratedModelError
 from pt2q.qparams import sqnr
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
@@ -432,20 +432,27 @@ def test_prepare_qat_keeps_each_batchnorms_eps_and_momentum() -> None:
     assert sqnr(reference(x), q(x)) > 25  # a BN folded with eps=1e-5 would be far off (var ~ 1e-3)
 
 
-# --- errors for configs of the wrong kind ------------------------------------------------------------------
+# --- configs of the wrong kind: accepted as torchao accepts them, with a named warning -----------------------
 
 
-def test_prepare_qat_rejects_a_ptq_config() -> None:
+def test_prepare_qat_warns_about_a_ptq_config() -> None:
     model, example = make("conv_bn_relu_stack")
-    with pytest.raises(ValueError, match=r"prepare_qat_pt2e: .*only observes.*is_qat=True"):
-        pt2q.prepare_qat_pt2e(export_train(model, example), xnnpack(is_qat=False))
+    with pytest.warns(pt2q.ObserverInQATWarning, match=r"prepare_qat_pt2e: .*only observes.*is_qat=True"):
+        m = pt2q.prepare_qat_pt2e(export_train(model, example), xnnpack(is_qat=False))
+    assert not any(hasattr(mod, "fake_quant_enabled") for mod in m.modules())  # observers, as torchao inserts
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pt2q.DropInWarning)
+        with pytest.raises(pt2q.ObserverInQATWarning):
+            pt2q.prepare_qat_pt2e(export_train(model, example), xnnpack(is_qat=False))
 
 
-def test_prepare_ptq_rejects_a_qat_config() -> None:
+def test_prepare_ptq_warns_about_a_qat_config() -> None:
     model, example = make("mlp")
     gm = torch.export.export(model, example).module()
-    with pytest.raises(ValueError, match=r"prepare_pt2e: .*QAT fake quantizer.*prepare_qat_pt2e"):
-        pt2q.prepare_pt2e(gm, xnnpack(is_qat=True))
+    with pytest.warns(pt2q.FakeQuantizeInPTQWarning, match=r"prepare_pt2e: .*QAT fake quantizer.*prepare_qat_pt2e"):
+        m = pt2q.prepare_pt2e(gm, xnnpack(is_qat=True))
+    m(*example)
+    assert sum(qdq_signature(pt2q.convert_pt2e(m)).values()) > 0
 
 
 @pytest.mark.parametrize("is_dynamic", [False, True])
@@ -619,8 +626,8 @@ def test_learnable_fake_quantize_parameters_exist_before_the_first_batch() -> No
     fq = make_fq()
     assert {name for name, _ in fq.named_parameters()} == {"scale", "zero_point"}
     assert not fq.has_statistics
-    with pytest.raises(RuntimeError, match="before the fake quantizer saw any data"):
-        fq.calculate_qparams()
+    scale0, zero_point0 = fq.calculate_qparams()  # before any data: the initial qparams, as torchao's
+    assert scale0.tolist() == [1.0] and zero_point0.tolist() == [0]
     opt = torch.optim.SGD(fq.parameters(), lr=0.1)  # built before any data, as after prepare_qat_pt2e
     scale = fq.scale
     fq(torch.randn(4, 3))
@@ -649,7 +656,7 @@ def test_learnable_fake_quantize_in_the_qat_flow() -> None:
     m = pt2q.prepare_qat_pt2e(export_train(model, (data[0][0],)), XNNPACKQuantizer().set_global(learnable_config()))
     fqs = list({id(fq): fq for _, fq in fake_quant_nodes(m)}.values())  # shared ones once
     assert fqs and all(isinstance(fq, LearnableFakeQuantize) for fq in fqs)
-    with pytest.raises(UncalibratedModelError):
+    with pytest.warns(pt2q.UncalibratedObserverWarning):  # as torchao: it converts with its initial qparams
         pt2q.convert_pt2e(copy.deepcopy(m))
     # the optimizer can hold the qparams right away; they need a smaller step than the weights
     qparams = [p for name, p in m.named_parameters() if name.endswith(("scale", "zero_point"))]

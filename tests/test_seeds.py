@@ -38,7 +38,7 @@ import pytest
 import torch
 from torch import nn
 
-from pt2q.qdq import UncalibratedModelError
+import pt2q
 from tests.migration import migration_rows, rewrite_imports
 
 SEEDS = Path(os.environ.get("PT2Q_SEEDS", Path(__file__).resolve().parents[2] / "shared" / "seeds"))
@@ -75,15 +75,15 @@ NOT_RUN = {
     ),
 }
 
-# Blocks that behave differently on purpose: (the block's first lines) -> (what pt2q raises, why).
+# Blocks where pt2q warns on purpose: (the block's first lines) -> (the warning pt2q gives, why).
 # The tutorials' API sketches convert with "calibration omitted" / "train omitted": torchao then
 # quantizes with the observers' defaults (scale 1, zero point 0: a wrong model, silently); pt2q
-# raises an error naming the observers that never saw data.
-_UNCALIBRATED = (UncalibratedModelError, "pt2q refuses to convert observers that never saw data")
+# does the same and warns, naming the observers that never saw data.
+_UNCALIBRATED = (pt2q.UncalibratedObserverWarning, "pt2q warns about observers that never saw data")
 # The QAT sketch also prepares for QAT with the PTQ config (no is_qat=True): torchao then trains with
-# plain observers, i.e. without simulating quantization at all; pt2q's prepare_qat_pt2e raises a
-# ValueError saying to use a QAT config (the tutorial's full QAT code below passes is_qat=True).
-_PTQ_CONFIG_FOR_QAT = (ValueError, "prepare_qat_pt2e with a config that cannot train")
+# plain observers, i.e. without simulating quantization at all; pt2q does the same and warns, saying
+# to use a QAT config (the tutorial's full QAT code below passes is_qat=True).
+_PTQ_CONFIG_FOR_QAT = (pt2q.ObserverInQATWarning, "prepare_qat_pt2e with a config that cannot train")
 DIFFERENCES = {
     "import torch\nclass M(torch.nn.Module):": _UNCALIBRATED,
     "import torch\nfrom torch._export import capture_pre_autograd_graph\n\nclass M": _UNCALIBRATED,
@@ -237,7 +237,7 @@ def run(block: str, namespace: dict[str, Any]) -> None:
     if differs is None:
         exec(code, namespace)
         return
-    with pytest.raises(differs[0]):  # differs[1]: why
+    with pytest.warns(differs[0]):  # differs[1]: why
         exec(code, namespace)
 
 

@@ -57,10 +57,15 @@ class ComposableQuantizer(Quantizer):
             quantizer.validate(model)
 
     def explain_unannotated(self, node: Node) -> Optional[str]:
-        reasons = [f"{type(q).__name__}: {r}" for q in self.quantizers if (r := q.explain_unannotated(node))]
+        reasons = [f"{type(q).__name__}: {r}" for q in self.quantizers if (r := _explain(q, node))]
         return "; ".join(reasons) or None
 
 
 def _snapshot(ann: QuantizationAnnotation) -> tuple:
     inputs = tuple((n, id(s)) for n, s in ann.input_qspec_map.items())
     return (inputs, id(ann.output_qspec), ann.allow_implicit_sharing, ann._annotated)
+
+
+def _explain(quantizer: object, node: Node) -> Optional[str]:
+    explain = getattr(quantizer, "explain_unannotated", None)  # optional: quantizers written for torchao lack it
+    return explain(node) if explain is not None else None

@@ -1,0 +1,53 @@
+"""Warnings for inputs torchao's PT2E flow accepts and pt2q finds suspicious.
+
+A script that ran on torchao keeps running on pt2q: where pt2q would rather refuse, it warns with one of
+these classes and does what torchao does. Each names the node and says what to change; turn one into an
+error with ``warnings.simplefilter("error", pt2q.UncalibratedObserverWarning)`` (or all of them with
+``DropInWarning``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+__all__ = [
+    "DropInWarning",
+    "ObserverInQATWarning",
+    "FakeQuantizeInPTQWarning",
+    "MissingChannelAxisWarning",
+    "UncalibratedObserverWarning",
+    "warn_drop_in",
+]
+
+
+class DropInWarning(UserWarning):
+    """pt2q accepted, as torchao does, an input that is probably a mistake."""
+
+
+class ObserverInQATWarning(DropInWarning):
+    """``prepare_qat_pt2e`` with a spec that builds a plain observer: training does not simulate its
+    quantization (torchao inserts the observer all the same)."""
+
+
+class FakeQuantizeInPTQWarning(DropInWarning):
+    """``prepare_pt2e`` with a spec that builds a fake quantizer: calibration runs through fake
+    quantization (torchao inserts it all the same; some backends ask for it)."""
+
+
+class MissingChannelAxisWarning(DropInWarning):
+    """A per-channel spec without ``ch_axis``: the observer's default axis (0) applies, as in torchao."""
+
+
+class UncalibratedObserverWarning(DropInWarning):
+    """``convert_pt2e`` before calibration: observers that saw no data give their default qparams
+    (scale 1.0, zero point 0), as in torchao: the model is almost certainly wrong."""
+
+
+def warn_drop_in(category: type[DropInWarning], message: str, stacklevel: int = 3) -> None:
+    """Warn with ``category``, telling how to make it an error."""
+    warnings.warn(
+        f"{message} (a {category.__name__}: warnings.simplefilter('error', pt2q.{category.__name__}) makes "
+        "this an error)",
+        category,
+        stacklevel=stacklevel,
+    )
