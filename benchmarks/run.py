@@ -17,7 +17,9 @@ numbers measured in this same run. Suites:
 * decoder_lm: a Llama-style decoder trained on the standard library, fp32 / 8da8w / 8da4w
   (RTN, GPTQ) ``.pte`` perplexity, size, prefill and decode tokens/s — ``benchmarks/decoder_lm.py``;
 * backends: ExecuTorch's backend quantizers through pt2q and torchao (matrix: runs / bit-identical) and
-  prepare+convert time — ``benchmarks/backends.py``.
+  prepare+convert time — ``benchmarks/backends.py``;
+* architectures: the ``transformers`` library's own model classes (29, random weights) through pt2q's .pte and
+  x86 flows and torchao's, and the decoders through each XNNPACK recipe — ``benchmarks/architectures.py``.
 
     python -m benchmarks.run [--small] [--suites speed,overhead,size,accuracy] [--models mlp,...] [--out PATH]
 """
@@ -39,7 +41,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks import accuracy, backends, decoder_lm, distributed, overhead, size, transformer
+from benchmarks import accuracy, architectures, backends, decoder_lm, distributed, overhead, size, transformer
 from benchmarks.executorch_speed import export_variants, lower_to_pte, pte_latencies
 from benchmarks.models import benchmark_models
 from benchmarks.speed import BASELINE, x86_latencies
@@ -319,6 +321,7 @@ SUITES: dict[str, Callable[[Models, Variants, Settings], list[Section]]] = {
     "distributed": distributed.suite,  # calibration throughput on 1 and 2 processes, cost of sync_observers
     "decoder_lm": decoder_lm.suite,
     "backends": backends.suite,  # ExecuTorch's backend quantizers: pt2q vs torchao matrix and prepare+convert time
+    "architectures": architectures.suite,  # transformers' own model classes to .pte / x86 (tests/hf_zoo.py)
 }
 
 
