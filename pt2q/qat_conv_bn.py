@@ -195,6 +195,9 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
         folded_bias = ((bias - mean) * scale + beta).detach()
         with gm.graph.inserting_before(conv):
             bias_attr = gm.graph.get_attr(set_new_attr(gm, "_folded_bn_bias_", folded_bias, parameter=True))
+        for key in ("source_fn_stack", "nn_module_stack", "stack_trace"):  # one partition with its conv
+            if key in conv.meta:
+                bias_attr.meta[key] = conv.meta[key]
         args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
         training_bias, args[2] = args[2], bias_attr
         conv.args = tuple(args)

@@ -75,6 +75,9 @@ _DTYPES: dict[torch.dtype, tuple[torch.dtype, tuple[int, int], tuple[int, int]]]
     torch.uint16: (torch.uint16, (0, 2**16 - 1), (0, 2**16 - 1)),
     torch.quint4x2: (torch.uint8, (0, 15), (0, 15)),
 }
+for _f8 in (torch.float8_e4m3fn, torch.float8_e5m2):  # float8 "quantization": a scaled cast, as in torchao
+    _F8_RANGE = (int(torch.finfo(_f8).min), int(torch.finfo(_f8).max))
+    _DTYPES[_f8] = (_f8, _F8_RANGE, _F8_RANGE)
 
 
 def _dtype_info(dtype: torch.dtype) -> tuple[torch.dtype, tuple[int, int], tuple[int, int]]:

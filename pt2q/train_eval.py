@@ -9,6 +9,7 @@ own dropout ``p``, BatchNorm ``momentum`` and ``eps``.
 from __future__ import annotations
 
 import types
+from typing import Optional
 
 import torch
 from torch.fx import GraphModule
@@ -115,11 +116,17 @@ def disallow_eval_train(model: GraphModule) -> GraphModule:
 def allow_exported_model_train_eval(model: GraphModule) -> GraphModule:
     """Make ``model.train()``/``model.eval()`` switch the exported graph's dropout and BatchNorm."""
 
+    last_mode: list[Optional[bool]] = [None]  # the mode last set through these methods
+
     def _train(self: GraphModule, mode: bool = True) -> GraphModule:
-        return _set_training(self, mode)
+        _set_training(self, mode)
+        if last_mode[0] != mode:  # as torchao: the first switch recompiles, a repeated one does nothing
+            self.recompile()
+            last_mode[0] = mode
+        return self
 
     def _eval(self: GraphModule) -> GraphModule:
-        return _set_training(self, False)
+        return _train(self, False)
 
     model.train = types.MethodType(_train, model)  # type: ignore[method-assign]
     model.eval = types.MethodType(_eval, model)  # type: ignore[method-assign]

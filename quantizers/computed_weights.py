@@ -22,16 +22,19 @@ from torch.utils import _pytree as pytree
 
 from pt2q.attrs import get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
-from pt2q.ops import CONV, CONV_TRANSPOSE, LINEAR, is_op
+from pt2q.ops import ANY_QDQ, CONV, CONV_TRANSPOSE, LINEAR, is_op
 
 __all__ = ["fold_computed_weights", "parameter_only"]
 
 
 def parameter_only(node: Node, memo: dict[Node, bool]) -> bool:
-    """Whether ``node`` is computed from stored tensors (get_attr) and constants alone."""
+    """Whether ``node`` is computed from stored tensors (get_attr) and constants alone (a quantize or
+    dequantize op is not a computation to fold: it is a quantized weight of an earlier round)."""
     if node not in memo:
         if node.op == "get_attr":
             memo[node] = True
+        elif is_op(node, ANY_QDQ):
+            memo[node] = False
         elif node.op == "call_function" and not node.target.__name__.startswith("_assert"):  # type: ignore[union-attr]
             inputs = node.all_input_nodes
             memo[node] = bool(inputs) and all(parameter_only(a, memo) for a in inputs)

@@ -37,6 +37,12 @@ class ComposableQuantizer(Quantizer):
             for node in model.graph.nodes:
                 ann = node.meta.get(Q_ANNOTATION_KEY)
                 if ann is None:
+                    if node in seen:  # an earlier quantizer's annotation removed: its nodes would go float
+                        raise RuntimeError(
+                            f"{type(quantizer).__name__} removed the quantization annotation of node "
+                            f"'{node.name}' that {type(seen[node][2]).__name__} wrote before it. Quantizers in a "
+                            "ComposableQuantizer must annotate disjoint nodes."
+                        )
                     continue
                 snap = _snapshot(ann)
                 if node in seen:
