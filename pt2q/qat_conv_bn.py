@@ -25,7 +25,7 @@ from torch.fx import GraphModule, Node
 from pt2q.attrs import constant_attr, get_attr_value, set_new_attr
 from pt2q.dead_code import erase_with_dead_inputs
 from pt2q.notes import copy_provenance, mark_value_of
-from pt2q.ops import ANY_DEQUANTIZE, BATCH_NORM, CONV, CONV_TRANSPOSE, is_op, node_arg, optional_node_arg
+from pt2q.ops import ANY_DEQUANTIZE, ANY_QUANTIZE, BATCH_NORM, CONV, CONV_TRANSPOSE, is_op, node_arg, optional_node_arg
 from pt2q.pattern import find_chains, match_chain
 from pt2q.spec import Q_ANNOTATION_KEY, DerivedQuantizationSpec, SharedQuantizationSpec
 
@@ -165,6 +165,22 @@ def _batch_counter(gm: GraphModule, bn: Node) -> Optional[Node]:
     return None
 
 
+def _quantized_like(gm: GraphModule, conv: Node, bias: Node, training_bias: object) -> Node:
+    """``bias``, quantized as the quantizer asked for the training bias (e.g. int32 with act_scale * w_scale:
+    the quantize -> dequantize on it), or as it is when the training bias was float."""
+    dq = training_bias if is_op(training_bias, ANY_DEQUANTIZE) else None
+    q = dq.args[0] if isinstance(dq, Node) else None
+    if not isinstance(dq, Node) or not isinstance(q, Node) or not is_op(q, ANY_QUANTIZE):
+        return bias
+    with gm.graph.inserting_before(conv):
+        new_q = gm.graph.call_function(q.target, (bias, *q.args[1:]), dict(q.kwargs))  # type: ignore[arg-type]
+        new_dq = gm.graph.call_function(dq.target, (new_q, *dq.args[1:]), dict(dq.kwargs))  # type: ignore[arg-type]
+    for new, old in ((new_q, q), (new_dq, dq)):
+        copy_provenance(new, old)
+        new.meta.update({k: v for k, v in old.meta.items() if k not in new.meta and k != "val"})
+    return new_dq
+
+
 def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
     """Fold the BatchNorm of each simulated-folding subgraph whose conv weight is quantized into the conv's
     bias (in place).
@@ -199,7 +215,7 @@ def fold_trained_conv_bn(gm: GraphModule) -> GraphModule:
             if key in conv.meta:
                 bias_attr.meta[key] = conv.meta[key]
         args = list(conv.args) + [None] * max(0, 3 - len(conv.args))
-        training_bias, args[2] = args[2], bias_attr
+        training_bias, args[2] = args[2], _quantized_like(gm, conv, bias_attr, args[2])
         conv.args = tuple(args)
         mark_value_of(conv, bn)
         bn.replace_all_uses_with(conv)

@@ -383,3 +383,35 @@ def test_float8_and_uint16_qdq_as_torchao(dtype: torch.dtype) -> None:
     _assert_same(ours, theirs)
     dtypes = {n.args[-1] for n in ours.graph.nodes if "quantize_per_tensor" in str(n.target)}
     assert dtypes == {dtype}
+
+
+class ConvBn(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+def test_qat_conv_bn_keeps_the_derived_int32_bias() -> None:
+    """The BatchNorm folded into the conv at convert: its bias keeps the int32 quantization the quantizer asked
+    for (act_scale * weight_scale), as torchao's, not a float bias."""
+    converted = []
+    for prepare, convert in (
+        (pt2q.prepare_qat_pt2e, pt2q.convert_pt2e),
+        (ao_flow.prepare_qat_pt2e, ao_flow.convert_pt2e),
+    ):
+        torch.manual_seed(0)
+        m = prepare(torch.export.export(ConvBn().train(), _example()).module(), UserQuantizer(is_qat=True))
+        torch.manual_seed(1)
+        for _ in range(3):
+            m(*_example())
+        converted.append(convert(pt2q.move_exported_model_to_eval(m)))
+    ours, theirs = converted
+    conv = next(n for n in ours.graph.nodes if n.target == aten.conv2d.default)
+    bias = conv.args[2]
+    assert isinstance(bias, Node) and bias.target == torch.ops.quantized_decomposed.dequantize_per_channel.default
+    assert bias.args[-1] == torch.int32
+    _assert_same(ours, theirs)
