@@ -173,7 +173,7 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
         with graph.inserting_before(observer_node):
             if self.is_dynamic:
                 choose = graph.call_function(
-                    ops.choose_qparams_affine.default,
+                    ops.choose_qparams_affine,  # the packets, as torchao inserts them
                     (
                         x,
                         self.mapping_type.name,
@@ -200,10 +200,8 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
                     else graph.get_attr(set_new_attr(model, "_zero_point_", zp_value.detach().clone()))
                 )
             qparams = (block_size, scale, zero_point, self.target_dtype, qmin, qmax)
-            q = graph.call_function(ops.quantize_affine.default, (x, *qparams))
-            dq = graph.call_function(
-                ops.dequantize_affine.default, (q, *qparams), {"output_dtype": self.original_dtype}
-            )
+            q = graph.call_function(ops.quantize_affine, (x, *qparams))
+            dq = graph.call_function(ops.dequantize_affine, (q, *qparams), {"output_dtype": self.original_dtype})
         for node in (*new, q, dq):
             copy_provenance(node, observer_node)
             set_note(node, OBSERVER_KEY, type(self).__name__)

@@ -188,7 +188,7 @@ def _reference_dequantize(gm: GraphModule, c: _AffineQDQ) -> Node:
 
 def _rows() -> tuple[Rewrite, ...]:
     ops = affine_ops()
-    q, dq = {ops.quantize_affine.default}, {ops.dequantize_affine.default}
+    q, dq = {ops.quantize_affine.default, ops.quantize_affine}, {ops.dequantize_affine.default, ops.dequantize_affine}
     return (
         Rewrite(
             "dynamic_groupwise_linear", (LINEAR,), {0: dq, 1: dq}, _carry_groupwise_linear, _integer_groupwise_linear

@@ -270,7 +270,10 @@ def _unwrap(target: Any) -> Any:
 
 def op_name(target: Any) -> Optional[str]:
     """``namespace.op`` of an ATen/edge operator (overload dropped), or None for other callables."""
-    schema = getattr(_unwrap(target), "_schema", None)
+    target = _unwrap(target)
+    schema = getattr(target, "_schema", None)
+    if schema is None and isinstance(target, torch._ops.OpOverloadPacket):  # e.g. torchao's affine ops
+        return target._qualified_op_name.replace("::", ".")
     return None if schema is None else schema.name.replace("::", ".")
 
 

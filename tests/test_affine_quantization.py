@@ -340,19 +340,20 @@ def test_8da4w_graph_quantizes_linears_only_and_drops_float_weights() -> None:
         if is_affine_qdq(n):
             args = [a.name if isinstance(a, torch.fx.Node) else a for a in n.args]
             lines.append(f"{n.target.__name__}{tuple(args[1:])}")
-    # activation: choose_qparams per token, then Q/DQ; weight: int8 codes in [-8, 7], groups of 32
+    # activation: choose_qparams per token, then Q/DQ; weight: int8 codes in [-8, 7], groups of 32 (torchao's
+    # op packets, as its convert inserts them)
     assert "\n".join(lines) == "\n".join(
         [
-            "dequantize_affine.default([1, 32], '_scale_0', '_zero_point_0', torch.int8, -8, 7)",
-            "dequantize_affine.default([1, 32], '_scale_1', '_zero_point_1', torch.int8, -8, 7)",
-            "choose_qparams_affine.default('ASYMMETRIC', [1, 1, 64], torch.int8, -128, 127, 1.1920928955078125e-07, "
+            "dequantize_affine([1, 32], '_scale_0', '_zero_point_0', torch.int8, -8, 7)",
+            "dequantize_affine([1, 32], '_scale_1', '_zero_point_1', torch.int8, -8, 7)",
+            "choose_qparams_affine('ASYMMETRIC', [1, 1, 64], torch.int8, -128, 127, 1.1920928955078125e-07, "
             "torch.float32, torch.int8)",
-            "quantize_affine.default([1, 1, 64], 'getitem', 'getitem_1', torch.int8, -128, 127)",
-            "dequantize_affine.default([1, 1, 64], 'getitem', 'getitem_1', torch.int8, -128, 127)",
-            "choose_qparams_affine.default('ASYMMETRIC', [1, 1, 96], torch.int8, -128, 127, 1.1920928955078125e-07, "
+            "quantize_affine([1, 1, 64], 'getitem', 'getitem_1', torch.int8, -128, 127)",
+            "dequantize_affine([1, 1, 64], 'getitem', 'getitem_1', torch.int8, -128, 127)",
+            "choose_qparams_affine('ASYMMETRIC', [1, 1, 96], torch.int8, -128, 127, 1.1920928955078125e-07, "
             "torch.float32, torch.int8)",
-            "quantize_affine.default([1, 1, 96], 'getitem_2', 'getitem_3', torch.int8, -128, 127)",
-            "dequantize_affine.default([1, 1, 96], 'getitem_2', 'getitem_3', torch.int8, -128, 127)",
+            "quantize_affine([1, 1, 96], 'getitem_2', 'getitem_3', torch.int8, -128, 127)",
+            "dequantize_affine([1, 1, 96], 'getitem_2', 'getitem_3', torch.int8, -128, 127)",
         ]
     )
     conv = [n for n in q.graph.nodes if n.target == torch.ops.aten.conv2d.default][0]

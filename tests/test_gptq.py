@@ -58,7 +58,7 @@ def test_gptq_beats_rtn_and_convert_stores_exactly_its_codes(group_size) -> None
     ops = affine_ops()
     dequantized = []
     for node in quantized.graph.nodes:
-        if node.target is ops.dequantize_affine.default and node.args[0].op == "get_attr":
+        if node.target is ops.dequantize_affine and node.args[0].op == "get_attr":
             args = [quantized.get_buffer(a.target) if isinstance(a, torch.fx.Node) else a for a in node.args]
             dequantized.append(node.target(*args, **node.kwargs))
     assert len(dequantized) == 2
