@@ -400,7 +400,7 @@ CASES: tuple[QuantizerCase, ...] = (
     _cadence_case("CadenceWithLayerNormQuantizer", "with_layer_norm", ("ln_gelu_mlp",)),
     _cadence_case("CadenceWithSoftmaxQuantizer", "with_softmax_a16", ("attention",)),
     _cadence_case("CadenceWith16BitLinearActivationsQuantizer", "a16_linear", ("ln_gelu_mlp",)),
-    _cadence_case("CadenceW8A32MixedQuantizer", "w8a32_mixed", ("gru", "ln_gelu_mlp")),
+    _cadence_case("CadenceW8A32MixedQuantizer", "w8a32_mixed", ("gru",)),
     QuantizerCase("qualcomm", "8a8w", _qnn("use_8a8w"), ALL_BUT_GRU),
     QuantizerCase("qualcomm", "16a8w", _qnn("use_16a8w"), ("conv_bn_relu", "attention")),
     QuantizerCase("qualcomm", "16a4w", _qnn("use_16a4w"), ("conv_bn_relu", "ln_gelu_mlp")),
