@@ -36,6 +36,7 @@ from pt2q.drop_in_warnings import (
     DropInWarning,
     FakeQuantizeInPTQWarning,
     MissingChannelAxisWarning,
+    NotAnInputWarning,
     ObserverInQATWarning,
     UncalibratedObserverWarning,
 )
@@ -140,6 +141,7 @@ __all__ = [
     "ObserverInQATWarning",
     "FakeQuantizeInPTQWarning",
     "MissingChannelAxisWarning",
+    "NotAnInputWarning",
     "UncalibratedObserverWarning",
     "QuantizationReport",
     "LearnableFakeQuantize",

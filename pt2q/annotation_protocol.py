@@ -105,12 +105,16 @@ class _Adopter:
             arg: self.spec(s, f"the spec of input '{getattr(arg, 'name', arg)}' of {where}")
             for arg, s in inputs.items()
         }
-        return QuantizationAnnotation(
+        result = QuantizationAnnotation(
             input_qspec_map=adopted,
             output_qspec=self.spec(getattr(ann, "output_qspec"), f"the output spec of {where}"),  # noqa: B009
             allow_implicit_sharing=bool(getattr(ann, "allow_implicit_sharing", True)),
             _annotated=bool(getattr(ann, "_annotated", False)),
         )
+        # a backend's own fields (torchao's x86 annotation: _is_output_of_quantized_pattern) stay readable
+        for name, value in getattr(ann, "__dict__", {}).items():
+            result.__dict__.setdefault(name, value)
+        return result
 
 
 def adopt_spec(spec: Any, where: str = "a spec") -> Optional[QuantizationSpecBase]:

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-from pt2q.drop_in_warnings import MissingChannelAxisWarning, warn_drop_in
+from pt2q.drop_in_warnings import MissingChannelAxisWarning, NotAnInputWarning, warn_drop_in
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
     DerivedQuantizationSpec,
@@ -126,12 +126,15 @@ def check_annotations(gm: GraphModule) -> None:
                 "expected a pt2q QuantizationAnnotation."
             )
         inputs = set(node.all_input_nodes)
+        for arg in [a for a in ann.input_qspec_map if a not in inputs]:
+            warn_drop_in(
+                NotAnInputWarning,
+                f"the annotation of node '{node.name}' maps '{arg}', which is not an input of '{node.name}' "
+                f"(its inputs: {sorted(n.name for n in inputs)}); the entry quantizes nothing and is dropped",
+                stacklevel=5,
+            )
+            del ann.input_qspec_map[arg]
         for arg, spec in ann.input_qspec_map.items():
-            if arg not in inputs:
-                raise AnnotationError(
-                    f"the annotation of node '{node.name}' maps '{arg}', which is not an input of "
-                    f"'{node.name}' (its inputs: {sorted(n.name for n in inputs)})."
-                )
             if spec is not None:
                 _check_spec((arg, node), spec, gm.graph)
         if ann.output_qspec is not None:

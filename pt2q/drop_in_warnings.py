@@ -16,6 +16,7 @@ __all__ = [
     "FakeQuantizeInPTQWarning",
     "MissingChannelAxisWarning",
     "UncalibratedObserverWarning",
+    "NotAnInputWarning",
     "warn_drop_in",
 ]
 
@@ -41,6 +42,11 @@ class MissingChannelAxisWarning(DropInWarning):
 class UncalibratedObserverWarning(DropInWarning):
     """``convert_pt2e`` before calibration: observers that saw no data give their default qparams
     (scale 1.0, zero point 0), as in torchao: the model is almost certainly wrong."""
+
+
+class NotAnInputWarning(DropInWarning):
+    """An annotation maps a node that is not an input of the annotated node: the entry quantizes nothing and
+    is dropped (torchao makes an observer for it that nothing reads)."""
 
 
 def warn_drop_in(category: type[DropInWarning], message: str, stacklevel: int = 3) -> None:

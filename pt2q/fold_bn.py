@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import cast
 
 import torch
@@ -11,13 +12,15 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from pt2q.attrs import constant_attr, remove_unused_attributes, set_new_attr
 from pt2q.notes import mark_value_of
-from pt2q.ops import BATCH_NORM, CONV, CONV_TRANSPOSE, LINEAR, is_op
+from pt2q.ops import BATCH_NORM, BATCH_NORM_NO_TRAINING, CONV, CONV_TRANSPOSE, LINEAR, is_op
 from pt2q.pattern import find_chains
 
 __all__ = ["fold_bn", "BatchNormInTrainingMode"]
 
 # batch_norm.default(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
 _TRAINING, _EPS = 5, 7
+# _native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps) -> 3 outputs
+_EPS_NO_TRAINING = 6
 
 
 class BatchNormInTrainingMode(ValueError):
@@ -51,7 +54,10 @@ def _fold_one(gm: GraphModule, op: Node, bn: Node) -> bool:
     bn_w, bn_b, mean, var = (constant_attr(gm, a) for a in bn.args[1:5])
     if mean is None or var is None:
         return False
-    eps = cast(float, bn.args[_EPS])
+    decomposed = is_op(bn, BATCH_NORM_NO_TRAINING)  # e.g. after run_decompositions (Cadence's trace)
+    eps = cast(float, bn.args[_EPS_NO_TRAINING if decomposed else _EPS])
+    if decomposed and any(u.target is not operator.getitem or u.args[1] != 0 for u in bn.users):
+        return False  # its saved mean / invstd are read: leave it
     if is_op(op, LINEAR):
         if op.meta.get("val") is None or op.meta["val"].dim() != 2:
             return False  # BatchNorm1d over a 3-D linear output normalizes another axis
@@ -67,7 +73,10 @@ def _fold_one(gm: GraphModule, op: Node, bn: Node) -> bool:
     _write_weight(gm, op, 1, new_w, "_folded_bn_weight_")
     _write_weight(gm, op, 2, new_b, "_folded_bn_bias_")
     mark_value_of(op, bn)
-    bn.replace_all_uses_with(op)
+    for out in list(bn.users) if decomposed else [bn]:
+        out.replace_all_uses_with(op)
+        if out is not bn:
+            gm.graph.erase_node(out)
     gm.graph.erase_node(bn)
     return True
 
@@ -86,6 +95,6 @@ def fold_bn(gm: GraphModule) -> GraphModule:
                 "model.eval(), or call pt2q.move_exported_model_to_eval(m) before prepare_pt2e; "
                 "for quantization-aware training use prepare_qat_pt2e."
             )
-    for op, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE | LINEAR, BATCH_NORM])):
+    for op, bn in list(find_chains(gm, [CONV | CONV_TRANSPOSE | LINEAR, BATCH_NORM | BATCH_NORM_NO_TRAINING])):
         _fold_one(gm, op, bn)
     return remove_unused_attributes(gm)

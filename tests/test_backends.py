@@ -46,28 +46,7 @@ TORCHAO_FAILS: dict[tuple[str, str], tuple[type[BaseException], str]] = {
 }
 
 # pt2q fails here (recorded for the core's owner): (case, model) -> the exact error or mismatch
-PT2Q_FAILS: dict[tuple[str, str], str] = {
-    (
-        "cadence-default",
-        "conv_bn_relu",
-    ): "pt2q leaves Cadence's decomposed BatchNorm (aten._native_batch_norm_legit_no_training after compiler.trace) unfolded and quantizes around it; torchao folds it into the conv: 9 quantize ops vs torchao's 7",
-    (
-        "cadence-default",
-        "depthwise",
-    ): "pt2q leaves Cadence's decomposed BatchNorm (aten._native_batch_norm_legit_no_training after compiler.trace) unfolded and quantizes around it; torchao folds it into the conv: 5 quantize ops vs torchao's 4",
-    (
-        "cadence-fused_conv_relu",
-        "conv_bn_relu",
-    ): "pt2q leaves Cadence's decomposed BatchNorm (aten._native_batch_norm_legit_no_training after compiler.trace) unfolded and quantizes around it; torchao folds it into the conv: 9 quantize ops vs torchao's 5",
-    (
-        "cadence-fused_conv_relu",
-        "depthwise",
-    ): "pt2q leaves Cadence's decomposed BatchNorm (aten._native_batch_norm_legit_no_training after compiler.trace) unfolded and quantizes around it; torchao folds it into the conv: 5 quantize ops vs torchao's 3",
-    ("samsung-a8w8", "attention"): (
-        "AnnotationError: the annotation of node 'reshape' maps 'linear', which is not an input of 'reshape' "
-        "(its inputs: ['getitem']) -- torchao's flow accepts this annotation"
-    ),
-}
+PT2Q_FAILS: dict[tuple[str, str], str] = {}
 
 
 class NetworkUsed(AssertionError):

@@ -273,12 +273,20 @@ def _prepare_mlp(quantizer):
             LinearQuantizer(output=None, act=None, extra=lambda n: {n.args[0]: SharedQuantizationSpec((n.args[2], n))}),
             r"is not an input|has no quantization spec",
         ),
-        (LinearQuantizer(extra=lambda n: {next(iter(n.graph.nodes)): ACT}), r"which is not an input of 'linear"),
     ],
 )
 def test_impossible_annotations_are_rejected(quantizer, message) -> None:
     with pytest.raises(ValueError, match=message):
         _prepare_mlp(quantizer)
+
+
+def test_an_entry_for_a_node_that_is_no_input_is_dropped_with_a_warning() -> None:
+    """torchao accepts it (Samsung's quantizer writes one): the entry quantizes nothing."""
+    with pytest.warns(pt2q.NotAnInputWarning, match=r"which is not an input of 'linear"):
+        m = _prepare_mlp(LinearQuantizer(extra=lambda n: {next(iter(n.graph.nodes)): ACT}))
+    model, example = make("mlp")
+    m(*example)
+    assert sum(qdq_signature(pt2q.convert_pt2e(m)).values()) > 0  # converts: the dropped entry left no observer
 
 
 def test_composable_quantizer_rejects_overwriting_an_annotation() -> None:

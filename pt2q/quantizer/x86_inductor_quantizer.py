@@ -6,6 +6,7 @@ from pt2q.quantizers.x86_inductor import (
     get_default_x86_inductor_quantization_config,
     get_x86_inductor_linear_dynamic_fp16_config,
 )
+from pt2q.spec import Q_ANNOTATION_KEY as QUANT_ANNOTATION_KEY  # noqa: F401  (torchao defines it here, outside __all__)
 
 __all__ = [
     "X86InductorQuantizer",
