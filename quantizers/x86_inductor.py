@@ -80,10 +80,12 @@ from pt2q.quantizer import QuantizationSpecBase, Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
 from pt2q.quantizers.annotators import PATTERNS, float_operands
+from pt2q.quantizers.computed_weights import fold_computed_weights
 from pt2q.quantizers.cpu_capability import cpu_has_vnni
 from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Guard, Pattern, annotate_pattern
+from pt2q.quantizers.transposed_weights import addmm_as_linear
 from pt2q.spec import (
     Q_ANNOTATION_KEY,
     QuantizationAnnotation,
@@ -444,6 +446,16 @@ class X86InductorQuantizer(Quantizer):
         return False
 
     # --- Quantizer -----------------------------------------------------------------
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        """Weights computed from parameters (weight norm) are folded and ``addmm`` on a stored (in, out) weight
+        (GPT-2's Conv1D) becomes a linear, so their layers quantize as in the XNNPACK quantizer (PTQ only: QAT
+        trains the parameters these rewrites replace)."""
+        configs = [self.global_config, *self.operator_type_qconfig.values(), *self.module_name_qconfig.values()]
+        if not any(c is not None and c.is_qat for c in configs):
+            fold_computed_weights(model)
+            addmm_as_linear(model)
+        return model
 
     def annotate(self, model: GraphModule) -> GraphModule:
         owners = {node: self._owner(node) for node in model.graph.nodes}

@@ -24,6 +24,7 @@ import torch
 import pt2q
 from benchmarks.architectures import int8_share, pt2q_xnnpack_quantizer, run_cell, sqnr_db
 from pt2q.lowering.attention_layout import copy_attention_outputs
+from pt2q.quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 from pt2q.quantizers.index_guard import find_index_derived
 from pt2q.quiet import quiet
 from tests.helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
@@ -67,11 +68,11 @@ FLOORS = {
 X86_MODELS = ("bert", "resnet")
 
 
-def _quantize(name: str, n: int = 5):
+def _quantize(name: str, n: int = 5, quantizer=None):
     model, batches = ARCHITECTURES[name].build(n)
     with quiet():
         gm = torch.export.export(model, batches[0]).module()
-        prepared = pt2q.prepare_pt2e(copy.deepcopy(gm), pt2q_xnnpack_quantizer())
+        prepared = pt2q.prepare_pt2e(copy.deepcopy(gm), quantizer or pt2q_xnnpack_quantizer())
         for batch in batches[:-1]:
             prepared(*batch)
         converted = pt2q.convert_pt2e(prepared)
@@ -157,8 +158,10 @@ def test_gpt2_attention_outputs_are_copied_before_conv1d_views() -> None:
     # to_executorch runs this pass: test_ci_subset_runs_as_a_pte[gpt2] lowers and runs the int8 model
 
 
-def test_gpt2_conv1d_addmm_is_quantized_as_a_linear() -> None:
-    _, gm, _, converted, _ = _quantize("gpt2", 3)
+@pytest.mark.parametrize("backend", ["xnnpack", "x86"])
+def test_gpt2_conv1d_addmm_is_quantized_as_a_linear(backend: str) -> None:
+    x86 = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    _, gm, _, converted, _ = _quantize("gpt2", 3, x86 if backend == "x86" else None)
     assert sum(n.target is torch.ops.aten.addmm.default for n in gm.graph.nodes) == 8  # 4 Conv1D per layer
     assert not any(n.target is torch.ops.aten.addmm.default for n in converted.graph.nodes)
     linears = [n for n in converted.graph.nodes if n.target is torch.ops.aten.linear.default]
