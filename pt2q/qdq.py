@@ -34,10 +34,8 @@ class UncalibratedModelError(RuntimeError):
 
 def _qrange(obs: Any, dtype: torch.dtype) -> tuple[int, int]:
     full_range = dtype_range(dtype)
-    if full_range is None and dtype.is_floating_point and dtype.itemsize == 1:  # float8: its finite range
-        full_range = (int(torch.finfo(dtype).min), int(torch.finfo(dtype).max))
     if full_range is None:
-        raise TypeError(f"{type(obs).__name__}: {dtype} is not an integer dtype to quantize to")
+        raise TypeError(f"{type(obs).__name__}: {dtype} is not an integer or float8 dtype to quantize to")
     lo, hi = full_range
     qmin = obs.quant_min if getattr(obs, "quant_min", None) is not None else lo
     qmax = obs.quant_max if getattr(obs, "quant_max", None) is not None else hi

@@ -54,7 +54,10 @@ def describe(member: EdgeOrNode) -> str:
 
 
 def dtype_range(dtype: torch.dtype) -> Optional[tuple[int, int]]:
-    """The (min, max) an integer quantized dtype can hold, or None for float dtypes."""
+    """The (min, max) a quantized dtype can hold: an integer dtype's range, float8's finite range (as
+    ``quantized_decomposed``'s bounds), or None for other float dtypes."""
+    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return (int(torch.finfo(dtype).min), int(torch.finfo(dtype).max))
     if dtype in _INT_DTYPES:
         return _INT_DTYPES[dtype]
     if hasattr(torch, "uint4") and dtype in (torch.uint4,):
