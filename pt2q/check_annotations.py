@@ -20,7 +20,10 @@ from pt2q.spec import (
     is_per_channel,
 )
 
-__all__ = ["AnnotationError", "AnnotationDtypeError", "check_annotations"]
+__all__ = ["AnnotationError", "AnnotationDtypeError", "PHANTOM_INPUTS_KEY", "check_annotations"]
+
+# node.meta key: annotation entries for nodes that are not inputs (dropped, but still members for sharing)
+PHANTOM_INPUTS_KEY = "pt2q_phantom_inputs"
 
 
 class AnnotationError(ValueError):
@@ -49,6 +52,8 @@ def _check_member_exists(target: EdgeOrNode, used_by: EdgeOrNode, kind: str, gra
     if isinstance(target, tuple):
         producer, consumer = target
         ann = consumer.meta.get(Q_ANNOTATION_KEY) if isinstance(consumer, Node) else None
+        if any(producer is p for _, p, _ in consumer.meta.get(PHANTOM_INPUTS_KEY, ())):
+            return  # an edge the graph does not have, kept for sharing (see _drop_phantom_edges)
         if producer not in getattr(consumer, "all_input_nodes", ()):
             raise AnnotationError(
                 f"{kind} of {describe(used_by)} points at edge ({producer}, {consumer}), but "
@@ -114,8 +119,10 @@ def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase, graph: Graph) ->
             )
 
 
-def check_annotations(gm: GraphModule) -> None:
-    """Raise ``AnnotationError`` for the first impossible or inconsistent annotation."""
+def _drop_phantom_edges(gm: GraphModule) -> None:
+    """Drop annotation entries for nodes that are not inputs of the annotated node (with a warning). Each is
+    kept under ``node.meta[PHANTOM_INPUTS_KEY]`` as (position, producer, spec): it gets no observer, but as
+    in torchao's flow it still joins sharing groups, so a shared spec may point at it."""
     for node in gm.graph.nodes:
         ann = node.meta.get(Q_ANNOTATION_KEY)
         if ann is None:
@@ -126,14 +133,30 @@ def check_annotations(gm: GraphModule) -> None:
                 "expected a pt2q QuantizationAnnotation."
             )
         inputs = set(node.all_input_nodes)
-        for arg in [a for a in ann.input_qspec_map if a not in inputs]:
+        phantoms = []
+        for position, arg in enumerate(list(ann.input_qspec_map)):
+            if arg in inputs:
+                continue
             warn_drop_in(
                 NotAnInputWarning,
                 f"the annotation of node '{node.name}' maps '{arg}', which is not an input of '{node.name}' "
                 f"(its inputs: {sorted(n.name for n in inputs)}); the entry quantizes nothing and is dropped",
-                stacklevel=5,
+                stacklevel=6,
             )
-            del ann.input_qspec_map[arg]
+            spec = ann.input_qspec_map.pop(arg)
+            if spec is not None and isinstance(arg, Node):
+                phantoms.append((position, arg, spec))
+        if phantoms:
+            node.meta[PHANTOM_INPUTS_KEY] = phantoms
+
+
+def check_annotations(gm: GraphModule) -> None:
+    """Raise ``AnnotationError`` for the first impossible or inconsistent annotation."""
+    _drop_phantom_edges(gm)
+    for node in gm.graph.nodes:
+        ann = node.meta.get(Q_ANNOTATION_KEY)
+        if ann is None:
+            continue
         for arg, spec in ann.input_qspec_map.items():
             if spec is not None:
                 _check_spec((arg, node), spec, gm.graph)

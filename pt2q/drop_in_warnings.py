@@ -45,8 +45,9 @@ class UncalibratedObserverWarning(DropInWarning):
 
 
 class NotAnInputWarning(DropInWarning):
-    """An annotation maps a node that is not an input of the annotated node: the entry quantizes nothing and
-    is dropped (torchao makes an observer for it that nothing reads)."""
+    """An annotation maps a node that is not an input of the annotated node: the entry gets no observer but
+    still joins sharing groups, so specs shared with it resolve as in torchao (which makes an observer for it
+    that nothing reads)."""
 
 
 def warn_drop_in(category: type[DropInWarning], message: str, stacklevel: int = 3) -> None:

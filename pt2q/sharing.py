@@ -22,6 +22,7 @@ from typing import Optional
 
 from torch.fx import GraphModule, Node
 
+from pt2q.check_annotations import PHANTOM_INPUTS_KEY
 from pt2q.spec import Q_ANNOTATION_KEY, EdgeOrNode, QuantizationSpecBase, SharedQuantizationSpec
 
 __all__ = ["collect_qspecs", "sharing_groups", "root_spec"]
@@ -30,13 +31,17 @@ _SAME_QUANTIZATION = ("dtype", "is_dynamic", "quant_min", "quant_max", "qscheme"
 
 
 def collect_qspecs(gm: GraphModule) -> dict[EdgeOrNode, QuantizationSpecBase]:
-    """Map each annotated edge and node output to its spec, in graph order."""
+    """Map each annotated edge and node output to its spec, in graph order (with the entries for nodes that
+    are not inputs, which join sharing groups but get no observer)."""
     specs: dict[EdgeOrNode, QuantizationSpecBase] = {}
     for node in gm.graph.nodes:
         ann = node.meta.get(Q_ANNOTATION_KEY)
         if ann is None:
             continue
-        for arg, spec in ann.input_qspec_map.items():
+        entries = list(ann.input_qspec_map.items())
+        for position, arg, spec in node.meta.get(PHANTOM_INPUTS_KEY, ()):
+            entries.insert(position, (arg, spec))
+        for arg, spec in entries:
             if spec is not None:
                 specs[(arg, node)] = spec
         if ann.output_qspec is not None:

@@ -45,14 +45,8 @@ TORCHAO_FAILS: dict[tuple[str, str], tuple[type[BaseException], str]] = {
     ),
 }
 
-# pt2q fails here (recorded for the core's owner): (case, model) -> the exact error or mismatch
-PT2Q_FAILS: dict[tuple[str, str], str] = {
-    ("samsung-a8w8", "attention"): (
-        "AnnotationError: SharedQuantizationSpec of output of node 'reshape' points at edge (linear, reshape), but "
-        "'linear' is not an input of 'reshape' -- Samsung's quantizer annotates an edge the graph does not have and "
-        "shares with it; torchao's flow accepts this"
-    ),
-}
+# pt2q fails here (strict xfail, with the exact error or mismatch): (case, model) -> reason; none today
+PT2Q_FAILS: dict[tuple[str, str], str] = {}
 
 
 class NetworkUsed(AssertionError):

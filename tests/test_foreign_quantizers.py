@@ -308,6 +308,47 @@ def test_a_duck_typed_quantizer_needs_only_annotate() -> None:
     _assert_same(_run("pt2q", Duck()), _run("torchao", UserQuantizer()))
 
 
+class PhantomEdgeQuantizer(ao_quantizer.Quantizer):
+    """Shares with edges the graph does not have, as ExecuTorch's Samsung quantizer does on attention: sigmoid
+    maps 'conv2d' (not its input) with a spec of its own (another range than conv2d's output, so it is not
+    implicitly shared with it), and its output and cat share with that edge; mean maps 'conv2d' with a shared
+    spec and its output shares with that edge."""
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        spec = ao_quantizer.QuantizationSpec(torch.int8, ao_obs.MinMaxObserver, -128, 127, torch.per_tensor_affine)
+        narrow = ao_quantizer.QuantizationSpec(torch.int8, ao_obs.MinMaxObserver, -127, 127, torch.per_tensor_affine)
+        shared, annotation = ao_quantizer.SharedQuantizationSpec, ao_quantizer.QuantizationAnnotation
+        nodes = {n.name: n for n in model.graph.nodes}
+        conv, relu, sigmoid, cat, mean = (nodes[k] for k in ("conv2d", "relu", "sigmoid", "cat", "mean"))
+        conv.meta["quantization_annotation"] = annotation(
+            input_qspec_map={conv.args[0]: spec, conv.args[1]: spec}, output_qspec=spec
+        )
+        sigmoid.meta["quantization_annotation"] = annotation(
+            input_qspec_map={conv: narrow}, output_qspec=shared((conv, sigmoid))
+        )
+        cat.meta["quantization_annotation"] = annotation(
+            input_qspec_map={relu: shared((conv, sigmoid)), sigmoid: shared(sigmoid)},
+            output_qspec=shared((conv, sigmoid)),
+        )
+        mean.meta["quantization_annotation"] = annotation(
+            input_qspec_map={conv: shared(conv)}, output_qspec=shared((conv, mean))
+        )
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        pass
+
+
+def test_sharing_with_an_edge_the_graph_does_not_have_as_torchao() -> None:
+    with pytest.warns(pt2q.NotAnInputWarning, match="node 'sigmoid' maps 'conv2d'"):
+        ours = _run("pt2q", PhantomEdgeQuantizer())
+    _assert_same(ours, _run("torchao", PhantomEdgeQuantizer()))
+    # sigmoid's output and cat take the dropped edge's own observer; mean's output joins conv2d's group
+    quantized = [n for n in ours.graph.nodes if n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default]
+    scale_of = {n.args[0].name: n.args[1] for n in quantized}
+    assert scale_of["sigmoid"] == scale_of["cat"] != scale_of["conv2d"] == scale_of["mean"]
+
+
 def _annotate_with(bad: Callable[[Node], None]) -> Any:
     class Bad(ao_quantizer.Quantizer):
         def annotate(self, model: GraphModule) -> GraphModule:
