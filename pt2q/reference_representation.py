@@ -10,7 +10,11 @@ author pattern-matches to write a lowering:
 * requantization to the output grid multiplies by the combined scale held as a
   fixed-point number ``m / 2**shift`` (int64 multiply, add ``2**(shift-1)``,
   arithmetic right shift), adds the output zero point, clamps (a fused relu raises
-  the lower bound to the zero point) and casts to int8.
+  the lower bound to the zero point) and casts to int8;
+* except ``relu(x + y)``, written as torchao writes it so that a lowering keyed on torchao's
+  form finds it, with the same numbers: each centred operand times its float32 scale ratio,
+  ``out_dtype(mul, int32, ...)`` (which truncates towards zero), summed, offset by the output
+  zero point, clamped from it.
 
 The quantize/dequantize ops left over become their elementwise reference forms, which
 reproduce the ``quantized_decomposed`` kernels bit for bit. Operators without a row in
@@ -149,6 +153,20 @@ class _Rescaled:
     operands: tuple[tuple[Node, int], ...]  # (int8 node, zero point)
     op_args: tuple[Any, ...]
     out: _Requant
+
+
+@dataclass(frozen=True)
+class _TruncatedSum:
+    """``clamp(sum_i out_dtype(mul, int32, x_i - zp_i, ratio_i) + zero_point, zero_point, qmax)``: relu of an add.
+
+    ``ratio_i`` is operand ``i``'s scale over the output scale, divided in float32 (a Python
+    float holding a float32 value); out_dtype multiplies in float32 and truncates to int32.
+    """
+
+    operands: tuple[tuple[Node, int, float], ...]  # (8-bit node, zero point, scale ratio)
+    zero_point: int
+    qmax: int
+    dtype: torch.dtype
 
 
 @dataclass(frozen=True)
@@ -293,6 +311,18 @@ def _carry_rescaled(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, .
     return _Rescaled(tuple((a.source, int(a.zero_point)) for a in ins), tuple(op.args[len(dqs) :]), requant)
 
 
+def _carry_add_relu(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> Optional[_TruncatedSum]:
+    op, q = chain[0], chain[-1]
+    found, out = [_static_affine(gm, dq) for dq in dqs], _static_affine(gm, q)
+    ins = [a for a in found if a is not None]
+    if op.kwargs or out is None or len(ins) < len(found) or any(a.dtype not in _8BIT for a in (*ins, out)):
+        return None
+    out_scale = out.scale.float()
+    operands = tuple((a.source, int(a.zero_point), float(a.scale.float() / out_scale)) for a in ins)
+    zero_point = int(out.zero_point)
+    return _TruncatedSum(operands, zero_point, out.qmax, out.dtype)
+
+
 def _rank(gm: GraphModule, node: Node) -> int:
     if node.op == "get_attr":
         return get_attr_value(gm, str(node.target)).dim()
@@ -369,6 +399,15 @@ def _integer_dynamic_linear(gm: GraphModule, c: _DynamicLinear) -> Node:
 
 def _integer_add(gm: GraphModule, c: _Rescaled) -> Node:
     return _requantize(gm, [_widen(gm, x, zp) for x, zp in c.operands], c.out)
+
+
+def _integer_add_relu(gm: GraphModule, c: _TruncatedSum) -> Node:
+    total: Optional[Node] = None
+    for x, zero_point, ratio in c.operands:
+        term = _call(gm, out_dtype, aten.mul.Tensor, torch.int32, _widen(gm, x, zero_point), ratio)
+        total = term if total is None else _call(gm, aten.add.Tensor, total, term)
+    offset = _call(gm, aten.add.Tensor, total, c.zero_point)
+    return _call(gm, aten.to.dtype, _call(gm, aten.clamp.default, offset, c.zero_point, c.qmax), c.dtype)
 
 
 def _integer_max_pool2d(gm: GraphModule, c: _Rescaled) -> Node:
@@ -453,7 +492,11 @@ REWRITES: tuple[Rewrite, ...] = (
     ),
     Rewrite("add", (_ADD, Q_PER_TENSOR), {0: DQ_PER_TENSOR, 1: DQ_PER_TENSOR}, _carry_rescaled, _integer_add),
     Rewrite(
-        "add_relu", (_ADD, RELU, Q_PER_TENSOR), {0: DQ_PER_TENSOR, 1: DQ_PER_TENSOR}, _carry_rescaled, _integer_add
+        "add_relu",
+        (_ADD, RELU, Q_PER_TENSOR),
+        {0: DQ_PER_TENSOR, 1: DQ_PER_TENSOR},
+        _carry_add_relu,
+        _integer_add_relu,
     ),
     Rewrite("max_pool2d", (MAX_POOL2D, Q_PER_TENSOR), {0: DQ_PER_TENSOR}, _carry_rescaled, _integer_max_pool2d),
     Rewrite(
