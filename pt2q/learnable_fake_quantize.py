@@ -8,17 +8,18 @@ point become trainable parameters, updated by backpropagation through
 https://openreview.net/pdf?id=rkgO66VKDS). Numerics follow
 ``torchao.quantization.pt2e.learnable_fake_quantize.LearnableFakeQuantize``.
 
-Where pt2q differs, on purpose: ``scale`` and ``zero_point`` are registered
-parameters from construction on (torchao creates them at the first forward),
-so an optimizer built right after ``prepare_qat_pt2e`` already holds them and
-``state_dict()`` always has them; whether they were initialized is a buffer, so
-a checkpoint taken before or after the first batch loads back as it was saved.
+As in torchao 0.18, ``scale`` and ``zero_point`` are None until the first forward,
+which creates them from the observer (as many as channels, per channel): run a
+batch before building the optimizer that should train them. pt2q adds that
+whether they exist is also a buffer (``initialized``), so a checkpoint taken before
+or after the first batch loads back as it was saved, into a module that has or
+has not seen data yet.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +44,8 @@ class LearnableFakeQuantize(FakeQuantizeBase):
     ``1 / sqrt(numel * quant_max)``, as LSQ recommends.
     """
 
-    scale: nn.Parameter
-    zero_point: nn.Parameter
+    scale: Optional[nn.Parameter]
+    zero_point: Optional[nn.Parameter]
     learning_enabled: Tensor
     initialized: Tensor
     eps: Tensor
@@ -78,9 +79,9 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         self.qscheme = self.activation_post_process.qscheme
         self.ch_axis = getattr(self.activation_post_process, "ch_axis", -1)
         self.is_dynamic = False
-        # Parameters from the start (shape [1]; per-channel ones take their length at the first forward).
-        self.scale = nn.Parameter(torch.ones(1), requires_grad=False)
-        self.zero_point = nn.Parameter(torch.zeros(1), requires_grad=False)
+        # created by the first forward (or by loading a checkpoint that has them)
+        self.register_parameter("scale", None)
+        self.register_parameter("zero_point", None)
         self.register_buffer("learning_enabled", torch.tensor([0], dtype=torch.uint8))
         self.register_buffer("initialized", torch.tensor([0], dtype=torch.uint8))
         self.register_buffer("eps", torch.tensor([_F32_EPS]))
@@ -90,10 +91,21 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         """Whether the scale and zero point were set from data (at least one forward)."""
         return bool(self.initialized[0])
 
+    @property
+    def _initialized(self) -> bool:
+        """torchao's name for ``has_statistics``: whether ``scale`` and ``zero_point`` exist."""
+        return self.has_statistics
+
     def _set_learning(self, learning: bool) -> None:
         self.learning_enabled[0] = 1 if learning else 0
-        self.scale.requires_grad_(learning)
-        self.zero_point.requires_grad_(learning)
+        self._follow_learning()
+
+    def _follow_learning(self) -> None:
+        """The qparams require grad exactly while range learning is on."""
+        learning = bool(self.learning_enabled[0])
+        for param in (self.scale, self.zero_point):
+            if param is not None:
+                param.requires_grad_(learning)
 
     @torch.jit.export
     def enable_range_learning(self) -> None:
@@ -118,23 +130,31 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         self.enable_observer(False)
 
     def observe_quant_params(self) -> None:
-        print(f"LearnableFakeQuantize scale: {self.scale.detach()}")
-        print(f"LearnableFakeQuantize zero point: {self.zero_point.detach()}")
+        print(f"LearnableFakeQuantize scale: {_shown(self.scale)}")
+        print(f"LearnableFakeQuantize zero point: {_shown(self.zero_point)}")
 
     @torch.jit.export
     def calculate_qparams(self) -> tuple[Tensor, Tensor]:
-        """The learned scale (clamped to ``eps``, in place) and the rounded, clamped zero point (before any
-        data: the initial scale 1.0 and zero point 0, as torchao; ``convert_pt2e`` warns about it)."""
+        """The learned scale (clamped to ``eps``, in place) and the rounded, clamped zero point.
+
+        Before any data there are none: scale 1.0 and zero point 0 then (what torchao's
+        fake quantizers start from; ``convert_pt2e`` warns about an uncalibrated one).
+        """
+        if self.scale is None or self.zero_point is None:
+            return torch.ones(1), torch.zeros(1, dtype=torch.long)
         self.scale.data.clamp_(min=float(self.eps))
         zero_point = self.zero_point.detach().round().clamp(self.quant_min, self.quant_max).long()
         return self.scale.detach(), zero_point
 
     def _set_qparams(self, scale: Tensor, zero_point: Tensor) -> None:
-        if self.scale.shape != scale.shape:  # first per-channel observation: same Parameter, new length
-            self.scale.data = torch.empty_like(scale, dtype=self.scale.dtype)
-            self.zero_point.data = torch.empty_like(scale, dtype=self.zero_point.dtype)
-        self.scale.data.copy_(scale)
-        self.zero_point.data.copy_(zero_point.float())
+        """Create the qparams from the first statistics, afterwards update them in place."""
+        if self.scale is None or self.zero_point is None:
+            self.scale = nn.Parameter(scale.detach().clone())
+            self.zero_point = nn.Parameter(zero_point.detach().float())
+            self._follow_learning()
+        else:
+            self.scale.data.copy_(scale)
+            self.zero_point.data.copy_(zero_point.float())
         self.initialized[0] = 1
 
     def merge_across_ranks(self) -> MergeSteps:
@@ -142,7 +162,7 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         once they are learned they are averaged across ranks (already equal if DDP reduced their
         gradients, i.e. they required grad when the model was wrapped)."""
         yield from self.activation_post_process.merge_across_ranks()
-        if not self.has_statistics:
+        if self.scale is None or self.zero_point is None:
             return
         if self.observer_enabled[0] == 1:
             self._set_qparams(*self.activation_post_process.calculate_qparams())
@@ -152,11 +172,12 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         self.zero_point.data.copy_(zero_point)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.observer_enabled[0] == 1 or not self.has_statistics:
+        if self.observer_enabled[0] == 1 or self.scale is None:
             self.activation_post_process(x.detach())
             self._set_qparams(*self.activation_post_process.calculate_qparams())
         if self.fake_quant_enabled[0] != 1:
             return x
+        assert self.scale is not None and self.zero_point is not None  # set just above
         if self.qscheme in SYMMETRIC_QSCHEMES:
             self.zero_point.data.zero_()
         grad_factor = 1.0 / (x.numel() * self.quant_max) ** 0.5 if self.use_grad_scaling else 1.0
@@ -169,25 +190,36 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         )
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        # a per-channel checkpoint holds as many scales as channels; take its length
+        # Qparams the checkpoint has and this module lacks (no data seen yet) are created with
+        # the saved shape; a module with data loading a checkpoint without them drops its own.
         for name in ("scale", "zero_point"):
             saved = state_dict.get(prefix + name)
             param = self._parameters[name]
-            if isinstance(saved, Tensor) and param is not None and param.shape != saved.shape:
-                param.data = torch.empty_like(saved, dtype=param.dtype)
+            if isinstance(saved, Tensor):
+                if param is None:
+                    self._parameters[name] = nn.Parameter(torch.empty_like(saved, device=self.eps.device))
+                elif param.shape != saved.shape:  # per channel: as many as the checkpoint's channels
+                    param.data = torch.empty_like(saved, dtype=param.dtype, device=param.device)
+            elif prefix + "initialized" in state_dict:
+                self._parameters[name] = None
         super()._load_from_state_dict(state_dict, prefix, *args)
+        if not self.has_statistics:  # e.g. a checkpoint of pt2q before 0.18 parity: initial qparams only
+            self._parameters["scale"] = self._parameters["zero_point"] = None
         # whether the qparams train is saved (learning_enabled); their requires_grad follows it
-        learning = bool(self.learning_enabled[0])
-        self.scale.requires_grad_(learning)
-        self.zero_point.requires_grad_(learning)
+        self._follow_learning()
 
     def extra_repr(self) -> str:
         return (
             f"fake_quant_enabled={self.fake_quant_enabled}, observer_enabled={self.observer_enabled}, "
             f"learning_enabled={self.learning_enabled}, quant_min={self.quant_min}, quant_max={self.quant_max}, "
             f"dtype={self.dtype}, qscheme={self.qscheme}, ch_axis={self.ch_axis}, "
-            f"use_grad_scaling={self.use_grad_scaling}, scale={self.scale.data}, zero_point={self.zero_point.data}"
+            f"use_grad_scaling={self.use_grad_scaling}, scale={_shown(self.scale)}, "
+            f"zero_point={_shown(self.zero_point)}"
         )
+
+
+def _shown(param: Optional[nn.Parameter]) -> Any:
+    return None if param is None else param.detach()
 
 
 def enable_range_learning(mod: nn.Module) -> None:

@@ -582,6 +582,7 @@ def test_learnable_fake_quantize_matches_torchao(case: str, use_grad_scaling: bo
     theirs_obs = ao_obs.MovingAveragePerChannelMinMaxObserver if per_channel else ao_obs.MovingAverageMinMaxObserver
     ours = LearnableFakeQuantize(ours_obs, use_grad_scaling=use_grad_scaling, **kwargs)
     theirs = ao_lfq.LearnableFakeQuantize(theirs_obs, use_grad_scaling=use_grad_scaling, **kwargs)
+    assert ours.scale is None and theirs.scale is None and not ours._initialized and not theirs._initialized
     g = torch.Generator().manual_seed(0)
     weights = torch.arange(torch.Size(shape).numel(), dtype=torch.float32).reshape(shape) / 10
     for step in range(7):
@@ -614,7 +615,8 @@ def test_learnable_fake_quantize_matches_torchao(case: str, use_grad_scaling: bo
     assert ours.learning_enabled.item() == 0 and not ours.scale.requires_grad
 
 
-def test_learnable_fake_quantize_parameters_exist_before_the_first_batch() -> None:
+def test_learnable_fake_quantize_creates_its_qparams_at_the_first_batch() -> None:
+    """As torchao 0.18: no scale or zero point before data; the first forward creates them, one per channel."""
     make_fq = LearnableFakeQuantize.with_args(
         observer=MovingAveragePerChannelMinMaxObserver,
         quant_min=-127,
@@ -624,30 +626,41 @@ def test_learnable_fake_quantize_parameters_exist_before_the_first_batch() -> No
         ch_axis=0,
     )
     fq = make_fq()
-    assert {name for name, _ in fq.named_parameters()} == {"scale", "zero_point"}
-    assert not fq.has_statistics
-    scale0, zero_point0 = fq.calculate_qparams()  # before any data: the initial qparams, as torchao's
+    assert fq.scale is None and fq.zero_point is None and not fq._initialized and not fq.has_statistics
+    assert not list(fq.parameters()) and not {"scale", "zero_point"} & fq.state_dict().keys()
+    scale0, zero_point0 = fq.calculate_qparams()  # before any data: the initial qparams of torchao's fake quantizers
     assert scale0.tolist() == [1.0] and zero_point0.tolist() == [0]
-    opt = torch.optim.SGD(fq.parameters(), lr=0.1)  # built before any data, as after prepare_qat_pt2e
-    scale = fq.scale
-    fq(torch.randn(4, 3))
-    assert fq.scale is scale and fq.scale.shape == (4,) and fq.has_statistics
     fq.enable_range_learning()
-    fq(torch.randn(4, 3)).square().sum().backward()
-    before = fq.scale.detach().clone()
-    opt.step()
-    assert not torch.equal(fq.scale.detach(), before)
+    assert fq.scale is None and fq.observer_enabled.item() == 0  # learning waits for the first statistics
 
-    # a per-channel checkpoint loads into a module that has not seen data yet, and vice versa
+    x = torch.randn(4, 3)
+    y = fq(x)
+    assert fq._initialized and fq.scale is not None and fq.zero_point is not None
+    assert fq.scale.shape == (4,) and fq.scale.requires_grad and fq.zero_point.requires_grad
+    observed_scale, _ = fq.activation_post_process.calculate_qparams()
+    assert torch.equal(fq.scale.detach(), observed_scale) and not fq.zero_point.detach().any()
+    expected = torch.fake_quantize_per_channel_affine(
+        x, observed_scale, torch.zeros(4, dtype=torch.int32), 0, -127, 127
+    )
+    assert torch.equal(y, expected)
+
+    scale = fq.scale
+    opt = torch.optim.SGD(fq.parameters(), lr=0.1)  # built once the first batch created the qparams
+    fq(torch.randn(4, 3)).square().sum().backward()
+    before = scale.detach().clone()
+    opt.step()
+    assert fq.scale is scale and not torch.equal(scale.detach(), before)  # trained in place
+
+    # a checkpoint with qparams loads into a module that has not seen data yet, and vice versa
     other = make_fq()
     other.load_state_dict(fq.state_dict())
-    assert other.has_statistics and torch.equal(other.scale, fq.scale)
+    assert other._initialized and other.scale is not None and torch.equal(other.scale, fq.scale)
+    assert other.scale.requires_grad and other.observer_enabled.item() == 0  # range learning resumes
     assert all(torch.equal(a, b) for a, b in zip(other.calculate_qparams(), fq.calculate_qparams()))
     x = torch.randn(4, 3)
-    other.enable_range_learning()
     assert torch.equal(other(x), fq(x))
     fq.load_state_dict(make_fq().state_dict())
-    assert not fq.has_statistics and fq.scale.shape == (1,)
+    assert fq.scale is None and fq.zero_point is None and not fq._initialized
 
 
 def test_learnable_fake_quantize_in_the_qat_flow() -> None:
@@ -658,7 +671,10 @@ def test_learnable_fake_quantize_in_the_qat_flow() -> None:
     assert fqs and all(isinstance(fq, LearnableFakeQuantize) for fq in fqs)
     with pytest.warns(pt2q.UncalibratedObserverWarning):  # as torchao: it converts with its initial qparams
         pt2q.convert_pt2e(copy.deepcopy(m))
-    # the optimizer can hold the qparams right away; they need a smaller step than the weights
+    assert all(fq.scale is None for fq in fqs)
+    with torch.no_grad():  # the first batch creates the qparams (as torchao 0.18), then the optimizer takes them
+        m(data[0][0])
+    # the qparams need a smaller step than the weights
     qparams = [p for name, p in m.named_parameters() if name.endswith(("scale", "zero_point"))]
     assert len(qparams) == 2 * len(fqs)
     others = [p for name, p in m.named_parameters() if not name.endswith(("scale", "zero_point"))]
