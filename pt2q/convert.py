@@ -14,6 +14,7 @@ from pt2q.prepare import _require_graph_module
 from pt2q.qat_conv_bn import fold_trained_conv_bn
 from pt2q.qdq import replace_observers_with_qdq
 from pt2q.quantizer.port_metadata_pass import port_node_meta_for_qdq
+from pt2q.recompile import deferred_recompile
 from pt2q.reentrant import drop_requantize
 from pt2q.reference_representation import reference_representation_rewrite
 from pt2q.scale_check import warn_absurd_scales
@@ -48,22 +49,23 @@ def convert_pt2e(
     # A converted model is for inference: dropout off, BatchNorm on running statistics
     # (torchao leaves a QAT model's dropout training if the user forgot to switch it).
     move_exported_model_to_eval(model)
-    reattach_operands(model)
-    for name, m in [("", model), *((name, body) for _, name, body in bodies(model))]:
-        replace_observers_with_qdq(m, where=name)
-        warn_absurd_scales(m)
-    drop_requantize(model)  # a second round's Q/DQ around values the first round quantized
-    fold_trained_conv_bn(model)
-    inline_constants(model)  # control-flow bodies see their weights as constants, to fold them
-    for m in graph_modules(model):
-        duplicate_dq(m)
-        port_node_meta_for_qdq(m, strict=False)  # as torchao: Q/DQ nodes take the stack_trace of their op
-        if fold_quantize:
-            fold_quantized_weights(m)
-    if use_reference_representation:
-        reference_representation_rewrite(model)
-        affine_reference_rewrite(model)
-    lift_constants(model)  # and pass every tensor they hold back in as an operand, so the result saves
-    remove_unused_attributes(model)
+    with deferred_recompile(model):  # the passes edit graphs; the code is regenerated once, at the end
+        reattach_operands(model)
+        for name, m in [("", model), *((name, body) for _, name, body in bodies(model))]:
+            replace_observers_with_qdq(m, where=name)
+            warn_absurd_scales(m)
+        drop_requantize(model)  # a second round's Q/DQ around values the first round quantized
+        fold_trained_conv_bn(model)
+        inline_constants(model)  # control-flow bodies see their weights as constants, to fold them
+        for m in graph_modules(model):
+            duplicate_dq(m)
+            port_node_meta_for_qdq(m, strict=False)  # as torchao: Q/DQ nodes take the stack_trace of their op
+            if fold_quantize:
+                fold_quantized_weights(m)
+        if use_reference_representation:
+            reference_representation_rewrite(model)
+            affine_reference_rewrite(model)
+        lift_constants(model)  # and pass every tensor they hold back in as an operand, so the result saves
+        remove_unused_attributes(model)
     model.meta.update(original_meta)
     return disallow_eval_train(model)

@@ -14,26 +14,34 @@ from pt2q.ops import Q_OPS, is_affine_quantize, is_op
 
 __all__ = ["fold_quantize"]
 
-_NOT_CONSTANT = object()
+
+def _is_constant(gm: GraphModule, arg: Any, known: dict[Node, bool]) -> bool:
+    """Whether ``arg`` depends on attributes and literals only (decided from the graph, nothing is run)."""
+    if isinstance(arg, (list, tuple)):
+        return all(_is_constant(gm, a, known) for a in arg)
+    if not isinstance(arg, Node):
+        return True
+    if arg not in known:
+        if arg.op == "get_attr":
+            known[arg] = isinstance(resolve_attr(gm, str(arg.target)), torch.Tensor)  # not a control-flow body
+        elif arg.op == "call_function" and not arg.kwargs and not _is_random(arg):
+            known[arg] = _is_constant(gm, arg.args, known)
+        else:
+            known[arg] = False
+    return known[arg]
 
 
 def _constant(gm: GraphModule, arg: Any, cache: dict[Node, Any]) -> Any:
-    """The value of ``arg`` if it depends on attributes and literals only, else _NOT_CONSTANT."""
+    """The value of ``arg``, which ``_is_constant`` accepted."""
     if isinstance(arg, (list, tuple)):
-        values = [_constant(gm, a, cache) for a in arg]
-        return _NOT_CONSTANT if any(v is _NOT_CONSTANT for v in values) else type(arg)(values)
+        return type(arg)(_constant(gm, a, cache) for a in arg)
     if not isinstance(arg, Node):
         return arg
     if arg not in cache:
         if arg.op == "get_attr":
-            value = resolve_attr(gm, str(arg.target))  # a tensor, or a control-flow body
-            cache[arg] = value if isinstance(value, torch.Tensor) else _NOT_CONSTANT
-        elif arg.op == "call_function" and not arg.kwargs and not _is_random(arg):
-            args = _constant(gm, arg.args, cache)
-            target = cast(Callable[..., Any], arg.target)
-            cache[arg] = _NOT_CONSTANT if args is _NOT_CONSTANT else target(*args)
+            cache[arg] = resolve_attr(gm, str(arg.target))
         else:
-            cache[arg] = _NOT_CONSTANT
+            cache[arg] = cast(Callable[..., Any], arg.target)(*_constant(gm, arg.args, cache))
     return cache[arg]
 
 
@@ -48,15 +56,15 @@ def fold_quantize(gm: GraphModule) -> GraphModule:
     BatchNorm). The integer tensor is stored as buffer ``_frozen_param{i}``; the float
     weight and whatever computed it are erased.
     """
+    known: dict[Node, bool] = {}
     cache: dict[Node, Any] = {}
     for q in list(gm.graph.nodes):
         if not (is_op(q, Q_OPS) or is_affine_quantize(q)) or not isinstance(q.args[0], Node):
             continue
+        if not _is_constant(gm, q.args, known):
+            continue
         with torch.no_grad():
-            args = _constant(gm, q.args, cache)
-            if args is _NOT_CONSTANT:
-                continue
-            value = q.target(*args)
+            value = q.target(*_constant(gm, q.args, cache))
         with gm.graph.inserting_before(q):
             folded = gm.graph.get_attr(set_new_attr(gm, "_frozen_param", value))
         folded.meta.update({k: v for k, v in q.meta.items() if k != "val"})

@@ -17,6 +17,7 @@ from pt2q.insert_observers import insert_observers
 from pt2q.ops import is_observer_node
 from pt2q.qat_conv_bn import simulate_conv_bn_folding
 from pt2q.quantizer import Quantizer
+from pt2q.recompile import deferred_recompile
 from pt2q.reentrant import is_quantized, keep_existing_qparams, seal_previous_round
 from pt2q.train_eval import disallow_eval_train
 
@@ -75,11 +76,13 @@ def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     model = _require_float_export(model, "prepare_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_pt2e")
     original_meta = dict(model.meta)
-    fold_bn(model)
-    inline_constants(model)  # a weight in a control-flow body is a constant there too (convert lifts it back out)
+    with deferred_recompile(model):
+        fold_bn(model)
+        inline_constants(model)  # a weight in a control-flow body is a constant there too (convert lifts it back out)
     model = _annotate_all(model, quantizer)
-    insert_observers(model, is_qat=False, obs_or_fq_callback=getattr(quantizer, "prepare_obs_or_fq_callback", None))
-    detach_operands(model)
+    with deferred_recompile(model):
+        insert_observers(model, is_qat=False, obs_or_fq_callback=getattr(quantizer, "prepare_obs_or_fq_callback", None))
+        detach_operands(model)
     model.meta.update(original_meta)
     return disallow_eval_train(model)
 
