@@ -80,11 +80,11 @@ class AffineFakeQuantize(FakeQuantize):
             self.activation_post_process(x.detach())
             scale, zero_point = self.calculate_qparams()
             if self.scale.shape != scale.shape:
-                self.scale.resize_(scale.shape)
+                self.scale.data = self.scale.new_empty(scale.shape)
             self.scale.copy_(scale)
             if zero_point is not None:
                 if self.zero_point.shape != zero_point.shape:
-                    self.zero_point.resize_(zero_point.shape)
+                    self.zero_point.data = self.zero_point.new_empty(zero_point.shape)
                 self.zero_point.copy_(zero_point)
             self.block_size = self.activation_post_process.block_size
         if self.fake_quant_enabled.item() == 1:

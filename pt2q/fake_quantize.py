@@ -189,8 +189,8 @@ class FakeQuantize(FakeQuantizeBase):
         """Set ``scale`` and ``zero_point`` from the observer's statistics."""
         scale, zero_point = self.calculate_qparams()
         if self.scale.shape != scale.shape:
-            self.scale.resize_(scale.shape)
-            self.zero_point.resize_(zero_point.shape)
+            self.scale.data = self.scale.new_empty(scale.shape)
+            self.zero_point.data = self.zero_point.new_empty(zero_point.shape)
         self.scale.copy_(scale)
         self.zero_point.copy_(zero_point)
 

@@ -35,7 +35,7 @@ def _write_weight(gm: GraphModule, op: Node, index: int, value: torch.Tensor, pr
         # the user's float model, which must not change under them.
         owner_path, _, attr = str(old.target).rpartition(".")
         owner = gm.get_submodule(owner_path)
-        setattr(owner, attr, nn.Parameter(value.detach().clone(), requires_grad=value.requires_grad))
+        setattr(owner, attr, nn.Parameter(value.detach(), requires_grad=value.requires_grad))  # a new tensor
         return
     name = set_new_attr(gm, prefix, value.detach(), parameter=True)
     with gm.graph.inserting_before(op):

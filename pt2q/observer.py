@@ -425,8 +425,8 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
             return x_orig
         lo, hi = self._channel_aminmax(x_orig)
         if self.min_val.numel() == 0:
-            self.min_val.resize_(lo.shape).copy_(lo)
-            self.max_val.resize_(hi.shape).copy_(hi)
+            self.min_val.data = lo.detach().to(self.min_val.dtype)
+            self.max_val.data = hi.detach().to(self.max_val.dtype)
         else:
             torch.minimum(lo, self.min_val, out=self.min_val)
             torch.maximum(hi, self.max_val, out=self.max_val)
@@ -443,8 +443,8 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
 
     def reset_min_max_vals(self) -> None:
         """Forget everything observed."""
-        self.min_val.resize_(0)
-        self.max_val.resize_(0)
+        self.min_val.data = self.min_val.new_empty(0)
+        self.max_val.data = self.max_val.new_empty(0)
 
     def merge_across_ranks(self) -> MergeSteps:
         """Exact: the per-channel min and max over every rank's data."""
@@ -492,8 +492,8 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
             return x_orig
         lo, hi = self._channel_aminmax(x_orig)
         if self.min_val.numel() == 0:
-            self.min_val.resize_(lo.shape).copy_(lo)
-            self.max_val.resize_(hi.shape).copy_(hi)
+            self.min_val.data = lo.detach().to(self.min_val.dtype)
+            self.max_val.data = hi.detach().to(self.max_val.dtype)
         else:
             c = self.averaging_constant
             self.min_val.add_((lo - self.min_val).mul_(c))
@@ -585,8 +585,8 @@ class HistogramObserver(UniformQuantizationObserverBase):
         """Start over from ``x`` alone, binned over ``[min_val, max_val]`` (scalars)."""
         if min_val.numel() != 1 or max_val.numel() != 1:
             raise ValueError(f"{self._where()}: histogram min/max values must be scalars")
-        self.min_val.resize_(min_val.shape).copy_(min_val)
-        self.max_val.resize_(max_val.shape).copy_(max_val)
+        self.min_val.data = min_val.detach().to(self.min_val.dtype)
+        self.max_val.data = max_val.detach().to(self.max_val.dtype)
         self.histogram.copy_(torch.histc(x.detach().float(), self.bins, min_val.item(), max_val.item()))
 
     def reset_min_max_vals(self) -> None:

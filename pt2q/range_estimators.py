@@ -80,7 +80,7 @@ class _ClippingObserver(PerChannelMinMaxObserver):
         if self.histogram.shape[1:] != (channels, length):
             grown = torch.zeros(2, channels, length, dtype=torch.float64)
             grown[:, : self.histogram.shape[1], : self.histogram.shape[2]] = self.histogram
-            self.histogram.resize_(grown.shape).copy_(grown)
+            self.histogram.data = grown  # not resize_: a loaded checkpoint's storage cannot grow
         sign = (rows >= 0).long()
         flat = (sign * channels + torch.arange(channels).unsqueeze(1)) * length + bins
         self.histogram.view(-1).add_(torch.bincount(flat.reshape(-1), minlength=self.histogram.numel()))
@@ -113,7 +113,7 @@ class _ClippingObserver(PerChannelMinMaxObserver):
     def reset_min_max_vals(self) -> None:
         """Forget everything observed."""
         super().reset_min_max_vals()
-        self.histogram.resize_(2, 0, 0)
+        self.histogram.data = self.histogram.new_empty(2, 0, 0)
         remember_merge(self, None)
 
     def merge_across_ranks(self) -> MergeSteps:
@@ -131,7 +131,7 @@ class _ClippingObserver(PerChannelMinMaxObserver):
         padded = torch.zeros(*self.histogram.shape[:2], int(length), dtype=self.histogram.dtype)
         padded[..., : self.histogram.shape[2]] = self.histogram
         (total,) = yield [(padded, "sum")]
-        self.histogram.resize_(total.shape).copy_(total)
+        self.histogram.data = total.detach().to(self.histogram.dtype)
         self.min_val.copy_(lo)
         self.max_val.copy_(hi)
         remember_merge(self, self.histogram.sum().item())
@@ -139,7 +139,7 @@ class _ClippingObserver(PerChannelMinMaxObserver):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         saved = state_dict.get(prefix + "histogram")
         if saved is not None and saved.shape != self.histogram.shape:
-            self.histogram.resize_(saved.shape)
+            self.histogram.data = self.histogram.new_empty(saved.shape)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
