@@ -33,7 +33,7 @@ from typing import Any, Optional
 import torch
 from torch.fx import GraphModule
 
-from pt2q.quiet import quiet
+from pt2q.io.quiet import quiet
 from tests.hf_zoo import ARCHITECTURES, Arch
 
 __all__ = ["Cell", "FLOWS", "run_cell", "rows", "table", "recipe_rows", "recipe_table", "suite", "main", "int8_share"]

@@ -102,8 +102,8 @@ def _worker(folder: Path) -> None:
 
     import torch
 
-    from pt2q.pt2_file import Pt2LoadError, load_pt2
-    from pt2q.quiet import quiet
+    from pt2q.io.pt2_file import Pt2LoadError, load_pt2
+    from pt2q.io.quiet import quiet
     from pt2q.runtime import ProgramLoadError, load
     from pt2q.runtime.program import check_pte_header, open_method
 

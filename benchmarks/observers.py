@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-import pt2q.observer as pt2q_obs
+import pt2q.observers.observer as pt2q_obs
 from benchmarks.speed import median_ms
 
 SIZES = (1_000, 100_000, 1_000_000)

@@ -45,7 +45,7 @@ from benchmarks import accuracy, architectures, backends, decoder_lm, distribute
 from benchmarks.executorch_speed import export_variants, lower_to_pte, pte_latencies
 from benchmarks.models import benchmark_models
 from benchmarks.speed import BASELINE, x86_latencies
-from pt2q.atomic_file import write_atomic
+from pt2q.io.atomic_file import write_atomic
 
 __all__ = ["Settings", "FULL", "SMALL", "Section", "SUITES", "ratio_table", "main"]
 

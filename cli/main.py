@@ -398,7 +398,7 @@ def _make_folder(out: Path) -> None:
 
 
 def _save_pt2(model: torch.nn.Module, quantized: torch.fx.GraphModule, inputs: tuple, test: tuple, out: Path) -> Rows:
-    from pt2q.pt2_file import save_pt2
+    from pt2q.io.pt2_file import save_pt2
 
     program = torch.export.export(quantized, inputs)
     _make_folder(out)
@@ -455,7 +455,7 @@ class Pt2Stats(TypedDict):
 
 def pt2_stats(program: torch.export.ExportedProgram) -> Pt2Stats:
     """Op histogram, quantize/dequantize counts and tensor bytes (total and int8) of a program."""
-    from pt2q.ops import ANY_DEQUANTIZE, ANY_QUANTIZE, is_op
+    from pt2q.core.ops import ANY_DEQUANTIZE, ANY_QUANTIZE, is_op
 
     calls = [n for n in program.graph.nodes if n.op == "call_function"]
     ops = collections.Counter(str(n.target).replace("aten.", "").replace(".default", "") for n in calls)
@@ -484,7 +484,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def inspect_pt2(path: Path, layers: bool = False, trust: bool = False) -> None:
-    from pt2q.pt2_file import load_pt2
+    from pt2q.io.pt2_file import load_pt2
 
     program = load_pt2(path, trust=trust)
     if layers:
@@ -574,8 +574,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``pt2q``."""
-    from pt2q.atomic_file import FileWriteError
-    from pt2q.pt2_file import Pt2LoadError
+    from pt2q.io.atomic_file import FileWriteError
+    from pt2q.io.pt2_file import Pt2LoadError
     from pt2q.runtime import ProgramLoadError
 
     args = build_parser().parse_args(argv)

@@ -16,8 +16,8 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import Node
 
+from pt2q.core.ops import is_affine_dequantize, op_name
 from pt2q.lowering.delegation_report import _program_tensor, source_name
-from pt2q.ops import is_affine_dequantize, op_name
 
 __all__ = ["unsupported_affine_weights", "affine_ops_outside_delegate"]
 

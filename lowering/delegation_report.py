@@ -29,7 +29,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.fx import GraphModule, Node
 
-from pt2q.ops import (
+from pt2q.core.ops import (
     ANY_DEQUANTIZE,
     ANY_QDQ,
     ANY_QUANTIZE,

@@ -50,14 +50,24 @@ from torch.fx import GraphModule, Node
 from torch.fx.passes.infra.pass_base import PassResult
 from torch.utils import _pytree as pytree
 
-from pt2q.atomic_file import write_atomic
-from pt2q.digest import seal_trailer
+from pt2q.core.ops import (
+    ANY_DEQUANTIZE,
+    DQ_PER_TENSOR,
+    LINEAR,
+    Q_PER_TENSOR,
+    aten,
+    is_observer_node,
+    is_op,
+    op_name,
+    ops,
+)
+from pt2q.io.atomic_file import write_atomic
+from pt2q.io.digest import seal_trailer
+from pt2q.io.pt2_file import save_pt2
+from pt2q.io.quiet import quiet
 from pt2q.lowering.affine_checks import affine_ops_outside_delegate, unsupported_affine_weights
 from pt2q.lowering.attention_layout import copy_attention_outputs
 from pt2q.lowering.delegation_report import DelegationReport, build_delegation_report, source_name
-from pt2q.ops import ANY_DEQUANTIZE, DQ_PER_TENSOR, LINEAR, Q_PER_TENSOR, aten, is_observer_node, is_op, op_name, ops
-from pt2q.pt2_file import save_pt2
-from pt2q.quiet import quiet
 
 __all__ = [
     "LoweringError",

@@ -36,13 +36,13 @@ import torch
 from torch.fx import Graph, GraphModule, Node
 from tqdm import tqdm
 
-from pt2q.atomic_file import write_atomic
-from pt2q.convert import convert_pt2e
-from pt2q.keep_float import layer_name
-from pt2q.ops import CONV, LINEAR, is_op
-from pt2q.precision_ladder import Rung
-from pt2q.prepare import prepare_pt2e
-from pt2q.quiet import quiet
+from pt2q.algorithms.keep_float import layer_name
+from pt2q.algorithms.precision_ladder import Rung
+from pt2q.core.ops import CONV, LINEAR, is_op
+from pt2q.io.atomic_file import write_atomic
+from pt2q.io.quiet import quiet
+from pt2q.passes.convert import convert_pt2e
+from pt2q.passes.prepare import prepare_pt2e
 
 __all__ = ["PteLatencyCost", "X86LatencyCost", "cpu_features", "single_op_program"]
 

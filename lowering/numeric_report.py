@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch.export import ExportedProgram
 
-from pt2q.layer_errors import ErrorStats
+from pt2q.debug.layer_errors import ErrorStats
+from pt2q.debug.quantization_report import QuantizationReport, as_batches, report
 from pt2q.lowering.executorch import LoweredProgram
-from pt2q.quantization_report import QuantizationReport, as_batches, report
 from pt2q.runtime import load
 
 __all__ = ["LoweredReport", "numeric_report"]

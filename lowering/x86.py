@@ -54,7 +54,7 @@ import torch._inductor.config as inductor_config
 from torch.fx import GraphModule, Node
 from torch.utils import _pytree as pytree
 
-from pt2q.quiet import quiet
+from pt2q.io.quiet import quiet
 
 __all__ = ["lower_pt2e_quantized_to_x86", "compile_quantized_for_x86", "X86CompiledModel", "int8_inference"]
 

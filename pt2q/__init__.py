@@ -27,12 +27,12 @@ from pt2q._affine_quantization import (
     TorchAODType,
     ZeroPointDomain,
 )
-from pt2q.accuracy_aware import FallbackStep, QuantizeResult, quantize
-from pt2q.affine_fake_quantize import AffineFakeQuantize
-from pt2q.bias_correction import correct_bias
-from pt2q.convert import convert_pt2e
-from pt2q.derived import DerivedObserverOrFakeQuantize
-from pt2q.drop_in_warnings import (
+from pt2q.algorithms.accuracy_aware import FallbackStep, QuantizeResult, quantize
+from pt2q.algorithms.bias_correction import correct_bias
+from pt2q.algorithms.gptq import gptq_quantize
+from pt2q.algorithms.keep_float import KeepFloat
+from pt2q.algorithms.smoothing import smooth_quant
+from pt2q.core.drop_in_warnings import (
     DropInWarning,
     FakeQuantizeInPTQWarning,
     MissingChannelAxisWarning,
@@ -40,8 +40,26 @@ from pt2q.drop_in_warnings import (
     ObserverInQATWarning,
     UncalibratedObserverWarning,
 )
-from pt2q.export_utils import WrapperModule
-from pt2q.fake_quantize import (
+from pt2q.core.export_utils import WrapperModule
+from pt2q.core.graph_utils import (
+    bfs_trace_with_node_process,
+    find_sequential_partitions,
+    get_equivalent_types,
+    update_equivalent_types_dict,
+)
+from pt2q.core.notes import FROM_NODE_KEY
+from pt2q.debug.numeric_debugger import (
+    CUSTOM_KEY,
+    NUMERIC_DEBUG_HANDLE_KEY,
+    NodeSourceDebugInfo,
+    compare_results,
+    extract_results_from_loggers,
+    generate_numeric_debug_handle,
+    prepare_for_propagation_comparison,
+)
+from pt2q.debug.quantization_report import QuantizationReport, report
+from pt2q.fake_quant.affine_fake_quantize import AffineFakeQuantize
+from pt2q.fake_quant.fake_quantize import (
     FakeQuantize,
     FakeQuantizeBase,
     FixedQParamsFakeQuantize,
@@ -55,31 +73,24 @@ from pt2q.fake_quantize import (
     enable_fake_quant,
     enable_observer,
 )
-from pt2q.gptq import gptq_quantize
-from pt2q.granularity import Granularity, PerAxis, PerBlock, PerGroup, PerRow, PerTensor, PerToken, get_block_size
-from pt2q.graph_utils import (
-    bfs_trace_with_node_process,
-    find_sequential_partitions,
-    get_equivalent_types,
-    update_equivalent_types_dict,
-)
-from pt2q.keep_float import KeepFloat
-from pt2q.learnable_fake_quantize import (
+from pt2q.fake_quant.learnable_fake_quantize import (
     LearnableFakeQuantize,
     disable_range_learning,
     enable_range_learning,
 )
-from pt2q.notes import FROM_NODE_KEY
-from pt2q.numeric_debugger import (
-    CUSTOM_KEY,
-    NUMERIC_DEBUG_HANDLE_KEY,
-    NodeSourceDebugInfo,
-    compare_results,
-    extract_results_from_loggers,
-    generate_numeric_debug_handle,
-    prepare_for_propagation_comparison,
+from pt2q.io.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
+from pt2q.numerics.granularity import (
+    Granularity,
+    PerAxis,
+    PerBlock,
+    PerGroup,
+    PerRow,
+    PerTensor,
+    PerToken,
+    get_block_size,
 )
-from pt2q.observer import (
+from pt2q.observers.derived import DerivedObserverOrFakeQuantize
+from pt2q.observers.observer import (
     FixedQParamsObserver,
     HistogramObserver,
     MinMaxObserver,
@@ -93,9 +104,14 @@ from pt2q.observer import (
     ReuseInputObserver,
     UniformQuantizationObserverBase,
 )
-from pt2q.prepare import prepare_pt2e, prepare_qat_pt2e
-from pt2q.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
-from pt2q.quantization_report import QuantizationReport, report
+from pt2q.passes.convert import convert_pt2e
+from pt2q.passes.prepare import prepare_pt2e, prepare_qat_pt2e
+from pt2q.passes.scale_check import QuantizationRangeWarning
+from pt2q.passes.train_eval import (
+    allow_exported_model_train_eval,
+    move_exported_model_to_eval,
+    move_exported_model_to_train,
+)
 from pt2q.quantizer import (
     ComposableQuantizer,
     DerivedQuantizationSpec,
@@ -107,13 +123,6 @@ from pt2q.quantizer import (
     QuantizationSpecBase,
     Quantizer,
     SharedQuantizationSpec,
-)
-from pt2q.scale_check import QuantizationRangeWarning
-from pt2q.smoothing import smooth_quant
-from pt2q.train_eval import (
-    allow_exported_model_train_eval,
-    move_exported_model_to_eval,
-    move_exported_model_to_train,
 )
 
 __all__ = [

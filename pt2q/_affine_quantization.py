@@ -1,17 +1,10 @@
 """Affine quantization for the PT2E flow, at the path torchao keeps it
 (``torchao.quantization.pt2e._affine_quantization``): observers, granularities, enums and
 the block-wise quantize/dequantize arithmetic. The definitions live in
-:mod:`pt2q.affine_observer`, :mod:`pt2q.granularity` and :mod:`pt2q.affine_primitives`.
+:mod:`pt2q.observers.affine_observer`, :mod:`pt2q.numerics.granularity` and :mod:`pt2q.numerics.affine_primitives`.
 """
 
-from pt2q.affine_observer import (
-    AffineQuantizedFixedQParamsObserver,
-    AffineQuantizedMinMaxObserver,
-    AffineQuantizedMovingAverageMinMaxObserver,
-    AffineQuantizedObserverBase,
-    AffineQuantizedPlaceholderObserver,
-)
-from pt2q.affine_primitives import (
+from pt2q.numerics.affine_primitives import (
     MappingType,
     TorchAODType,
     ZeroPointDomain,
@@ -19,7 +12,14 @@ from pt2q.affine_primitives import (
     dequantize_affine,
     quantize_affine,
 )
-from pt2q.granularity import Granularity, get_block_size
+from pt2q.numerics.granularity import Granularity, get_block_size
+from pt2q.observers.affine_observer import (
+    AffineQuantizedFixedQParamsObserver,
+    AffineQuantizedMinMaxObserver,
+    AffineQuantizedMovingAverageMinMaxObserver,
+    AffineQuantizedObserverBase,
+    AffineQuantizedPlaceholderObserver,
+)
 
 __all__ = [
     "AffineQuantizedObserverBase",

@@ -1,8 +1,8 @@
-"""torchao's ``_numeric_debugger`` module path: the numeric debugger of :mod:`pt2q.numeric_debugger`."""
+"""torchao's ``_numeric_debugger`` module path: the numeric debugger of :mod:`pt2q.debug.numeric_debugger`."""
 
-from pt2q.graph_utils import bfs_trace_with_node_process
-from pt2q.notes import FROM_NODE_KEY
-from pt2q.numeric_debugger import (
+from pt2q.core.graph_utils import bfs_trace_with_node_process
+from pt2q.core.notes import FROM_NODE_KEY
+from pt2q.debug.numeric_debugger import (
     CUSTOM_KEY,
     NUMERIC_DEBUG_HANDLE_KEY,
     NodeAccuracySummary,

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch.fx import GraphModule
 
-from pt2q.spec import Q_ANNOTATION_KEY, QuantizationConfig, QuantizationSpec, describe, is_per_channel
+from pt2q.core.spec import Q_ANNOTATION_KEY, QuantizationConfig, QuantizationSpec, describe, is_per_channel
 
 __all__ = ["with_activation_observer", "check_per_tensor_activations"]
 

@@ -5,7 +5,7 @@
 * ``filter_fn`` is asked about a pattern's *anchor* (the conv, linear, add, ... node):
   fused followers go with their anchor, and weights (``get_attr`` nodes, which carry no
   module stack) are not asked.
-* :func:`annotate_node` also notes which rule claimed the node (``pt2q.notes.PATTERN_KEY``),
+* :func:`annotate_node` also notes which rule claimed the node (``pt2q.core.notes.PATTERN_KEY``),
   so ``pt2q.report`` can show it and group the nodes one pattern quantizes together.
 """
 
@@ -17,15 +17,15 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 
-from pt2q.granularity import Granularity
-from pt2q.notes import PATTERN_KEY, debug_info, set_note
-from pt2q.spec import (
+from pt2q.core.notes import PATTERN_KEY, debug_info, set_note
+from pt2q.core.spec import (
     Q_ANNOTATION_KEY,
     QuantizationAnnotation,
     QuantizationConfig,
     QuantizationSpec,
     QuantizationSpecBase,
 )
+from pt2q.numerics.granularity import Granularity
 
 __all__ = [
     "FilterFn",

@@ -28,8 +28,8 @@ from typing import Any, Optional, cast
 import torch
 from torch.fx import GraphModule, Node
 
-from pt2q.attrs import get_attr_value
-from pt2q.ops import (
+from pt2q.core.attrs import get_attr_value
+from pt2q.core.ops import (
     ADAPTIVE_AVG_POOL2D,
     ADD,
     BATCH_NORM,
@@ -49,6 +49,7 @@ from pt2q.ops import (
     node_arg,
     sole_user,
 )
+from pt2q.core.spec import Q_ANNOTATION_KEY, QuantizationConfig, SharedQuantizationSpec
 from pt2q.quantizers.annotation import (
     Annotator,
     FilterFn,
@@ -66,7 +67,6 @@ from pt2q.quantizers.annotation import (
     tensor_rank,
 )
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
-from pt2q.spec import Q_ANNOTATION_KEY, QuantizationConfig, SharedQuantizationSpec
 
 __all__ = [
     "Annotator",

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch._ops import OpOverload
 
-from pt2q.ops import aten, ops
+from pt2q.core.ops import aten, ops
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Pattern

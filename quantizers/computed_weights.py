@@ -20,9 +20,9 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.utils import _pytree as pytree
 
-from pt2q.attrs import get_attr_value, set_new_attr
-from pt2q.dead_code import erase_with_dead_inputs
-from pt2q.ops import ANY_QDQ, CONV, CONV_TRANSPOSE, LINEAR, is_op
+from pt2q.core.attrs import get_attr_value, set_new_attr
+from pt2q.core.dead_code import erase_with_dead_inputs
+from pt2q.core.ops import ANY_QDQ, CONV, CONV_TRANSPOSE, LINEAR, is_op
 
 __all__ = ["fold_computed_weights", "parameter_only"]
 

@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
-from pt2q.attrs import get_attr_value
-from pt2q.observer import PerChannelMinMaxObserver
-from pt2q.ops import EMBEDDING, is_op
+from pt2q.core.attrs import get_attr_value
+from pt2q.core.ops import EMBEDDING, is_op
+from pt2q.core.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec
+from pt2q.observers.observer import PerChannelMinMaxObserver
 from pt2q.quantizer import OperatorConfig, OperatorPatternType, Quantizer
 from pt2q.quantizers.annotation import FilterFn, is_annotated, mark_annotated
 from pt2q.quantizers.annotators import get_annotator, register_annotator
-from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec
 
 __all__ = [
     "EmbeddingQuantizer",

@@ -18,7 +18,7 @@ Each rung's ``relative_cost`` is only the fallback estimate; measured costs come
 
 from __future__ import annotations
 
-from pt2q.precision_ladder import FP32, Ladder, Rung
+from pt2q.algorithms.precision_ladder import FP32, Ladder, Rung
 from pt2q.quantizer import ComposableQuantizer, Quantizer
 from pt2q.quantizers.low_bit import get_8da8w_quantization_config
 from pt2q.quantizers.x86_inductor import X86InductorQuantizer, get_default_x86_inductor_quantization_config
@@ -50,7 +50,7 @@ def _flavour(quantizer: Quantizer) -> str:
         return "xnnpack"
     raise TypeError(
         f"precision_ladder: no ladder known for {type(quantizer).__name__}; build one with "
-        "pt2q.precision_ladder.Ladder([Rung(name, quantizer), ...])"
+        "pt2q.algorithms.precision_ladder.Ladder([Rung(name, quantizer), ...])"
     )
 
 

@@ -30,18 +30,18 @@ from typing import Optional
 import torch
 from torch import nn
 
-from pt2q.affine_fake_quantize import AffineFakeQuantize
-from pt2q.affine_observer import (
+from pt2q.core.spec import QuantizationConfig, QuantizationSpec
+from pt2q.fake_quant.affine_fake_quantize import AffineFakeQuantize
+from pt2q.fake_quant.fake_quantize import FakeQuantize
+from pt2q.numerics.affine_primitives import MappingType
+from pt2q.numerics.granularity import Granularity, PerAxis, PerGroup, PerToken
+from pt2q.observers.affine_observer import (
     AffineQuantizedMinMaxObserver,
     AffineQuantizedMovingAverageMinMaxObserver,
     AffineQuantizedPlaceholderObserver,
 )
-from pt2q.affine_primitives import MappingType
-from pt2q.fake_quantize import FakeQuantize
-from pt2q.granularity import Granularity, PerAxis, PerGroup, PerToken
-from pt2q.observer import MinMaxObserver, MovingAverageMinMaxObserver
+from pt2q.observers.observer import MinMaxObserver, MovingAverageMinMaxObserver
 from pt2q.quantizers.xnnpack import get_symmetric_quantization_config
-from pt2q.spec import QuantizationConfig, QuantizationSpec
 
 __all__ = [
     "get_dynamic_affine_quantization_config",

@@ -32,8 +32,8 @@ from typing import Optional, TypeGuard
 import torch
 from torch.fx import GraphModule, Node
 
-from pt2q.attrs import get_attr_value
-from pt2q.ops import ADD, DIV, FULL, MASKED_FILL, MOVE_OPS, MUL, SUB, WHERE, is_op, ops
+from pt2q.core.attrs import get_attr_value
+from pt2q.core.ops import ADD, DIV, FULL, MASKED_FILL, MOVE_OPS, MUL, SUB, WHERE, is_op, ops
 from pt2q.quantizers.index_guard import find_index_derived
 
 __all__ = ["MASK_VALUE_BOUND", "find_mask_like", "MaskGuard"]

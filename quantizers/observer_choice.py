@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from pt2q.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
-from pt2q.observer import (
+from pt2q.fake_quant.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
+from pt2q.observers.observer import (
     HistogramObserver,
     MinMaxObserver,
     MovingAverageMinMaxObserver,

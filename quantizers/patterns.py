@@ -5,7 +5,7 @@ rows claim nodes first) by :func:`annotate_pattern`, plus the few annotators tha
 code (``cat``, pooling, qparam propagation):
 
 >>> import torch
->>> from pt2q.ops import ADD, LINEAR, RELU
+>>> from pt2q.core.ops import ADD, LINEAR, RELU
 >>> from pt2q.quantizers import get_symmetric_quantization_config
 >>> rows = [
 ...     Pattern("linear_relu", (LINEAR, RELU), weighted=0),  # linear inputs; output spec on the relu
@@ -23,13 +23,13 @@ code (``cat``, pooling, qparam propagation):
 >>> [[n.name for n in part] for row in rows for part in annotate_pattern(gm, row, config)]
 [['linear', 'relu', 'fc_weight', 'fc_bias'], ['add']]
 
-A row names the chain (matched by :func:`pt2q.pattern.match_at`), the chain positions
+A row names the chain (matched by :func:`pt2q.core.pattern.match_at`), the chain positions
 whose inputs get the config's specs (``weighted``: a conv/linear's input, weight and bias;
 ``operands``: every tensor operand; ``extra_operand``: a binary op's operand from outside
 the chain), the position whose output gets the output spec, the *anchor* that filters
 and module scopes ask about, when it runs (``qat_only``, ``dynamic``) and a ``guard``
 for conditions beyond operator types. Every node a row claims is noted with the row's
-name and anchor (``pt2q.notes.PATTERN_KEY``).
+name and anchor (``pt2q.core.notes.PATTERN_KEY``).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ import torch
 from torch._ops import OpOverloadPacket
 from torch.fx import GraphModule, Node
 
-from pt2q.ops import CONV_TRANSPOSE, is_op
-from pt2q.pattern import NodeIndex, Step, find_chains
+from pt2q.core.ops import CONV_TRANSPOSE, is_op
+from pt2q.core.pattern import NodeIndex, Step, find_chains
+from pt2q.core.spec import QuantizationConfig, QuantizationSpec, QuantizationSpecBase
 from pt2q.quantizers.annotation import (
     FilterFn,
     InputSpecs,
@@ -59,7 +60,6 @@ from pt2q.quantizers.annotation import (
     mark_annotated,
 )
 from pt2q.quantizers.observer_choice import weight_constructor
-from pt2q.spec import QuantizationConfig, QuantizationSpec, QuantizationSpecBase
 
 __all__ = ["Guard", "Pattern", "apply_pattern", "annotate_pattern", "weighted_inputs", "operand_inputs"]
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 from torch.fx import Node
 
-from pt2q.ops import ADD, CAT, MUL, is_op
+from pt2q.core.ops import ADD, CAT, MUL, is_op
 from pt2q.quantizer import ComposableQuantizer
 from pt2q.quantizers.embedding import EmbeddingQuantizer
 from pt2q.quantizers.xnnpack import XNNPACKQuantizer, get_symmetric_quantization_config

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from pt2q.attrs import get_attr_value, remove_unused_attributes, set_new_attr
+from pt2q.core.attrs import get_attr_value, remove_unused_attributes, set_new_attr
 
 __all__ = ["addmm_as_linear"]
 

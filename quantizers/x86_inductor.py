@@ -54,9 +54,8 @@ from torch import nn
 from torch._ops import OpOverload
 from torch.fx import GraphModule, Node
 
-from pt2q.notes import module_paths
-from pt2q.observer import PlaceholderObserver
-from pt2q.ops import (
+from pt2q.core.notes import module_paths
+from pt2q.core.ops import (
     ADD,
     BATCH_NORM,
     CAT,
@@ -75,7 +74,15 @@ from pt2q.ops import (
     node_arg,
     ops,
 )
-from pt2q.pattern import NodeIndex
+from pt2q.core.pattern import NodeIndex
+from pt2q.core.spec import (
+    Q_ANNOTATION_KEY,
+    QuantizationAnnotation,
+    QuantizationConfig,
+    QuantizationSpec,
+    SharedQuantizationSpec,
+)
+from pt2q.observers.observer import PlaceholderObserver
 from pt2q.quantizer import QuantizationSpecBase, Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
@@ -86,13 +93,6 @@ from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Guard, Pattern, annotate_pattern
 from pt2q.quantizers.transposed_weights import addmm_as_linear
-from pt2q.spec import (
-    Q_ANNOTATION_KEY,
-    QuantizationAnnotation,
-    QuantizationConfig,
-    QuantizationSpec,
-    SharedQuantizationSpec,
-)
 
 __all__ = [
     "X86InductorQuantizer",

@@ -42,10 +42,11 @@ from torch import nn
 from torch._ops import OpOverload, OpOverloadPacket
 from torch.fx import GraphModule, Node
 
-from pt2q.attrs import set_new_attr
-from pt2q.notes import module_paths
-from pt2q.ops import LINEAR, SHARE_QPARAMS_OPS, aten, is_op
-from pt2q.pattern import NodeIndex
+from pt2q.core.attrs import set_new_attr
+from pt2q.core.notes import module_paths
+from pt2q.core.ops import LINEAR, SHARE_QPARAMS_OPS, aten, is_op
+from pt2q.core.pattern import NodeIndex
+from pt2q.core.spec import QuantizationConfig, QuantizationSpec
 from pt2q.quantizer import OperatorConfig, OperatorPatternType, Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, has_affine_weights, is_dynamic_config
@@ -55,7 +56,6 @@ from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
 from pt2q.quantizers.transposed_weights import addmm_as_linear
-from pt2q.spec import QuantizationConfig, QuantizationSpec
 
 __all__ = [
     "XNNPACKQuantizer",

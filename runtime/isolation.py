@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from pt2q.quiet import quiet
+from pt2q.io.quiet import quiet
 from pt2q.runtime.program import ProgramLoadError, _describe, _runtime, open_method
 
 __all__ = ["check_in_child"]

@@ -9,7 +9,7 @@
 Loading goes through ExecuTorch's Python runtime (flatbuffer bytes, no pickle) with its
 internal-consistency verification; ExecuTorch's quantized kernel library is registered
 first so ``embedding_byte`` and friends resolve. A ``.pte`` written by pt2q carries a
-SHA-256 digest (:mod:`pt2q.digest`) that is checked before ExecuTorch sees the bytes, so
+SHA-256 digest (:mod:`pt2q.io.digest`) that is checked before ExecuTorch sees the bytes, so
 a corrupt copy is a :class:`ProgramLoadError`, never different numbers. Then the header
 is checked, and inputs are checked against the method's signature before it runs.
 With ``isolate=True`` the program is first loaded (and run once on zeros) in a forked
@@ -28,8 +28,8 @@ from typing import Any, Union
 
 import torch
 
-from pt2q.digest import DigestMismatchError, verify_trailer
-from pt2q.quiet import quiet
+from pt2q.io.digest import DigestMismatchError, verify_trailer
+from pt2q.io.quiet import quiet
 
 __all__ = ["Program", "ProgramLoadError", "InputMismatchError", "load", "check_pte_header", "live_programs"]
 

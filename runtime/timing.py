@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from pt2q.quiet import quiet
+from pt2q.io.quiet import quiet
 
 __all__ = ["Timing", "time_program", "set_num_threads", "get_num_threads"]
 

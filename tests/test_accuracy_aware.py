@@ -11,12 +11,12 @@ import torch.nn as nn
 
 import pt2q
 import pt2q.runtime as runtime
-from pt2q.accuracy_aware import output_sqnr
-from pt2q.ladder_search import RelativeCost, estimate_cost, solve, work
+from pt2q.algorithms.accuracy_aware import output_sqnr
+from pt2q.algorithms.ladder_search import RelativeCost, estimate_cost, solve, work
+from pt2q.algorithms.precision_ladder import FP32, MixedPrecision, annotated_layers
 from pt2q.lowering import lower_pt2e_quantized_to_x86, to_executorch
 from pt2q.lowering.delegation_report import XNNPACK
 from pt2q.lowering.latency_cost import PteLatencyCost, X86LatencyCost, cpu_features
-from pt2q.precision_ladder import FP32, MixedPrecision, annotated_layers
 from pt2q.quantizers import (
     X86InductorQuantizer,
     XNNPACKQuantizer,

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import pt2q
-from pt2q.notes import OBSERVER_KEY, note
-from pt2q.ops import Q_PER_TENSOR
+from pt2q.core.notes import OBSERVER_KEY, note
+from pt2q.core.ops import Q_PER_TENSOR
+from pt2q.observers.range_estimators import PercentileObserver
 from pt2q.quantizers import (
     X86InductorQuantizer,
     XNNPACKQuantizer,
@@ -15,7 +16,6 @@ from pt2q.quantizers import (
     get_symmetric_quantization_config,
     with_activation_observer,
 )
-from pt2q.range_estimators import PercentileObserver
 from tests.transformer_zoo import TinyBert, token_batches
 
 

@@ -14,16 +14,20 @@ from torch import nn
 
 import pt2q
 from pt2q import MappingType, PerAxis, PerBlock, PerGroup, PerRow, PerTensor, PerToken, ZeroPointDomain
-from pt2q import affine_primitives as ap
 from pt2q._affine_quantization import (
     AffineQuantizedMinMaxObserver,
     AffineQuantizedMovingAverageMinMaxObserver,
     AffineQuantizedPlaceholderObserver,
 )
-from pt2q.affine_fake_quantize import AffineFakeQuantize, default_affine_fake_quant, default_groupwise_fake_quant
-from pt2q.affine_ops import affine_ops
-from pt2q.ops import is_affine_qdq, op_name
-from pt2q.qdq import UncalibratedModelError
+from pt2q.core.ops import is_affine_qdq, op_name
+from pt2q.fake_quant.affine_fake_quantize import (
+    AffineFakeQuantize,
+    default_affine_fake_quant,
+    default_groupwise_fake_quant,
+)
+from pt2q.numerics import affine_primitives as ap
+from pt2q.numerics.affine_ops import affine_ops
+from pt2q.passes.qdq import UncalibratedModelError
 from pt2q.quantizers import (
     XNNPACKQuantizer,
     get_8da4w_quantization_config,
@@ -151,7 +155,7 @@ def test_quantize_dequantize_match_torchao_ops(shape, granularity, kwargs) -> No
         (default_groupwise_fake_quant, ao_fq.default_groupwise_fake_quant, (8, 256)),
         (default_affine_fake_quant, ao_fq.default_affine_fake_quant, (4, 10, 16)),
         (
-            pt2q.affine_fake_quantize.default_affine_per_axis_fake_quant,
+            pt2q.fake_quant.affine_fake_quantize.default_affine_per_axis_fake_quant,
             ao_fq.default_affine_per_axis_fake_quant,
             (8, 32),
         ),

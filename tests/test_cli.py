@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pt2q.digest import verify_trailer
+from pt2q.io.digest import verify_trailer
 from tests.hostile_files import hostile_pt2s
 
 FACTORY = """

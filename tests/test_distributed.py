@@ -23,9 +23,14 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import pt2q
 from pt2q.distributed import calibrate, convert_sync_batchnorm, sync_observers
-from pt2q.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize, disable_fake_quant, disable_observer
-from pt2q.learnable_fake_quantize import LearnableFakeQuantize
-from pt2q.observer import (
+from pt2q.fake_quant.fake_quantize import (
+    FakeQuantize,
+    FusedMovingAvgObsFakeQuantize,
+    disable_fake_quant,
+    disable_observer,
+)
+from pt2q.fake_quant.learnable_fake_quantize import LearnableFakeQuantize
+from pt2q.observers.observer import (
     FixedQParamsObserver,
     HistogramObserver,
     MinMaxObserver,

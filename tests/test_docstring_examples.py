@@ -10,7 +10,7 @@ import pytest
 # every module whose docstrings show an example
 MODULES = [
     "pt2q",
-    "pt2q.numeric_debugger",
+    "pt2q.debug.numeric_debugger",
     "pt2q.quantizers.patterns",
     "pt2q.quantizers.xnnpack",
     "pt2q.quantizers.x86_inductor",

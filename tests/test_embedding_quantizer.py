@@ -8,10 +8,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pt2q
+from pt2q.core.spec import Q_ANNOTATION_KEY
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from pt2q.quantizers.annotators import ANNOTATORS
 from pt2q.quantizers.embedding import EmbeddingQuantizer, get_embedding_quantization_config
-from pt2q.spec import Q_ANNOTATION_KEY
 from tests.helpers import export_module, pt2q_flow, qdq_signature, torchao_flow
 
 qd = torch.ops.quantized_decomposed

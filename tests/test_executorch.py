@@ -28,7 +28,7 @@ pytest.importorskip("executorch.exir")
 
 import pt2q
 import pt2q.runtime as runtime
-from pt2q.digest import verify_trailer
+from pt2q.io.digest import verify_trailer
 from pt2q.lowering import (
     LoweringError,
     QuantizedFallbackWarning,

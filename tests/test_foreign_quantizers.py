@@ -20,7 +20,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 import pt2q
-from pt2q.check_annotations import AnnotationError
+from pt2q.passes.check_annotations import AnnotationError
 from tests.helpers import qdq_signature
 
 ao_quantizer = pytest.importorskip("torchao.quantization.pt2e.quantizer")

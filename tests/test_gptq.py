@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 import pt2q
-from pt2q.affine_observer import AffineQuantizedFixedQParamsObserver
-from pt2q.affine_ops import affine_ops
+from pt2q.numerics.affine_ops import affine_ops
+from pt2q.observers.affine_observer import AffineQuantizedFixedQParamsObserver
 from pt2q.quantizers import (
     XNNPACKQuantizer,
     get_8da4w_quantization_config,

@@ -23,10 +23,10 @@ import torch
 
 import pt2q
 from benchmarks.architectures import int8_share, pt2q_xnnpack_quantizer, run_cell, sqnr_db
+from pt2q.io.quiet import quiet
 from pt2q.lowering.attention_layout import copy_attention_outputs
 from pt2q.quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 from pt2q.quantizers.index_guard import find_index_derived
-from pt2q.quiet import quiet
 from tests.helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from tests.hf_zoo import ARCHITECTURES, CI_SUBSET
 

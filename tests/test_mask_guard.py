@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import pt2q
+from pt2q.passes.scale_check import ABSURD_SCALE, QuantizationRangeWarning, absurd_scales
 from pt2q.quantizers import (
     X86InductorQuantizer,
     XNNPACKQuantizer,
@@ -16,7 +17,6 @@ from pt2q.quantizers import (
     get_symmetric_quantization_config,
 )
 from pt2q.quantizers.mask_guard import MaskGuard, find_mask_like
-from pt2q.scale_check import ABSURD_SCALE, QuantizationRangeWarning, absurd_scales
 from tests import zoo
 from tests.transformer_zoo import MASK_STYLES, TinyBert, token_batches
 

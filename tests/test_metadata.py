@@ -21,8 +21,8 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 import pt2q
-from pt2q.notes import NOTE_KEYS
-from pt2q.ops import QDQ_OPS, is_op
+from pt2q.core.notes import NOTE_KEYS
+from pt2q.core.ops import QDQ_OPS, is_op
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
 ao = pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")

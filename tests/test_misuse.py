@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 import pt2q
-from pt2q.check_annotations import AnnotationDtypeError, AnnotationError
-from pt2q.observer import MinMaxObserver
-from pt2q.qparams import sqnr
+from pt2q.numerics.qparams import sqnr
+from pt2q.observers.observer import MinMaxObserver
+from pt2q.passes.check_annotations import AnnotationDtypeError, AnnotationError
 from pt2q.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer, SharedQuantizationSpec
 from pt2q.quantizers import (
     X86InductorQuantizer,

@@ -12,7 +12,7 @@ from expecttest import assert_expected_inline
 from torch.utils import _pytree as pytree
 
 import pt2q
-from pt2q.numeric_debugger import CUSTOM_KEY, NUMERIC_DEBUG_HANDLE_KEY, OutputLogger, anchor_nodes, debug_info
+from pt2q.debug.numeric_debugger import CUSTOM_KEY, NUMERIC_DEBUG_HANDLE_KEY, OutputLogger, anchor_nodes, debug_info
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from tests.zoo import calibration_batches, make
 
@@ -191,13 +191,13 @@ linear_2 <- dequantize_per_tensor_default_6""",
 
 def test_comparison_result_fields_and_errors() -> None:
     ref, actual = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([1.0, 2.5, 3.0, 4.0])
-    r = pt2q.numeric_debugger.QuantizationComparisonResult(actual=actual, ref=ref)
+    r = pt2q.debug.numeric_debugger.QuantizationComparisonResult(actual=actual, ref=ref)
     assert float(r.mse_loss) == pytest.approx(0.0625)
     assert float(r.max_abs_error) == pytest.approx(0.5)
     assert float(r.sqnr) == pytest.approx(20 * math.log10(actual.norm() / 0.5))
     assert r.shapes == ((4,), (4,))
     with pytest.raises(ValueError, match=r"shapes \(4,\) \(ref\) and \(2,\) \(actual\)"):
-        pt2q.numeric_debugger.QuantizationComparisonResult(actual=torch.zeros(2), ref=ref)
+        pt2q.debug.numeric_debugger.QuantizationComparisonResult(actual=torch.zeros(2), ref=ref)
     handle = pt2q.NodeSourceDebugInfo("linear", 1)
     with pytest.raises(ValueError, match="ref node 'linear' and actual node 'linear_q'"):
         pt2q.compare_results({handle: ("linear", None, [ref])}, {handle: ("linear_q", None, [torch.zeros(2)])})

@@ -13,8 +13,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pt2q.observer as po
-from pt2q.qparams import (
+import pt2q.observers.observer as po
+from pt2q.numerics.qparams import (
     accumulate_histc_,
     choose_qparams,
     dequantize,

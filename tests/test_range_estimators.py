@@ -14,11 +14,17 @@ import torch
 import torch.nn as nn
 
 import pt2q
-from pt2q.observer import HistogramObserver, MinMaxObserver, MSEObserver, PercentileObserver, PerChannelMinMaxObserver
-from pt2q.qparams import _l2_errors, choose_qparams, dequantize, quantize, search_histogram_range, sqnr
+from pt2q.numerics.qparams import _l2_errors, choose_qparams, dequantize, quantize, search_histogram_range, sqnr
+from pt2q.observers.observer import (
+    HistogramObserver,
+    MinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    PerChannelMinMaxObserver,
+)
+from pt2q.observers.range_estimators import expected_squared_error
 from pt2q.quantizer import QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-from pt2q.range_estimators import expected_squared_error
 from tests.helpers import export_module
 
 qd = torch.ops.quantized_decomposed

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.fx import GraphModule, Node
 
 import pt2q
-from pt2q.ops import DQ_OPS, Q_OPS
+from pt2q.core.ops import DQ_OPS, Q_OPS
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from tests.helpers import export_module
 from tests.zoo import ZOO, calibration_batches, make

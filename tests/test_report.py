@@ -11,7 +11,7 @@ import torch.nn as nn
 from expecttest import assert_expected_inline
 
 import pt2q
-from pt2q.observer import MinMaxObserver, PerChannelMinMaxObserver
+from pt2q.observers.observer import MinMaxObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
@@ -327,8 +327,8 @@ def test_handles_match_by_name_when_a_graph_id_collides() -> None:
     """Graph ids are addresses of graph objects, so a separate export of the float model can
     share one by chance: matching must still pair every node (per handle, by name where the
     ids differ), not only the colliding one."""
-    from pt2q.layer_errors import match_handles
-    from pt2q.numeric_debugger import debug_info
+    from pt2q.debug.layer_errors import match_handles
+    from pt2q.debug.numeric_debugger import debug_info
 
     ep, quantized, batches = _mixed()
     torch.manual_seed(0)

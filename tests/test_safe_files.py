@@ -18,9 +18,9 @@ import torch.nn as nn
 import pt2q
 from benchmarks.file_fuzz import mutations, tiny_program
 from pt2q import runtime
-from pt2q.atomic_file import FileWriteError, atomic_write, write_atomic
-from pt2q.digest import verify_trailer, verify_zip
-from pt2q.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
+from pt2q.io.atomic_file import FileWriteError, atomic_write, write_atomic
+from pt2q.io.digest import verify_trailer, verify_zip
+from pt2q.io.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
 from tests.hostile_files import hostile_pt2s
 
 FUZZ = 1000  # mutations per file written by pt2q
@@ -197,7 +197,7 @@ def test_kill_9_during_a_write_leaves_a_loadable_file(files, tmp_path, point) ->
             if point == "before rename":
                 os.replace = _kill_self
             if point == "after rename":
-                pt2q.atomic_file._fsync_folder = _kill_self
+                pt2q.io.atomic_file._fsync_folder = _kill_self
             write_atomic(target, new)
         finally:
             os._exit(3)

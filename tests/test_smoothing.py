@@ -11,8 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pt2q
-from pt2q.accuracy_aware import output_sqnr
-from pt2q.attrs import get_attr_value
+from pt2q.algorithms.accuracy_aware import output_sqnr
+from pt2q.core.attrs import get_attr_value
 from pt2q.quantizers import (
     X86InductorQuantizer,
     XNNPACKQuantizer,

@@ -13,7 +13,7 @@ import ast
 import tomllib
 from pathlib import Path
 
-import pt2q.ops
+import pt2q.core.ops
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
@@ -139,7 +139,7 @@ def test_no_import_cycles() -> None:
 
 
 def test_each_op_set_and_predicate_is_defined_once() -> None:
-    names = {n for n in pt2q.ops.__all__ if n.isupper() or callable(getattr(pt2q.ops, n))}
+    names = {n for n in pt2q.core.ops.__all__ if n.isupper() or callable(getattr(pt2q.core.ops, n))}
     defined: dict[str, list[str]] = {}
     for module, path in MODULES.items():
         for stmt in ast.parse(path.read_text()).body:
@@ -152,5 +152,5 @@ def test_each_op_set_and_predicate_is_defined_once() -> None:
             for name in targets:
                 if name in names:
                     defined.setdefault(name, []).append(module)
-    twice = {name: modules for name, modules in defined.items() if modules != ["pt2q.ops"]}
-    assert not twice, f"op sets / predicates of pt2q.ops defined elsewhere too: {twice}"
+    twice = {name: modules for name, modules in defined.items() if modules != ["pt2q.core.ops"]}
+    assert not twice, f"op sets / predicates of pt2q.core.ops defined elsewhere too: {twice}"

@@ -390,7 +390,7 @@ class _TwoLinears(nn.Module):
 def _observers_replaced(model: type[nn.Module], dynamic: bool) -> GraphModule:
     """A model prepared, calibrated and with observers replaced by Q/DQ: what the passes receive in convert."""
     from pt2q import prepare_pt2e
-    from pt2q.qdq import replace_observers_with_qdq
+    from pt2q.passes.qdq import replace_observers_with_qdq
     from pt2q.quantizers import XNNPACKQuantizer
 
     torch.manual_seed(0)

@@ -19,10 +19,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx import GraphModule
 
-from pt2q.ops import CONV_TRANSPOSE
+from pt2q.core.ops import CONV_TRANSPOSE
+from pt2q.core.spec import Q_ANNOTATION_KEY, QuantizationConfig
 from pt2q.quantizer import ComposableQuantizer, Quantizer
 from pt2q.quantizers import ANNOTATORS, XNNPACKQuantizer, get_annotator, get_symmetric_quantization_config
-from pt2q.spec import Q_ANNOTATION_KEY, QuantizationConfig
 from tests.zoo import AttentionBlock, Functional
 
 aten = torch.ops.aten

@@ -7,8 +7,8 @@ from typing import Optional
 
 from torch.fx import GraphModule, Node
 
+from pt2q.core.spec import Q_ANNOTATION_KEY, QuantizationAnnotation
 from pt2q.quantizer.quantizer import Quantizer
-from pt2q.spec import Q_ANNOTATION_KEY, QuantizationAnnotation
 
 __all__ = ["ComposableQuantizer"]
 

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch.fx import GraphModule, Node
 
-from pt2q.spec import (
+from pt2q.core.spec import (
     Q_ANNOTATION_KEY,
     DerivedQuantizationSpec,
     EdgeOrNode,

@@ -1,7 +1,7 @@
 """Helpers for writing a quantizer by hand (``torchao.quantization.pt2e.quantizer.utils``).
 
 >>> import torch
->>> from pt2q.observer import MinMaxObserver
+>>> from pt2q.observers.observer import MinMaxObserver
 >>> from pt2q.quantizer import QuantizationSpec, annotate_input_qspec_map, annotate_output_qspec
 >>> gm = torch.export.export(torch.nn.Sequential(torch.nn.ReLU()), (torch.randn(2),)).module()
 >>> relu = next(n for n in gm.graph.nodes if n.op == "call_function")
@@ -27,8 +27,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch.fx import Node
 
-from pt2q.notes import module_paths
-from pt2q.spec import (
+from pt2q.core.notes import module_paths
+from pt2q.core.spec import (
     Q_ANNOTATION_KEY,
     QuantizationAnnotation,
     QuantizationConfig,

@@ -5,15 +5,15 @@ import torch
 from torch import nn
 
 import pt2q
-from pt2q.affine_fake_quantize import AffineFakeQuantize
-from pt2q.affine_observer import AffineQuantizedMinMaxObserver
-from pt2q.affine_primitives import MappingType
-from pt2q.granularity import PerGroup
-from pt2q.learnable_fake_quantize import LearnableFakeQuantize
-from pt2q.numeric_debugger import OutputLogger
-from pt2q.observer import MovingAverageMinMaxObserver
+from pt2q.debug.numeric_debugger import OutputLogger
+from pt2q.fake_quant.affine_fake_quantize import AffineFakeQuantize
+from pt2q.fake_quant.learnable_fake_quantize import LearnableFakeQuantize
+from pt2q.numerics.affine_primitives import MappingType
+from pt2q.numerics.granularity import PerGroup
+from pt2q.observers.affine_observer import AffineQuantizedMinMaxObserver
+from pt2q.observers.observer import MovingAverageMinMaxObserver
+from pt2q.observers.range_estimators import MSEObserver, PercentileObserver
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
-from pt2q.range_estimators import MSEObserver, PercentileObserver
 
 
 class Net(nn.Module):

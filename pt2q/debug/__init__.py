@@ -1,0 +1,1 @@
+"""Reading a quantized model: the report, the numeric debugger, per-layer errors."""

@@ -1,0 +1,222 @@
+"""Per-layer quantization error three ways: cumulative, local (shadow) and sensitivity.
+
+For every debug handle (see :mod:`pt2q.debug.numeric_debugger`) shared by a float graph and
+its quantized version, over a set of input batches:
+
+* **cumulative**: the quantized model's value against the float model's, errors of all
+  earlier layers included (what torchao's propagation comparison reports);
+* **local** ("shadow"): the layer's quantized subgraph (input/weight/output Q/DQ and the
+  op) fed the float model's values at its inputs, against the float value: the error the
+  layer itself makes;
+* **sensitivity**: the final output when only that layer is quantized (its local value
+  substituted into an otherwise float run), against the float output: how much the
+  layer's own error costs at the end, the one-at-a-time analysis of NNCF and AIMET.
+
+All three are SQNRs with the float value as signal, accumulated over batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch.fx import GraphModule, Interpreter, Node
+from torch.fx.node import map_arg
+from torch.utils import _pytree as pytree
+
+from pt2q.core.notes import NodeSourceDebugInfo, debug_info, value_handle
+from pt2q.debug.numeric_debugger import value_anchors
+
+__all__ = ["ErrorStats", "LayerErrors", "measure_layer_errors", "match_handles"]
+
+Feed = Callable[[Node, Node, Any], Any]
+
+
+@dataclass
+class ErrorStats:
+    """Running sums of ‖float‖², ‖float − quantized‖² and max |float − quantized|."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+    count: int = 0
+    max_abs: float = 0.0
+
+    def add(self, ref: torch.Tensor, actual: torch.Tensor) -> None:
+        ref, diff = ref.detach().double(), (ref.detach().double() - actual.detach().double())
+        self.signal += float(ref.square().sum())
+        self.noise += float(diff.square().sum())
+        self.count += ref.numel()
+        self.max_abs = max(self.max_abs, float(diff.abs().max())) if diff.numel() else self.max_abs
+
+    def add_outputs(self, reference: Any, actual: Any) -> None:
+        """Add the float tensors of two model outputs of the same structure, pairwise."""
+        for ref, act in zip(_float_leaves(reference), _float_leaves(actual)):
+            self.add(ref, act)
+
+    @property
+    def sqnr(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        return 10.0 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+
+    @property
+    def mse(self) -> float:
+        return self.noise / self.count if self.count else 0.0
+
+
+@dataclass
+class LayerErrors:
+    """Error statistics per handle (keys are the float graph's handles)."""
+
+    cumulative: dict[NodeSourceDebugInfo, ErrorStats] = field(default_factory=dict)
+    local: dict[NodeSourceDebugInfo, ErrorStats] = field(default_factory=dict)
+    sensitivity: dict[NodeSourceDebugInfo, ErrorStats] = field(default_factory=dict)
+    output: ErrorStats = field(default_factory=ErrorStats)
+    batches: int = 0
+
+
+class _Run(Interpreter):
+    """Runs a graph, recording the values of chosen nodes; ``feed(user, arg, value)`` may
+    replace the value an argument node hands to its user."""
+
+    def __init__(self, gm: GraphModule, record: Optional[Iterable[Node]] = None, feed: Optional[Feed] = None) -> None:
+        super().__init__(gm, garbage_collect_values=record is not None)
+        self.record = None if record is None else set(record)
+        self.feed = feed
+        self.values: dict[Node, Any] = {}
+
+    def run_node(self, n: Node) -> Any:
+        value = super().run_node(n)
+        if self.record is None or n in self.record:
+            self.values[n] = value
+        return value
+
+    def fetch_args_kwargs_from_env(self, n: Node) -> tuple[Any, Any]:
+        if self.feed is None:
+            return super().fetch_args_kwargs_from_env(n)
+        look_up = lambda a: self.feed(n, a, self.env[a])  # noqa: E731
+        return map_arg(n.args, look_up), map_arg(n.kwargs, look_up)
+
+
+def _float_leaves(out: Any) -> list[torch.Tensor]:
+    return [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def _compatible(ref: Any, actual: Any) -> bool:
+    return (
+        isinstance(ref, torch.Tensor)
+        and isinstance(actual, torch.Tensor)
+        and ref.shape == actual.shape
+        and ref.dtype == actual.dtype
+    )
+
+
+def match_handles(float_gm: GraphModule, quantized: GraphModule) -> dict[NodeSourceDebugInfo, NodeSourceDebugInfo]:
+    """Map the quantized graph's handles to the float graph's.
+
+    A handle matches itself when the quantized model came from this float graph (or its
+    ``ExportedProgram``). Otherwise (the float model was exported separately, so graph ids
+    differ) it matches the float handle of the same node name, which torch.export derives
+    deterministically from the model's code, when that name is unique. The choice is made
+    per handle: graph ids are addresses of graph objects and can be reused, so two
+    separate exports may share some of them by chance.
+    """
+    float_handles = set(value_anchors(float_gm))
+    by_name: dict[str, list[NodeSourceDebugInfo]] = {}
+    for h in float_handles:
+        by_name.setdefault(h.name, []).append(h)
+    q_handles = {h for n in quantized.graph.nodes for h in (debug_info(n), value_handle(n)) if h is not None}
+    matched = {}
+    for h in q_handles:
+        if h in float_handles:
+            matched[h] = h
+        elif len(by_name.get(h.name, ())) == 1:
+            matched[h] = by_name[h.name][0]
+    return matched
+
+
+def _descendants(node: Node) -> set[Node]:
+    seen: set[Node] = set()
+    stack = [node]
+    while stack:
+        for user in stack.pop().users:
+            if user not in seen:
+                seen.add(user)
+                stack.append(user)
+    return seen
+
+
+def measure_layer_errors(
+    float_gm: GraphModule,
+    quantized: GraphModule,
+    batches: Sequence[Sequence[Any]],
+    quantized_handles: Iterable[NodeSourceDebugInfo],
+    sensitivity: bool = True,
+    groups: Optional[dict[NodeSourceDebugInfo, NodeSourceDebugInfo]] = None,
+) -> LayerErrors:
+    """Cumulative and local SQNR of every float value the quantized graph computes too (keyed
+    by the float graph's handles), and the output SQNR with only one layer quantized for
+    each of ``quantized_handles`` (the quantized graph's value handles of those layers).
+
+    ``groups`` maps a layer's handle to the handle of the layer it is quantized with (a relu
+    fused after its linear): values crossing between them are not replaced by float ones, so
+    the group's local error is the whole pattern's."""
+    to_float = match_handles(float_gm, quantized)
+    f_anchor = value_anchors(float_gm)
+    q_anchor = {to_float[h]: n for h, n in value_anchors(quantized).items() if h in to_float}
+    group = (groups or {}).get
+    q_handle = {n: to_float.get(h) for n in quantized.graph.nodes if (h := debug_info(n)) is not None}
+    q_handle = {n: group(h, h) for n, h in q_handle.items() if h is not None}
+    q_value = {n: to_float.get(h) for n in quantized.graph.nodes if (h := value_handle(n)) is not None}
+    sensitive = [to_float[h] for h in quantized_handles if h in to_float] if sensitivity else []
+    errors = LayerErrors()
+    for batch in batches:
+        float_run = _Run(
+            float_gm, record=None if sensitive else f_anchor.values()
+        )  # sensitivity restarts from any node
+        float_out = float_run.run(*batch, enable_io_processing=True)
+        f_values = float_run.values
+        by_handle = {h: f_values[n] for h, n in f_anchor.items() if n in f_values}
+
+        cumulative = _Run(quantized, record=q_anchor.values())
+        q_out = cumulative.run(*batch, enable_io_processing=True)
+        errors.output.add_outputs(float_out, q_out)
+
+        def feed(user: Node, arg: Node, value: Any, by_handle: dict = by_handle) -> Any:
+            # a value crossing from one layer into another comes from the float model
+            h = q_value.get(arg)
+            if h is None or group(h, h) == q_handle.get(user) or h not in by_handle:
+                return value
+            ref = by_handle[h]
+            return ref if _compatible(ref, value) else value
+
+        shadow = _Run(quantized, record=q_anchor.values(), feed=feed)
+        shadow.run(*batch, enable_io_processing=True)
+
+        for h, node in q_anchor.items():
+            ref = by_handle.get(h)
+            for stats, run in ((errors.cumulative, cumulative), (errors.local, shadow)):
+                value = run.values.get(node)
+                if (
+                    isinstance(ref, torch.Tensor)
+                    and isinstance(value, torch.Tensor)
+                    and _compatible(ref, value)
+                    and ref.is_floating_point()
+                ):
+                    stats.setdefault(h, ErrorStats()).add(ref, value)
+
+        for h in sensitive:
+            q_node, f_node = q_anchor.get(h), f_anchor.get(h)
+            local = shadow.values.get(q_node) if q_node is not None else None
+            if f_node is None or not _compatible(by_handle.get(h), local):
+                continue
+            downstream = _descendants(f_node)
+            env = {n: v for n, v in f_values.items() if n not in downstream}
+            env[f_node] = local
+            out = _Run(float_gm, record=[]).run(*batch, initial_env=env, enable_io_processing=True)
+            errors.sensitivity.setdefault(h, ErrorStats()).add_outputs(float_out, out)
+        errors.batches += 1
+    return errors

@@ -1,0 +1,1 @@
+"""Fake quantizers for quantization-aware training."""

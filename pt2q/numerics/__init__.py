@@ -1,0 +1,1 @@
+"""Quantization arithmetic: qparams, affine (block-wise) quantization, granularities, error metrics."""

@@ -1,0 +1,1 @@
+"""Observers: modules that record tensor statistics and compute qparams from them."""
