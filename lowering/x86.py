@@ -38,6 +38,9 @@ The ``torch.compile`` recipe, and the traps :class:`X86CompiledModel` takes care
    quantized-linear patterns expect ``reshape`` and no same-shape views. Inside
    ``torch.compile`` freezing and the joint-graph passes rewrite them first; the FX
    lowering does it itself, else 3-D linears stay dequantize + fp32 ``addmm``.
+5. Inductor gives an int8 ``conv1d`` the wrong output length (its shape function reads the
+   prepacked 4-D weight's unit dim as the kernel); both entry points run a copy of the model
+   whose int8 conv1d are the equal conv2d (:mod:`pt2q.lowering.conv1d_as_conv2d`).
 
 On CPUs without VNNI the int8 kernels saturate unless activations are 7-bit:
 ``get_default_x86_inductor_quantization_config`` chooses ``reduce_range`` for the CPU.
@@ -55,6 +58,7 @@ from torch.fx import GraphModule, Node
 from torch.utils import _pytree as pytree
 
 from pt2q.io.quiet import quiet
+from pt2q.lowering.conv1d_as_conv2d import conv1d_as_conv2d_copy
 
 __all__ = ["lower_pt2e_quantized_to_x86", "compile_quantized_for_x86", "X86CompiledModel", "int8_inference"]
 
@@ -107,6 +111,7 @@ class X86CompiledModel:
     """
 
     def __init__(self, model: torch.nn.Module, dynamic: bool = False) -> None:
+        model = conv1d_as_conv2d_copy(model)  # Inductor mis-sizes int8 conv1d; it runs as the equal conv2d
         self.model = model
         # forward, not the module: the input-validation hooks ExportedProgram.module() puts on
         # it would run in Python on every call (~45 µs: a quarter of a small MLP's latency).
@@ -222,6 +227,7 @@ def lower_pt2e_quantized_to_x86(model: GraphModule, example_inputs: tuple[torch.
     from torch._inductor.fx_passes.freezing_patterns import freezing_passes
     from torch._inductor.fx_passes.post_grad import remove_noop_ops, view_to_reshape
 
+    model = conv1d_as_conv2d_copy(model)
     with torch.no_grad():
         exported = torch.export.export(model, tuple(example_inputs), strict=False)
         lowered = exported.run_decompositions(_cia_decompositions()).module()

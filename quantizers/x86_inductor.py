@@ -14,7 +14,7 @@ The recipe quantizes the *inputs* of int8-capable patterns and never their
 outputs: a pattern's result is quantized only when its consumer wants int8
 input. Patterns (each fuses into one oneDNN kernel after lowering):
 
-* conv2d (+ relu / hardtanh / relu6 / hardswish / silu), conv1d + relu,
+* conv2d (+ relu / hardtanh / relu6 / hardswish / silu), conv1d (+ relu),
   conv2d + add (+ relu) with the extra add input quantized too;
 * linear (+ relu / leaky_relu / tanh / gelu), linear + add (+ relu) with the
   extra add input left float (it is accumulated in fp32);
@@ -37,7 +37,11 @@ Where pt2q differs from torchao, on purpose: patterns are matched by operator,
 not by the module that produced them, so ``F.relu``/``torch.add`` fuse like
 ``nn.ReLU``/``+`` and a module called twice (``self.relu`` reused) is fine where
 torchao raises; a module-name config asks each pattern's anchor (conv, linear,
-...) rather than every node of the pattern.
+...) rather than every node of the pattern. A conv1d with no relu after it is
+quantized too (torchao leaves it fp32: Wav2Vec2's convolutions), and
+``transform_for_annotation`` makes string conv padding (``padding="same"``,
+EfficientNet's) explicit, so those convs match the conv rows (torchao leaves
+``aten.conv2d.padding`` fp32); on graphs with neither, the Q/DQ graph is torchao's.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, get_input_act_qspec
 from pt2q.quantizers.annotators import PATTERNS, float_operands
 from pt2q.quantizers.computed_weights import fold_computed_weights
+from pt2q.quantizers.conv_padding import STRING_PADDING_CONVS, explicit_conv_padding
 from pt2q.quantizers.cpu_capability import cpu_has_vnni
 from pt2q.quantizers.mask_guard import MaskGuard
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
@@ -103,8 +108,8 @@ __all__ = [
     "QUANTIZABLE_OPS",
 ]
 
-# The recipe quantizes one overload of each operator, as torchao's does (conv2d with string padding,
-# in-place mul: not fused), spelled out below as aten.<op>.<overload>.
+# The recipe quantizes one overload of each operator, as torchao's does (in-place mul: not fused; string
+# conv padding is made explicit first, see transform_for_annotation), spelled out below as aten.<op>.<overload>.
 CONV_UNARY = HARDTANH | HARDSWISH | SILU  # relu has the shared "conv_relu" row; hardtanh covers nn.ReLU6
 LINEAR_UNARY = LEAKY_RELU | TANH | GELU
 
@@ -316,7 +321,7 @@ X86_PATTERNS: tuple[Pattern, ...] = (
     Pattern("x86_conv_add", (_C2, ADD), weighted=0, extra_operand=1, root=1, **_FROM_ADD),
     _shared_unary("conv_relu", ops(aten.conv2d.default, aten.conv1d.default)),
     Pattern("x86_conv_unary", (_C2, CONV_UNARY), weighted=0, params_exclusive=False, exclusive=False),
-    _SHARED["conv"].restricted(_C2),
+    _SHARED["conv"].restricted(ops(aten.conv2d.default, aten.conv1d.default)),
     # the add's other operand stays float: oneDNN accumulates it in fp32
     Pattern("x86_linear_add_relu", (LINEAR, ADD, RELU), weighted=0, root=1, **_FROM_ADD),
     Pattern("x86_linear_add", (LINEAR, ADD), weighted=0, root=1, **_FROM_ADD),
@@ -448,9 +453,11 @@ class X86InductorQuantizer(Quantizer):
     # --- Quantizer -----------------------------------------------------------------
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
-        """Weights computed from parameters (weight norm) are folded and ``addmm`` on a stored (in, out) weight
-        (GPT-2's Conv1D) becomes a linear, so their layers quantize as in the XNNPACK quantizer (PTQ only: QAT
-        trains the parameters these rewrites replace)."""
+        """String conv padding (``"same"``/``"valid"``) becomes explicit (bit-identical); in PTQ, weights
+        computed from parameters (weight norm) are folded and ``addmm`` on a stored (in, out) weight (GPT-2's
+        Conv1D) becomes a linear, so their layers quantize as in the XNNPACK quantizer (QAT trains the
+        parameters these rewrites replace)."""
+        explicit_conv_padding(model)
         configs = [self.global_config, *self.operator_type_qconfig.values(), *self.module_name_qconfig.values()]
         if not any(c is not None and c.is_qat for c in configs):
             fold_computed_weights(model)
@@ -481,6 +488,12 @@ class X86InductorQuantizer(Quantizer):
     def explain_unannotated(self, node: Node) -> Optional[str]:
         """Which setting, or missing pattern, left ``node`` float (for ``pt2q.report``)."""
         op = getattr(node.target, "__name__", str(node.target))
+        if node.target in STRING_PADDING_CONVS:
+            padding = node.args[4] if len(node.args) > 4 else node.kwargs.get("padding", "valid")
+            return (
+                f"{op}: its string padding {padding!r} could not be made explicit (the "
+                "weight's kernel size is unknown, or 'same' with a stride); pass the padding as ints"
+            )
         if not is_op(node, self.QUANTIZABLE_OPS):
             return f"{type(self).__name__} has no pattern for {op}"
         if (guarded := self.mask_guard.reason(node)) is not None:

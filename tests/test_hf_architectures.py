@@ -11,7 +11,11 @@ The fixes this zoo found, each tested on the model that showed it:
   on the diagonal); the index guard keeps that arithmetic float (no observer, calibration works);
 * GPT-2: ``Conv1D`` views an SDPA output whose layout ExecuTorch's retrace changes (lowering copies it),
   and computes ``addmm`` on a transposed stored weight (XNNPACKQuantizer makes it a linear);
-* Wav2Vec2: the positional conv computes its weight (weight norm); XNNPACKQuantizer folds it.
+* Wav2Vec2: the positional conv computes its weight (weight norm); XNNPACKQuantizer folds it;
+  on x86 its conv1d (no relu after them) are quantized, and run as the equal conv2d, since
+  Inductor's int8 conv1d gets the wrong output length;
+* EfficientNet: ``padding="same"`` convs (``aten.conv2d.padding``) get explicit int padding
+  (bit-identical), so the x86 recipe quantizes them (it compiled 0% int8).
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import torch
 import pt2q
 from benchmarks.architectures import int8_share, pt2q_xnnpack_quantizer, run_cell, sqnr_db
 from pt2q.io.quiet import quiet
+from pt2q.lowering import compile_quantized_for_x86, lower_pt2e_quantized_to_x86
 from pt2q.lowering.attention_layout import copy_attention_outputs
+from pt2q.lowering.conv1d_as_conv2d import quantized_conv1d_as_conv2d
 from pt2q.quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+from pt2q.quantizers.conv_padding import STRING_PADDING_CONVS, explicit_conv_padding
 from pt2q.quantizers.index_guard import find_index_derived
 from tests.helpers import one_thread  # noqa: F401  (autouse: one intra-op thread)
 from tests.hf_zoo import ARCHITECTURES, CI_SUBSET
@@ -197,3 +204,92 @@ def test_weight_computed_from_an_activation_is_quantized_per_tensor() -> None:
     outer = [n for n in converted.graph.nodes if n.target is torch.ops.aten.linear.default][-1]
     assert outer.args[1].target == qd.dequantize_per_tensor.default
     assert sqnr_db(model(x, w), converted(x, w)) > 25
+
+
+# --- x86: EfficientNet's padding="same" and Wav2Vec2's conv1d run as int8 oneDNN convs ------------
+
+
+def _x86_quantize(name: str, n: int = 3):
+    return _quantize(name, n, X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config()))
+
+
+def test_string_conv_padding_is_made_explicit_bit_identically() -> None:
+    model, batches = ARCHITECTURES["efficientnet"].build(2)
+    with quiet():
+        gm = torch.export.export(model, batches[0]).module()
+    before = gm(*batches[1])
+    paddings = {(*n.args, "valid")[4] for n in gm.graph.nodes if n.target is torch.ops.aten.conv2d.padding}
+    assert paddings == {"same", "valid"}
+    assert explicit_conv_padding(gm) == 36
+    assert not any(n.target in STRING_PADDING_CONVS for n in gm.graph.nodes)
+    assert torch.equal(gm(*batches[1]), before)
+
+    class EvenKernels(torch.nn.Module):  # "same" with even kernels pads one more element on the right
+        def __init__(self) -> None:
+            super().__init__()
+            self.c2 = torch.nn.Conv2d(3, 4, (4, 3), padding="same", dilation=(1, 2))
+            self.c1 = torch.nn.Conv1d(4, 4, 2, padding="same")
+            self.v1 = torch.nn.Conv1d(4, 4, 3, padding="valid")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.c2(x).flatten(2)
+            return self.v1(self.c1(y))
+
+    x = torch.randn(2, 3, 6, 7)
+    gm = torch.export.export(EvenKernels().eval(), (x,)).module()
+    before = gm(x)
+    assert explicit_conv_padding(gm) == 3
+    pads = [n.args[1] for n in gm.graph.nodes if n.target is torch.ops.aten.constant_pad_nd.default]
+    assert pads == [[0, 0, 0, 1], [0, 1]]
+    assert torch.equal(gm(x), before)
+
+
+def test_efficientnet_same_padding_convs_are_int8_on_x86() -> None:
+    model, gm, _, converted, batches = _x86_quantize("efficientnet")
+    assert int8_share(converted) == 1.0  # was 0%: aten.conv2d.padding matched no x86 pattern
+    with quiet():
+        lowered = lower_pt2e_quantized_to_x86(converted, batches[0])
+    qconvs = sum(str(n.target).startswith("onednn.qconv") for n in lowered.graph.nodes)
+    assert qconvs == 36 and not any(n.target is torch.ops.aten.convolution.default for n in lowered.graph.nodes)
+    with torch.no_grad():
+        assert sqnr_db(model(*batches[-1]), lowered(*batches[-1])) >= FLOORS["efficientnet"]
+
+
+def test_wav2vec2_conv1d_are_int8_on_x86() -> None:
+    from torch._dynamo.utils import counters
+
+    model, gm, _, converted, batches = _x86_quantize("wav2vec2")
+    convs = [n for n in converted.graph.nodes if n.target is torch.ops.aten.conv1d.default]
+    assert len(convs) == 4  # 3 feature-extractor convs (+ group norm / gelu) and the positional conv
+    assert all(c.args[0].target == qd.dequantize_per_tensor.default for c in convs)
+    assert all(c.args[1].target == qd.dequantize_per_channel.default for c in convs)
+    counters.clear()
+    compiled = compile_quantized_for_x86(converted, batches[0])
+    assert counters["inductor"]["qconv_weight_prepack_matcher_count"] == 4  # every conv1d is a oneDNN int8 conv
+    assert compiled.model is not converted  # the int8 conv1d run as conv2d on a copy
+    assert any(n.target is torch.ops.aten.conv1d.default for n in converted.graph.nodes)
+    assert sqnr_db(model(*batches[-1]), compiled(*batches[-1])) >= FLOORS["wav2vec2"]
+
+
+def test_int8_conv1d_meeting_another_tensor_compiles() -> None:
+    # Inductor's int8 conv1d has the wrong output length (52 for 50 here) once it meets another tensor
+    class Residual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv1d(8, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + torch.relu(self.conv(x))
+
+    model, x = Residual().eval(), torch.randn(2, 8, 50)
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    with quiet():
+        prepared = pt2q.prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
+        prepared(x)
+        converted = pt2q.convert_pt2e(prepared)
+        rewritten = copy.deepcopy(converted)
+    assert quantized_conv1d_as_conv2d(rewritten) == 1
+    assert not any(n.target is torch.ops.aten.conv1d.default for n in rewritten.graph.nodes)
+    torch.testing.assert_close(rewritten(x), converted(x))
+    out = compile_quantized_for_x86(converted, (x,))(x)
+    assert out.shape == x.shape and sqnr_db(model(x), out) > 30

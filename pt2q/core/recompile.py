@@ -31,6 +31,6 @@ def deferred_recompile(model: GraphModule) -> Iterator[GraphModule]:
     finally:
         for m in deferred:
             m.__dict__.pop("recompile", None)
-        for m in model.modules():  # the modules now held, bodies added by the passes included
-            if isinstance(m, GraphModule):
-                m.recompile()
+        for held in model.modules():  # the modules now held, bodies added by the passes included
+            if isinstance(held, GraphModule):
+                held.recompile()
