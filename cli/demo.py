@@ -15,7 +15,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 import pt2q
-from pt2q.numerics.qparams import sqnr
+from pt2q.numerics.metrics import sqnr
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
 BATCH = 40  # the test set's 360 images in 9 batches; .pte programs have static shapes

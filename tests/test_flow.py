@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 import pt2q
-from pt2q.numerics.qparams import sqnr
+from pt2q.numerics.metrics import sqnr
 from pt2q.observers.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import (
     ComposableQuantizer,

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pt2q.observers.observer as po
+from pt2q.numerics.metrics import sqnr
 from pt2q.numerics.qparams import (
     accumulate_histc_,
     choose_qparams,
@@ -22,7 +23,6 @@ from pt2q.numerics.qparams import (
     quant_range,
     quantize,
     search_histogram_range,
-    sqnr,
 )
 
 ao = pytest.importorskip("torchao.quantization.pt2e.observer")

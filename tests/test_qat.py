@@ -24,7 +24,7 @@ from pt2q.fake_quant.fake_quantize import (
     enable_fake_quant,
 )
 from pt2q.fake_quant.learnable_fake_quantize import LearnableFakeQuantize, enable_range_learning
-from pt2q.numerics.qparams import sqnr
+from pt2q.numerics.metrics import sqnr
 from pt2q.observers.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config

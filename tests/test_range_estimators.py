@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 import pt2q
-from pt2q.numerics.qparams import _l2_errors, choose_qparams, dequantize, quantize, search_histogram_range, sqnr
+from pt2q.numerics.metrics import sqnr
+from pt2q.numerics.qparams import _l2_errors, choose_qparams, dequantize, quantize, search_histogram_range
 from pt2q.observers.observer import (
     HistogramObserver,
     MinMaxObserver,

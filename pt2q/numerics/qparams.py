@@ -31,7 +31,6 @@ __all__ = [
     "quantize",
     "dequantize",
     "fake_quantize",
-    "sqnr",
     "accumulate_histc_",
     "upscale_histogram",
     "search_histogram_range",
@@ -241,18 +240,6 @@ def fake_quantize(
         zp = zero_point if isinstance(zero_point, Tensor) else torch.tensor([zero_point])
         return torch.fake_quantize_per_tensor_affine(x, scale.float(), zp.to(torch.int32), quant_min, quant_max)
     return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), quant_min, quant_max)
-
-
-def sqnr(reference: Tensor, other: Tensor) -> float:
-    """Signal-to-quantization-noise ratio of ``other`` against ``reference``, in dB (inf if equal)."""
-    ref = reference.detach().to(torch.float64)
-    noise = (ref - other.detach().to(torch.float64)).norm().item()
-    signal = ref.norm().item()
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 20.0 * math.log10(signal / noise)
 
 
 # ---------------------------------------------------------------------------------------------
