@@ -32,7 +32,8 @@ from pt2q.core.ops import aten, ops
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
 from pt2q.quantizers.patterns import Pattern
-from pt2q.quantizers.x86_inductor import X86_PATTERNS, X86InductorQuantizer
+from pt2q.quantizers.x86_inductor import X86InductorQuantizer
+from pt2q.quantizers.x86_recipe import X86_PATTERNS
 
 __all__ = ["ArmInductorQuantizer", "get_default_arm_inductor_quantization_config", "ARM_PATTERNS"]
 
