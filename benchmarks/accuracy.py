@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.nn as nn
@@ -27,10 +27,25 @@ import torch.nn.functional as F
 from torch.fx import GraphModule
 
 import pt2q
+from benchmarks.common import Section, progress
+from benchmarks.settings import Settings
 from pt2q.cli.demo import load_digits  # the digits split the demo uses (80/20, seed 0)
+from pt2q.numerics.metrics import sqnr
 from pt2q.quantizer import Quantizer
 
-__all__ = ["DigitsNet", "QuantizerEntry", "QUANTIZERS", "AccuracyRow", "load_digits", "measure", "markdown_table"]
+if TYPE_CHECKING:
+    from benchmarks.variants import Models, Variants
+
+__all__ = [
+    "DigitsNet",
+    "QuantizerEntry",
+    "QUANTIZERS",
+    "AccuracyRow",
+    "load_digits",
+    "measure",
+    "markdown_table",
+    "suite",
+]
 
 BATCH = 64
 
@@ -208,6 +223,63 @@ def markdown_table(rows: list[AccuracyRow], n_test: int) -> str:
             f"{r.qat - r.fp32:+.2f} | {r.seconds:.1f} |"
         )
     return "\n".join(lines)
+
+
+SQNR_METHOD = (
+    "SQNR (dB, higher is better) of the int8 model's outputs against the fp32 model's on "
+    "{batches} fresh random batches (the models have random weights, so this measures "
+    "numerics, not task accuracy). XNNPACK per-channel config, 2 calibration batches, quantized graphs "
+    "run in PyTorch (Q/DQ reference kernels). Last column: pt2q's output against torchao's "
+    "(inf: bit-identical)."
+)
+
+
+def _sqnr_row(models: Models, variants: Variants, name: str, batches: int) -> dict[str, float]:
+    """pt2q and torchao int8 against fp32, and against each other, on ``batches`` fresh random batches."""
+    modules = {variant: program.module() for variant, program in variants.programs(name).items()}
+    g = torch.Generator().manual_seed(2)
+    inputs = [tuple(torch.randn(x.shape, generator=g) for x in models[name][1]) for _ in range(batches)]
+    with torch.no_grad():
+        out = {v: torch.cat([m(*b).flatten() for b in inputs]) for v, m in modules.items()}
+    return {
+        "pt2q": sqnr(out["fp32"], out["pt2q_int8"]),
+        "torchao": sqnr(out["fp32"], out["torchao_int8"]),
+        "agree": sqnr(out["torchao_int8"], out["pt2q_int8"]),
+    }
+
+
+def _sqnr_section(models: Models, variants: Variants, settings: Settings) -> Section:
+    rows = {name: _sqnr_row(models, variants, name, settings.sqnr_batches) for name in progress(models, "accuracy")}
+    lines = [
+        "| model | pt2q int8 vs fp32 dB | torchao int8 vs fp32 dB | pt2q - torchao dB | pt2q vs torchao output dB |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {n} | {r['pt2q']:.2f} | {r['torchao']:.2f} | {r['pt2q'] - r['torchao']:+.2f} | {r['agree']:.2f} |"
+        for n, r in rows.items()
+    ]
+    return Section("Accuracy: SQNR against fp32", SQNR_METHOD.format(batches=settings.sqnr_batches), "\n".join(lines))
+
+
+def _digits_section(settings: Settings) -> Section:
+    rows = measure(QUANTIZERS, epochs=settings.epochs, qat_epochs=settings.qat_epochs)
+    n_test = len(load_digits()[3])
+    digits = markdown_table(rows, n_test)  # its caption line is replaced by the section's text
+    return Section(
+        "Accuracy: digits (real data)",
+        (
+            f"DigitsNet (conv-BN x2, 2 linear) trained {settings.epochs} epochs on scikit-learn's digits, then PTQ "
+            f"(8 calibration batches) and QAT ({settings.qat_epochs} epochs) with each quantizer; accuracy (%) on "
+            f"the {n_test} held-out test images; one run, fixed seeds."
+        ),
+        "\n".join(line for line in digits.splitlines() if line.startswith("|")),
+    )
+
+
+def suite(models: Models, variants: Variants, settings: Settings) -> list[Section]:
+    """The ``accuracy`` suite of ``benchmarks.run``: SQNR of each int8 model against fp32, and test accuracy on
+    scikit-learn digits."""
+    return [_sqnr_section(models, variants, settings), _digits_section(settings)]
 
 
 def main(argv: Optional[list[str]] = None) -> None:

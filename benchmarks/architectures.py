@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
@@ -33,7 +32,9 @@ from typing import Any, Optional
 import torch
 from torch.fx import GraphModule
 
+from benchmarks.common import Section, print_document
 from pt2q.io.quiet import quiet
+from pt2q.numerics.metrics import sqnr
 from tests.hf_zoo import ARCHITECTURES, Arch
 
 __all__ = ["Cell", "FLOWS", "run_cell", "rows", "table", "recipe_rows", "recipe_table", "suite", "main", "int8_share"]
@@ -70,10 +71,7 @@ class Cell:
     floats: tuple[str, ...] = ()  # why-float notes of the report (pt2q flows)
 
 
-def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
-    reference, actual = reference.detach(), actual.detach()
-    noise = (reference - actual).pow(2).mean()
-    return math.inf if noise == 0 else float(10 * torch.log10(reference.pow(2).mean() / noise))
+sqnr_db = sqnr  # this module's name for it, as the tests import it
 
 
 def int8_share(converted: GraphModule) -> float:
@@ -322,18 +320,21 @@ METHOD = (
 )
 
 
-def suite(models: Any, variants: Any, settings: Any) -> list:
-    """The ``architectures`` suite of ``benchmarks.run`` (its own models: ``tests/hf_zoo.py``)."""
-    from benchmarks.run import Section
+def _flows_section(results: dict[str, dict[str, Cell]]) -> Section:
+    return Section("Architectures: Hugging Face models to .pte and x86", METHOD, table(results))
 
+
+def _recipes_section(decoders: list[str], runs: int) -> Section:
+    return Section("Architectures: decoder recipes (.pte)", RECIPE_METHOD, recipe_table(recipe_rows(decoders, runs)))
+
+
+def suite(models: Any, variants: Any, settings: Any) -> list[Section]:
+    """The ``architectures`` suite of ``benchmarks.run`` (its own models: ``tests/hf_zoo.py``)."""
     torch.set_num_threads(1)
     runs = 5 if settings.small else 20
     results = rows(list(ARCHITECTURES), timing_runs=runs)
     decoders = [n for n, a in ARCHITECTURES.items() if a.family == "decoder"]
-    return [
-        Section("Architectures: Hugging Face models to .pte and x86", METHOD, table(results)),
-        Section("Architectures: decoder recipes (.pte)", RECIPE_METHOD, recipe_table(recipe_rows(decoders, runs))),
-    ]
+    return [_flows_section(results), _recipes_section(decoders, runs)]
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -350,23 +351,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; known: {', '.join(ARCHITECTURES)}")
     runs = 0 if args.no_timing else args.runs
-    parts = []
+    sections = []
     if args.flows:
-        results = rows(names, args.flows.split(","), runs)
-        parts += ["## Architectures: Hugging Face models to .pte and x86", "", METHOD, "", table(results), ""]
+        sections.append(_flows_section(rows(names, args.flows.split(","), runs)))
     if args.recipes:
-        decoders = [n for n in names if ARCHITECTURES[n].family == "decoder"]
-        parts += [
-            "## Architectures: decoder recipes (.pte)",
-            "",
-            RECIPE_METHOD,
-            "",
-            recipe_table(recipe_rows(decoders, runs)),
-            "",
-        ]
-    document = "\n".join(parts)
-    print(document)
-    return document
+        sections.append(_recipes_section([n for n in names if ARCHITECTURES[n].family == "decoder"], runs))
+    return print_document(sections)
 
 
 if __name__ == "__main__":

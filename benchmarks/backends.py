@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import Section, print_document
 from tests.backend_zoo import (
     CASES,
     UNAVAILABLE,
@@ -324,22 +325,25 @@ def timing_method(repeats: int) -> str:
     )
 
 
-def suite(models: Any, variants: Any, settings: Any) -> list:
-    """The ``backends`` suite of ``benchmarks.run`` (its own models: ``tests/backend_zoo.py``)."""
-    from benchmarks.run import Section
+def _matrix_section(cells: list[Cell]) -> Section:
+    return Section(
+        "Backends: ExecuTorch quantizers through pt2q",
+        f"{MATRIX_METHOD} {matrix_summary(cells)}",
+        grid_table(cells)
+        + "\n\nNot bit-identical, and backends not available here:\n\n"
+        + matrix_table(cells, problems_only=True),
+    )
 
+
+def _timing_section(repeats: int) -> Section:
+    return Section("Backends: prepare + convert time", timing_method(repeats), timing_table(timing_rows(repeats)))
+
+
+def suite(models: Any, variants: Any, settings: Any) -> list[Section]:
+    """The ``backends`` suite of ``benchmarks.run`` (its own models: ``tests/backend_zoo.py``)."""
     cells = run_matrix()
     repeats = 3 if settings.small else 7
-    return [
-        Section(
-            "Backends: ExecuTorch quantizers through pt2q",
-            f"{MATRIX_METHOD} {matrix_summary(cells)}",
-            grid_table(cells)
-            + "\n\nNot bit-identical, and backends not available here:\n\n"
-            + matrix_table(cells, problems_only=True),
-        ),
-        Section("Backends: prepare + convert time", timing_method(repeats), timing_table(timing_rows(repeats))),
-    ]
+    return [_matrix_section(cells), _timing_section(repeats)]
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -351,34 +355,12 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.small else 7)
     torch.set_num_threads(1)
-    parts = []
+    sections = []
     if not args.no_matrix:
-        cells = run_matrix()
-        parts += [
-            "## Backends: ExecuTorch quantizers through pt2q",
-            "",
-            MATRIX_METHOD,
-            matrix_summary(cells),
-            "",
-            grid_table(cells),
-            "",
-            "Not bit-identical, and backends not available here:",
-            "",
-            matrix_table(cells, problems_only=True),
-            "",
-        ]
+        sections.append(_matrix_section(run_matrix()))
     if not args.no_timing:
-        parts += [
-            "## Backends: prepare + convert time",
-            "",
-            timing_method(repeats),
-            "",
-            timing_table(timing_rows(repeats)),
-            "",
-        ]
-    document = "\n".join(parts)
-    print(document)
-    return document
+        sections.append(_timing_section(repeats))
+    return print_document(sections)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import torch
 
 import pt2q
 import pt2q.runtime as runtime
+from benchmarks.common import Section
 from pt2q.lowering import to_executorch
 from pt2q.quantizers import (
     XNNPACKQuantizer,
@@ -331,10 +332,8 @@ def method(s: LMSettings, info: dict[str, Any]) -> str:
     )
 
 
-def suite(models: Any, variants: Any, settings: Any) -> list:
+def suite(models: Any, variants: Any, settings: Any) -> list[Section]:
     """The ``decoder_lm`` section of ``benchmarks.run``."""
-    from benchmarks.run import Section
-
     s = SMALL if settings.small else FULL
     rows, info = measure(s, log=lambda msg: print(f"decoder_lm: {msg}", file=sys.stderr))
     return [Section("Decoder LM on ExecuTorch: 8da4w / 8da8w vs fp32", method(s, info), markdown_table(rows))]

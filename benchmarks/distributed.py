@@ -19,11 +19,13 @@ import copy
 import statistics
 import time
 import warnings
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from benchmarks.common import Section, progress
 from pt2q import prepare_pt2e
 from pt2q.distributed import sync_observers
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
@@ -92,12 +94,10 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def suite(models, variants, settings) -> list:
+def suite(models: Any, variants: Any, settings: Any) -> list[Section]:
     """The ``distributed`` suite of ``benchmarks.run``."""
-    from benchmarks.run import Section, _progress
-
     inputs, repeats = (16, 5) if settings.small else (64, 20)
-    rows = {name: measure(*models[name], inputs, repeats) for name in _progress(models, "distributed")}
+    rows = {name: measure(*models[name], inputs, repeats) for name in progress(models, "distributed")}
     return [
         Section(
             "Calibration across processes",

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import torch
 
 import pt2q.runtime as runtime
+from benchmarks.common import interleaved_medians_ms
 from benchmarks.flows import calibration_batches, quantize, xnnpack_flows
 from pt2q.lowering import to_executorch
 
@@ -77,10 +78,8 @@ def pte_latencies(
     """Single-thread latency (ms) of each ``.pte`` buffer: the best of ``rounds`` medians over ``runs`` calls.
 
     Within a round the programs are called in turn, in a fresh random order each time
-    (``benchmarks.speed.interleaved_medians_ms``), so a burst of background load hits all alike.
+    (``benchmarks.common.interleaved_medians_ms``), so a burst of background load hits all alike.
     """
-    from benchmarks.speed import interleaved_medians_ms
-
     runtime.set_num_threads(1)  # before loading: loaded programs hold on to the pool
     programs = {name: runtime.load(buf) for name, buf in buffers.items()}
     result = {name: float("inf") for name in programs}

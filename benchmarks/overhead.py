@@ -16,14 +16,19 @@ import functools
 import statistics
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
+from benchmarks.common import Section, median_ms, progress
 from benchmarks.flows import quantize, xnnpack_flows
 from benchmarks.models import benchmark_models
-from benchmarks.speed import median_ms
+from benchmarks.settings import Settings
 
-__all__ = ["measure", "markdown_table", "main"]
+if TYPE_CHECKING:
+    from benchmarks.variants import Models, Variants
+
+__all__ = ["measure", "markdown_table", "suite", "main"]
 
 
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
@@ -86,6 +91,26 @@ def markdown_table(results: dict[str, dict[str, dict[str, float]]]) -> str:
             f"| {ours['calib_overhead'] / max(theirs['calib_overhead'], 1e-9):.2f} |"
         )
     return "\n".join(lines)
+
+
+def suite(models: Models, variants: Variants, settings: Settings) -> list[Section]:
+    """The ``overhead`` suite of ``benchmarks.run``: prepare+convert time and calibration-forward cost, pt2q vs
+    torchao (XNNPACK per-channel)."""
+    results = {name: measure(*models[name], settings.overhead_repeats) for name in progress(models, "overhead")}
+    return [
+        Section(
+            "Overhead: prepare + convert, calibration",
+            (
+                "Wall time of `prepare_pt2e` + `convert_pt2e` (export excluded; median of "
+                f"{settings.overhead_repeats}, after one warm-up of each flow on a tiny model). calib/fp32: median "
+                "time of a calibration forward of the prepared model (3 calls per repeat, after the first) over the "
+                f"median fp32 forward of the exported model ({3 * settings.overhead_repeats} calls). Overhead ratio = "
+                "(pt2q calib/fp32 - 1) / (torchao calib/fp32 - 1), noisy where a calibration forward costs about one "
+                "fp32 forward. One thread, XNNPACK per-channel config."
+            ),
+            markdown_table(results),
+        )
+    ]
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -13,13 +13,19 @@ from __future__ import annotations
 import argparse
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
+from benchmarks.common import Section, progress
 from benchmarks.executorch_speed import export_variants, lower_to_pte
 from benchmarks.models import benchmark_models
+from benchmarks.settings import Settings
 
-__all__ = ["FORMATS", "pt2_bytes", "sizes", "measure", "markdown_table", "main"]
+if TYPE_CHECKING:
+    from benchmarks.variants import Models, Variants
+
+__all__ = ["FORMATS", "pt2_bytes", "sizes", "measure", "markdown_table", "suite", "main"]
 
 FORMATS = (".pt2", ".pte")
 
@@ -64,6 +70,22 @@ def markdown_table(results: dict[str, dict[str, dict[str, int]]]) -> str:
                 f"| {ours / fp32:.3f} | {theirs / fp32:.3f} | {ours / theirs:.3f} |"
             )
     return "\n".join(lines)
+
+
+def suite(models: Models, variants: Variants, settings: Settings) -> list[Section]:
+    """The ``size`` suite of ``benchmarks.run``: saved .pt2 and .pte bytes of fp32, pt2q int8 and torchao int8."""
+    results = {name: sizes(variants.programs(name), variants.ptes(name)) for name in progress(models, "size")}
+    return [
+        Section(
+            "Size on disk",
+            (
+                "`.pt2`: bytes written by `torch.export.save` of the exported fp32 program and of the re-exported "
+                "converted int8 programs; `.pte`: bytes of the ExecuTorch program with the XNNPACK delegate. "
+                "XNNPACK per-channel config for both flows; KiB = 1024 bytes; sizes are deterministic (no repeats)."
+            ),
+            markdown_table(results),
+        )
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -23,18 +23,22 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import random
-import statistics
-import time
+import sys
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from benchmarks.common import RUNS, Section, interleaved_medians_ms, median_ms, progress, ratio_table
 from benchmarks.flows import Flow, calibration_batches, quantize
 from benchmarks.models import benchmark_models
+from benchmarks.settings import Settings
+
+if TYPE_CHECKING:
+    from benchmarks.variants import Models, Variants
 
 __all__ = [
     "ColumnSet",
@@ -45,45 +49,13 @@ __all__ = [
     "column_sets",
     "measure",
     "markdown_table",
+    "suite",
     "main",
 ]
 
 ColumnSet = Callable[[nn.Module, tuple], dict[str, float]]
 BASELINE = "fp32 eager"
-RUNS = 20
 CALIBRATION_BATCHES = 2
-
-
-def median_ms(fn: Callable[..., Any], inputs: tuple, runs: int = RUNS, warmup: int = 3) -> float:
-    """Median wall time of ``fn(*inputs)`` in ms after ``warmup`` untimed calls."""
-    return interleaved_medians_ms({"fn": fn}, inputs, runs, warmup)["fn"]
-
-
-def interleaved_medians_ms(
-    fns: dict[str, Callable[..., Any]], inputs: tuple, runs: int = RUNS, warmup: int = 3, max_seconds: float = 60.0
-) -> dict[str, float]:
-    """Median wall time (ms) of each of ``fns`` on ``inputs``, timed in turn so drift hits all alike.
-
-    Each round calls every function once, in a fresh random order (what ran just
-    before, and so what is in the caches, must not favour one). Stops early (after
-    at least 3 rounds) once ``max_seconds`` were spent.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn(*inputs)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
-    rng = random.Random(0)
-    start = time.perf_counter()
-    for round_ in range(runs):
-        if round_ >= 3 and time.perf_counter() - start > max_seconds:
-            break
-        rng.shuffle(order)
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn(*inputs)
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def _quantize(prepare: Callable, convert: Callable, quantizer: Any, model: nn.Module, example: tuple) -> nn.Module:
@@ -194,6 +166,84 @@ def markdown_table(results: dict[str, dict[str, float]]) -> str:
                 cells.append(f"{ms:.2f} ms ({base / ms:.2f}x)" if base else f"{ms:.2f} ms")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+X86_METHOD = (
+    "Median latency of one call (ms), one thread, batch of the example input. The four columns are timed "
+    "in turn, in a fresh random order each round, over {runs} rounds after 3 warm-up calls. "
+    "int8: `X86InductorQuantizer` (pt2q's, resp. torchao's), calibrated on 2 random batches; pt2q lowered "
+    "with `compile_quantized_for_x86`, torchao with `torch.compile` + freezing. "
+    "speed-up = fp32 eager / int8."
+)
+PTE_METHOD = (
+    "Median latency (ms) of a loaded `.pte`, ExecuTorch thread pool of 1: best of {rounds} "
+    "medians, each over {runs} rounds in which the three programs are called in turn, in a "
+    "fresh random order (3 warm-up calls first). int8: XNNPACK "
+    "per-channel symmetric config, pt2q's flow + `pt2q.lowering.to_executorch` vs torchao's flow + "
+    "ExecuTorch's `to_edge_transform_and_lower`. speed-up = fp32 .pte / int8 .pte."
+)
+
+
+def _failed(what: str, name: str, exc: Exception) -> None:
+    tqdm.write(f"benchmarks.run: {what} failed on {name}: {exc!r}", file=sys.stderr)
+
+
+def _x86_table(x86: dict[str, dict[str, float]]) -> str:
+    return ratio_table(
+        x86,
+        {
+            BASELINE: "fp32 eager ms",
+            "fp32 compiled (Inductor)": "fp32 Inductor ms",
+            "pt2q int8 (x86)": "pt2q int8 ms",
+            "torchao int8 (x86)": "torchao int8 ms",
+        },
+        {
+            "speed-up pt2q": (BASELINE, "pt2q int8 (x86)"),
+            "speed-up torchao": (BASELINE, "torchao int8 (x86)"),
+            "pt2q/torchao latency": ("pt2q int8 (x86)", "torchao int8 (x86)"),
+        },
+    )
+
+
+def _pte_table(pte: dict[str, dict[str, float]]) -> str:
+    return ratio_table(
+        pte,
+        {"fp32": "fp32 .pte ms", "pt2q_int8": "pt2q int8 .pte ms", "torchao_int8": "torchao int8 .pte ms"},
+        {
+            "speed-up pt2q": ("fp32", "pt2q_int8"),
+            "speed-up torchao": ("fp32", "torchao_int8"),
+            "pt2q/torchao latency": ("pt2q_int8", "torchao_int8"),
+        },
+    )
+
+
+def suite(models: Models, variants: Variants, settings: Settings) -> list[Section]:
+    """The ``speed`` suite of ``benchmarks.run``: single-thread latency medians, x86 (eager, Inductor, int8 via
+    Inductor) and ExecuTorch .pte."""
+    from benchmarks.executorch_speed import pte_latencies  # ExecuTorch is optional for the x86 columns
+
+    x86: dict[str, dict[str, float]] = {}
+    pte: dict[str, dict[str, float]] = {}
+    for name in progress(models, "speed"):
+        model, example = models[name]
+        try:
+            x86[name] = x86_latencies(model, example, runs=settings.x86_runs)
+        except Exception as exc:  # one backend failing must not lose the other numbers
+            _failed("x86 timing", name, exc)
+        try:
+            pte[name] = pte_latencies(
+                variants.ptes(name), example, settings.pte_runs, warmup=3, rounds=settings.pte_rounds
+            )
+        except Exception as exc:
+            _failed("ExecuTorch timing", name, exc)
+    return [
+        Section("Speed: x86 through Inductor", X86_METHOD.format(runs=settings.x86_runs), _x86_table(x86)),
+        Section(
+            "Speed: ExecuTorch (XNNPACK delegate)",
+            PTE_METHOD.format(rounds=settings.pte_rounds, runs=settings.pte_runs),
+            _pte_table(pte),
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> str:

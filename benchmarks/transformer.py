@@ -54,6 +54,7 @@ from tqdm import tqdm
 import pt2q
 import pt2q.runtime as runtime
 from benchmarks import crepe
+from benchmarks.common import Section
 from benchmarks.executorch_speed import pte_latencies
 from pt2q.lowering import to_executorch
 from pt2q.lowering.delegation_report import DelegationReport
@@ -289,11 +290,9 @@ def machine() -> str:
 MODELS = ("minilm_additive", "minilm_where", "crepe_full")
 
 
-def suite(models: Any = None, variants: Any = None, settings: Any = None) -> list:
+def suite(models: Any = None, variants: Any = None, settings: Any = None) -> list[Section]:
     """The ``transformer`` section of ``benchmarks.run`` (its own models: the real MiniLM, or a tiny
     random-weight BERT with ``--small``)."""
-    from benchmarks.run import Section
-
     small = bool(getattr(settings, "small", False))
     rows = [
         row
