@@ -17,13 +17,13 @@ from torch.export import ExportedProgram
 from torch.fx import Node
 
 from pt2q.core.ops import is_affine_dequantize, op_name
-from pt2q.lowering.delegation_report import _program_tensor, source_name
+from pt2q.lowering.delegation_report import program_tensor, source_name
 
 __all__ = ["unsupported_affine_weights", "affine_ops_outside_delegate"]
 
 
 def _constant(program: ExportedProgram, node: object) -> Optional[torch.Tensor]:
-    return _program_tensor(program, node) if isinstance(node, Node) and node.op == "placeholder" else None
+    return program_tensor(program, node) if isinstance(node, Node) and node.op == "placeholder" else None
 
 
 def _weight_problem(program: ExportedProgram, dq: Node) -> Optional[str]:

@@ -49,6 +49,7 @@ __all__ = [
     "build_delegation_report",
     "op_name",
     "source_name",
+    "program_tensor",
 ]
 
 XNNPACK = "XNNPACK"
@@ -187,7 +188,7 @@ class DelegationReport:
 # --- building it -----------------------------------------------------------------
 
 
-def _program_tensor(program: ExportedProgram, placeholder: Node) -> Optional[torch.Tensor]:
+def program_tensor(program: ExportedProgram, placeholder: Node) -> Optional[torch.Tensor]:
     """The parameter/buffer/constant a lifted placeholder stands for, if any."""
     for spec in program.graph_signature.input_specs:
         if getattr(spec.arg, "name", None) != placeholder.name or spec.target is None:
@@ -197,10 +198,6 @@ def _program_tensor(program: ExportedProgram, placeholder: Node) -> Optional[tor
             value = program.constants.get(spec.target)
         return value if isinstance(value, torch.Tensor) else None
     return None
-
-
-def _is_dequantize(node: object) -> bool:
-    return is_op(node, ANY_DEQUANTIZE) or is_affine_dequantize(node)
 
 
 def _is_qdq(node: object) -> bool:
@@ -221,16 +218,16 @@ def _int4_weight(node: Node, name: str) -> bool:
 
 def _stored_weight(program: ExportedProgram, node: Node, name: str) -> Optional[torch.Tensor]:
     arg = _weight_arg(node, name)
-    if isinstance(arg, Node) and _is_dequantize(arg):
+    if isinstance(arg, Node) and (is_op(arg, ANY_DEQUANTIZE) or is_affine_dequantize(arg)):
         source = arg.args[0]
         arg = source if isinstance(source, Node) else None
     if isinstance(arg, Node) and arg.op == "placeholder":
-        return _program_tensor(program, arg)
+        return program_tensor(program, arg)
     return None
 
 
 def _reads_dequantized(node: Node) -> bool:
-    return any(_is_dequantize(a) for a in node.all_input_nodes)
+    return any(is_op(a, ANY_DEQUANTIZE) or is_affine_dequantize(a) for a in node.all_input_nodes)
 
 
 def _feeds_quantize(node: Node) -> bool:

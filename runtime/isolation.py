@@ -18,7 +18,7 @@ import time
 import torch
 
 from pt2q.io.quiet import quiet
-from pt2q.runtime.program import ProgramLoadError, _describe, _runtime, open_method
+from pt2q.runtime.loading import ProgramLoadError, executorch_runtime, open_method, tensor_spec
 
 __all__ = ["check_in_child"]
 
@@ -31,7 +31,7 @@ def _child(data: bytes, method: str, source: str, report: int) -> int:
         with quiet():  # Python warnings off; native log lines go to the parent through fd 2
             _, loaded = open_method(data, method, source)
             meta = loaded.metadata
-            specs = [_describe(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
+            specs = [tensor_spec(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
             try:
                 loaded.execute([torch.zeros(shape, dtype=dtype) for shape, dtype in specs])
             except RuntimeError as e:
@@ -49,7 +49,7 @@ def check_in_child(data: bytes, method: str = "forward", source: str = "<bytes>"
     ``method`` once on zero inputs kills, hangs or fails in a child process (a no-op without ``os.fork``)."""
     if not hasattr(os, "fork"):  # no fork (Windows): nothing to isolate in; the caller loads in-process
         return
-    _runtime()  # import ExecuTorch here, so the child does not pay for it
+    executorch_runtime()  # import ExecuTorch here, so the child does not pay for it
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report through the pipe, never return into the caller's code

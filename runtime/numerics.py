@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 import torch
 from torch.utils import _pytree as pytree
+
+from pt2q.numerics.metrics import sqnr_of_energies
 
 __all__ = ["Comparison", "compare_outputs", "compare"]
 
@@ -61,10 +62,9 @@ def compare_outputs(actual: Outputs, reference: Outputs) -> Comparison:
     bits_differ = sum(int((p.detach() != q.detach()).sum()) for p, q in zip(a, r))
     err = (x - y).pow(2).sum().item()
     signal = y.pow(2).sum().item()
-    sqnr = math.inf if err == 0 else (10 * math.log10(signal / err) if signal > 0 else -math.inf)
     return Comparison(
         max_abs_diff=float((x - y).abs().max()) if x.numel() else 0.0,
-        sqnr_db=sqnr,
+        sqnr_db=sqnr_of_energies(signal, err),
         mismatched=bits_differ,
         numel=int(x.numel()),
     )

@@ -17,7 +17,6 @@ All three are SQNRs with the float value as signal, accumulated over batches.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -29,6 +28,7 @@ from torch.utils import _pytree as pytree
 
 from pt2q.core.notes import NodeSourceDebugInfo, debug_info, value_handle
 from pt2q.debug.numeric_debugger import value_anchors
+from pt2q.numerics.metrics import sqnr_of_energies
 
 __all__ = ["ErrorStats", "LayerErrors", "measure_layer_errors", "match_handles"]
 
@@ -58,9 +58,8 @@ class ErrorStats:
 
     @property
     def sqnr(self) -> float:
-        if self.noise == 0.0:
-            return math.inf
-        return 10.0 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf
+        """Pooled SQNR in dB (float values as the signal)."""
+        return sqnr_of_energies(self.signal, self.noise)
 
     @property
     def mse(self) -> float:

@@ -33,7 +33,6 @@ these propagated ("cumulative") errors, :func:`pt2q.report` measures each layer'
 from __future__ import annotations
 
 import copy
-import math
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from torch.fx import GraphModule, Node
 
 from pt2q.core.export_utils import NotExportedError
 from pt2q.core.notes import NodeSourceDebugInfo, chain_source, debug_info, module_path, value_handle
+from pt2q.numerics.metrics import actual_signal_sqnr, sqnr_of_energies
 
 __all__ = [
     "NUMERIC_DEBUG_HANDLE_KEY",
@@ -209,11 +209,6 @@ def _apply(fn: Callable[[torch.Tensor, torch.Tensor], Any], actual: object, ref:
     return None
 
 
-def _sqnr_of_actual(actual: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    # torchao's definition (torch.ao.ns.fx.utils.compute_sqnr): the signal is ``actual``.
-    return 20 * torch.log10(torch.linalg.norm(actual) / torch.linalg.norm(actual - ref))
-
-
 @dataclass(frozen=True)
 class QuantizationComparisonResult:
     """One logged value of the transformed model (``actual``) against the reference's."""
@@ -241,7 +236,7 @@ class QuantizationComparisonResult:
     @property
     def sqnr(self) -> object:
         """20·log10(‖actual‖ / ‖actual − ref‖) in dB, as torchao computes it."""
-        return self.loss(_sqnr_of_actual)
+        return self.loss(actual_signal_sqnr)
 
     @property
     def max_abs_error(self) -> object:
@@ -276,7 +271,7 @@ class NodeAccuracySummary:
                 a, ref = r.actual.double(), r.ref.double()
                 signal += float(a.square().sum())
                 noise += float((a - ref).square().sum())
-        return math.inf if noise == 0 else 10 * math.log10(signal / noise) if signal else -math.inf
+        return sqnr_of_energies(signal, noise)
 
 
 def compare_results(ref_results: Results, actual_results: Results) -> dict[NodeSourceDebugInfo, NodeAccuracySummary]:
