@@ -59,20 +59,17 @@ from pt2q.debug.numeric_debugger import (
 )
 from pt2q.debug.quantization_report import QuantizationReport, report
 from pt2q.fake_quant.affine_fake_quantize import AffineFakeQuantize
-from pt2q.fake_quant.fake_quantize import (
-    FakeQuantize,
+from pt2q.fake_quant.base import (
     FakeQuantizeBase,
-    FixedQParamsFakeQuantize,
-    FusedMovingAvgObsFakeQuantize,
     ObserverOrFakeQuantize,
     ObserverOrFakeQuantizeConstructor,
-    default_dynamic_fake_quant,
-    default_fake_quant,
     disable_fake_quant,
     disable_observer,
     enable_fake_quant,
     enable_observer,
 )
+from pt2q.fake_quant.defaults import default_dynamic_fake_quant, default_fake_quant
+from pt2q.fake_quant.fake_quantize import FakeQuantize, FixedQParamsFakeQuantize, FusedMovingAvgObsFakeQuantize
 from pt2q.fake_quant.learnable_fake_quantize import (
     LearnableFakeQuantize,
     disable_range_learning,
@@ -89,20 +86,21 @@ from pt2q.numerics.granularity import (
     PerToken,
     get_block_size,
 )
+from pt2q.observers.base import ObserverBase, UniformQuantizationObserverBase
 from pt2q.observers.derived import DerivedObserverOrFakeQuantize
-from pt2q.observers.observer import (
-    FixedQParamsObserver,
-    HistogramObserver,
+from pt2q.observers.histogram import HistogramObserver
+from pt2q.observers.min_max import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
-    NoopObserver,
-    ObserverBase,
     PerChannelMinMaxObserver,
+)
+from pt2q.observers.pass_through import (
+    FixedQParamsObserver,
+    NoopObserver,
     PlaceholderObserver,
     RecordingObserver,
     ReuseInputObserver,
-    UniformQuantizationObserverBase,
 )
 from pt2q.passes.convert import convert_pt2e
 from pt2q.passes.prepare import prepare_pt2e, prepare_qat_pt2e

@@ -1,31 +1,36 @@
 """``pt2q.observer``: torchao's / ExecuTorch's module path.
 
-The code lives in :mod:`pt2q.observers.observer`.
+The code lives in :mod:`pt2q.observers` (``base``, ``min_max``, ``histogram``, ``pass_through``,
+``defaults``, ``range_estimators``, ``affine_base``) and :mod:`pt2q.fake_quant.observer_state`.
 """
 
-from pt2q.observers.observer import (  # noqa: F401
-    FixedQParamsObserver,
-    Granularity,
-    HistogramObserver,
+from pt2q.fake_quant.observer_state import (  # noqa: F401
+    get_observer_state_dict,
+    load_observer_state_dict,
+)
+from pt2q.numerics.affine_primitives import (  # noqa: F401
     MappingType,
-    MinMaxObserver,
-    MovingAverageMinMaxObserver,
-    MovingAveragePerChannelMinMaxObserver,
-    NoopObserver,
-    ObserverBase,
+    TorchAODType,
+    ZeroPointDomain,
+)
+from pt2q.numerics.granularity import (  # noqa: F401
+    Granularity,
     PerAxis,
     PerBlock,
-    PerChannelMinMaxObserver,
     PerGroup,
     PerRow,
     PerTensor,
     PerToken,
-    PlaceholderObserver,
-    RecordingObserver,
-    ReuseInputObserver,
-    TorchAODType,
+    get_block_size,
+)
+from pt2q.observers.affine_base import (  # noqa: F401
+    AffineQuantizedObserverBase,
+)
+from pt2q.observers.base import (  # noqa: F401
+    ObserverBase,
     UniformQuantizationObserverBase,
-    ZeroPointDomain,
+)
+from pt2q.observers.defaults import (  # noqa: F401
     default_affine_fixed_qparams_observer,
     default_debug_observer,
     default_dynamic_quant_observer,
@@ -40,11 +45,28 @@ from pt2q.observers.observer import (  # noqa: F401
     default_reuse_input_observer,
     default_symmetric_fixed_qparams_observer,
     default_weight_observer,
-    get_block_size,
-    get_observer_state_dict,
-    load_observer_state_dict,
     per_channel_weight_observer_range_neg_127_to_127,
     weight_observer_range_neg_127_to_127,
+)
+from pt2q.observers.histogram import (  # noqa: F401
+    HistogramObserver,
+)
+from pt2q.observers.min_max import (  # noqa: F401
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver,
+)
+from pt2q.observers.pass_through import (  # noqa: F401
+    FixedQParamsObserver,
+    NoopObserver,
+    PlaceholderObserver,
+    RecordingObserver,
+    ReuseInputObserver,
+)
+from pt2q.observers.range_estimators import (  # noqa: F401
+    MSEObserver,
+    PercentileObserver,
 )
 
 __all__ = [

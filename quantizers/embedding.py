@@ -40,7 +40,7 @@ from torch.fx import GraphModule, Node
 from pt2q.core.attrs import get_attr_value
 from pt2q.core.ops import EMBEDDING, is_op
 from pt2q.core.spec import Q_ANNOTATION_KEY, QuantizationAnnotation, QuantizationConfig, QuantizationSpec
-from pt2q.observers.observer import PerChannelMinMaxObserver
+from pt2q.observers.min_max import PerChannelMinMaxObserver
 from pt2q.quantizer import OperatorConfig, OperatorPatternType, Quantizer
 from pt2q.quantizers.annotation import FilterFn, is_annotated, mark_annotated
 from pt2q.quantizers.annotators import get_annotator, register_annotator

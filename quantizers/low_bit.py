@@ -40,7 +40,7 @@ from pt2q.observers.affine_observer import (
     AffineQuantizedMovingAverageMinMaxObserver,
     AffineQuantizedPlaceholderObserver,
 )
-from pt2q.observers.observer import MinMaxObserver, MovingAverageMinMaxObserver
+from pt2q.observers.min_max import MinMaxObserver, MovingAverageMinMaxObserver
 from pt2q.quantizers.xnnpack import get_symmetric_quantization_config
 
 __all__ = [

@@ -7,14 +7,14 @@ from collections.abc import Callable
 from torch import nn
 
 from pt2q.fake_quant.fake_quantize import FakeQuantize, FusedMovingAvgObsFakeQuantize
-from pt2q.observers.observer import (
-    HistogramObserver,
+from pt2q.observers.histogram import HistogramObserver
+from pt2q.observers.min_max import (
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver,
-    PlaceholderObserver,
 )
+from pt2q.observers.pass_through import PlaceholderObserver
 
 __all__ = ["activation_constructor", "weight_constructor"]
 

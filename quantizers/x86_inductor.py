@@ -60,7 +60,7 @@ from pt2q.core.notes import module_paths
 from pt2q.core.ops import is_op
 from pt2q.core.pattern import NodeIndex
 from pt2q.core.spec import QuantizationConfig, QuantizationSpec
-from pt2q.observers.observer import PlaceholderObserver
+from pt2q.observers.pass_through import PlaceholderObserver
 from pt2q.quantizer import Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn

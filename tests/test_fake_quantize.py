@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pt2q.fake_quant.fake_quantize as pf
-import pt2q.observers.observer as po
+import pt2q.fake_quantize as pf
+import pt2q.observer as po
 
 af = pytest.importorskip("torchao.quantization.pt2e.fake_quantize")
 ao = pytest.importorskip("torchao.quantization.pt2e.observer")

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import pt2q
 from pt2q.numerics.metrics import sqnr
-from pt2q.observers.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
+from pt2q.observer import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import (
     ComposableQuantizer,
     QuantizationAnnotation,

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 import pt2q
-from pt2q.fake_quant.fake_quantize import FakeQuantizeBase
-from pt2q.observers.observer import ObserverBase
+from pt2q.fake_quantize import FakeQuantizeBase
+from pt2q.observer import ObserverBase
 
 DATA = Path(__file__).parent / "data" / "flat_layout_objects.pt"
 

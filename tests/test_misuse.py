@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import pt2q
 from pt2q.numerics.metrics import sqnr
-from pt2q.observers.observer import MinMaxObserver
+from pt2q.observer import MinMaxObserver
 from pt2q.passes.check_annotations import AnnotationDtypeError, AnnotationError
 from pt2q.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer, SharedQuantizationSpec
 from pt2q.quantizers import (

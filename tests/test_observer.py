@@ -13,17 +13,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pt2q.observers.observer as po
+import pt2q.observer as po
+from pt2q.numerics.dtypes import quant_range
+from pt2q.numerics.histograms import accumulate_histc_, search_histogram_range
 from pt2q.numerics.metrics import sqnr
-from pt2q.numerics.qparams import (
-    accumulate_histc_,
-    choose_qparams,
-    dequantize,
-    fake_quantize,
-    quant_range,
-    quantize,
-    search_histogram_range,
-)
+from pt2q.numerics.qparams import choose_qparams, dequantize, fake_quantize, quantize
 
 ao = pytest.importorskip("torchao.quantization.pt2e.observer")
 qd = torch.ops.quantized_decomposed

@@ -15,7 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pt2q
-from pt2q.fake_quant.fake_quantize import (
+from pt2q.fake_quant.learnable_fake_quantize import LearnableFakeQuantize, enable_range_learning
+from pt2q.fake_quantize import (
     FakeQuantize,
     FakeQuantizeBase,
     FusedMovingAvgObsFakeQuantize,
@@ -23,9 +24,8 @@ from pt2q.fake_quant.fake_quantize import (
     disable_observer,
     enable_fake_quant,
 )
-from pt2q.fake_quant.learnable_fake_quantize import LearnableFakeQuantize, enable_range_learning
 from pt2q.numerics.metrics import sqnr
-from pt2q.observers.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+from pt2q.observer import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from tests.helpers import QDQ_TARGETS, one_thread, qdq_signature  # noqa: F401  (one_thread: autouse fixture)

@@ -14,9 +14,10 @@ import torch
 import torch.nn as nn
 
 import pt2q
+from pt2q.numerics.histograms import _l2_errors, search_histogram_range
 from pt2q.numerics.metrics import sqnr
-from pt2q.numerics.qparams import _l2_errors, choose_qparams, dequantize, quantize, search_histogram_range
-from pt2q.observers.observer import (
+from pt2q.numerics.qparams import choose_qparams, dequantize, quantize
+from pt2q.observer import (
     HistogramObserver,
     MinMaxObserver,
     MSEObserver,

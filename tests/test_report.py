@@ -11,7 +11,7 @@ import torch.nn as nn
 from expecttest import assert_expected_inline
 
 import pt2q
-from pt2q.observers.observer import MinMaxObserver, PerChannelMinMaxObserver
+from pt2q.observer import MinMaxObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 

@@ -192,8 +192,8 @@ def _misuse_cases() -> dict[str, tuple[Any, Any]]:
     from torchao.quantization.pt2e.quantizer import QuantizationSpec as TheirSpec
 
     import pt2q
-    import pt2q.fake_quant.fake_quantize as pfq
-    import pt2q.observers.observer as pob
+    import pt2q.fake_quantize as pfq
+    import pt2q.observer as pob
     from pt2q.quantizer import QuantizationSpec
     from pt2q.quantizers import XNNPACKQuantizer
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 import pt2q
 from pt2q.fake_quant.fake_quantize import FusedMovingAvgObsFakeQuantize
 from pt2q.lowering import compile_quantized_for_x86, lower_pt2e_quantized_to_x86
-from pt2q.observers.observer import HistogramObserver, PerChannelMinMaxObserver, PlaceholderObserver
+from pt2q.observer import HistogramObserver, PerChannelMinMaxObserver, PlaceholderObserver
 from pt2q.quantizers import (
     X86InductorQuantizer,
     cpu_capability,

@@ -4,7 +4,7 @@ A pt2q quantizer is two things: *which* patterns to quantize (a table of ``Patte
 the operator chain and where the specs go; ``pt2q.quantizers.PATTERNS`` holds the shared
 ones, ``"linear"``, ``"linear_relu"``, ``"conv_bn_relu"``, ``"add"``, ...) and *how* (a
 ``QuantizationConfig`` of ``QuantizationSpec``s, each naming an observer from
-``pt2q.observers.observer``). This script:
+``pt2q.observer``). This script:
 
 1. writes ``LinearOnlyQuantizer`` in ~40 lines: int8 per-tensor activations calibrated
    with a ``HistogramObserver``, symmetric per-channel int8 weights, applied to linear
@@ -28,7 +28,7 @@ from torch.fx import GraphModule
 
 from pt2q import QuantizationConfig, QuantizationSpec, Quantizer, convert_pt2e, prepare_pt2e
 from pt2q.core.ops import GELU, LINEAR, RELU
-from pt2q.observers.observer import HistogramObserver, PerChannelMinMaxObserver
+from pt2q.observer import HistogramObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import ComposableQuantizer
 from pt2q.quantizers import EmbeddingQuantizer, Pattern, annotate_pattern, propagate_annotation
 

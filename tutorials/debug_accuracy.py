@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from digits import accuracy, digits_data, train  # the tutorials' shared data, model and training loop
 
 import pt2q
-from pt2q.observers.observer import MinMaxObserver, MSEObserver, PercentileObserver, PerChannelMinMaxObserver
+from pt2q.observer import MinMaxObserver, MSEObserver, PercentileObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import QuantizationConfig, QuantizationSpec
 from pt2q.quantizers import XNNPACKQuantizer
 

@@ -41,7 +41,8 @@ from pt2q.numerics.affine_primitives import (
     get_and_check_qmin_qmax,
     reduction_params,
 )
-from pt2q.observers.affine_observer import AffineQuantizedFixedQParamsObserver, _RunningMinMax
+from pt2q.observers.affine_observer import AffineQuantizedFixedQParamsObserver
+from pt2q.observers.affine_observer import AffineQuantizedRunningMinMaxBase as _RunningMinMax
 
 __all__ = ["gptq_quantize", "GPTQResult", "gptq_quantize_weight"]
 

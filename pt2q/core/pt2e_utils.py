@@ -27,14 +27,10 @@ from torch.fx import Graph, Node
 from torch.nn.utils.parametrize import is_parametrized
 
 from pt2q.core.attrs import free_attr_name
-from pt2q.numerics.qparams import (
-    PER_CHANNEL_QSCHEMES,
-    PER_TENSOR_QSCHEMES,
-    SYMMETRIC_QSCHEMES,
-    QuantizationArgumentError,
-    choose_qparams,
-)
-from pt2q.observers.observer import PlaceholderObserver
+from pt2q.numerics.errors import QuantizationArgumentError
+from pt2q.numerics.qparams import choose_qparams
+from pt2q.numerics.qschemes import SYMMETRIC_QSCHEMES, is_per_channel, is_per_tensor
+from pt2q.observers.pass_through import PlaceholderObserver
 
 __all__ = [
     "QuantizationArgumentError",
@@ -52,14 +48,6 @@ __all__ = [
     "get_new_attr_name_with_prefix",
     "create_getattr_from_value",
 ]
-
-
-def is_per_tensor(qscheme: Optional[torch.qscheme]) -> bool:
-    return qscheme in PER_TENSOR_QSCHEMES
-
-
-def is_per_channel(qscheme: Optional[torch.qscheme]) -> bool:
-    return qscheme in PER_CHANNEL_QSCHEMES
 
 
 def getattr_from_fqn(obj: Any, fqn: str) -> Any:

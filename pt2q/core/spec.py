@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 from torch.fx import Node
 
-from pt2q.numerics.qparams import PER_CHANNEL_QSCHEMES
+from pt2q.numerics.dtypes import dtype_range
+from pt2q.numerics.qschemes import is_per_channel
 
 __all__ = [
     "Q_ANNOTATION_KEY",
@@ -30,6 +31,7 @@ __all__ = [
     "QuantizationConfig",
     "is_valid_annotation",
     "dtype_range",
+    "is_per_channel",
     "describe",
 ]
 
@@ -38,38 +40,12 @@ Q_ANNOTATION_KEY = "quantization_annotation"
 # An input edge (producer, consumer) or a node (meaning the node's output).
 EdgeOrNode = Union[tuple[Node, Node], Node]
 
-_INT_DTYPES = {
-    torch.int8: (-128, 127),
-    torch.uint8: (0, 255),
-    torch.int16: (-(2**15), 2**15 - 1),
-    torch.int32: (-(2**31), 2**31 - 1),
-}
-
 
 def describe(member: EdgeOrNode) -> str:
     """A human name for an edge or a node output, for error messages."""
     if isinstance(member, tuple):
         return f"input '{member[0].name}' of node '{member[1].name}'"
     return f"output of node '{member.name}'"
-
-
-def dtype_range(dtype: torch.dtype) -> Optional[tuple[int, int]]:
-    """The (min, max) a quantized dtype can hold: an integer dtype's range, float8's finite range (as
-    ``quantized_decomposed``'s bounds), or None for other float dtypes."""
-    if dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        return (int(torch.finfo(dtype).min), int(torch.finfo(dtype).max))
-    if dtype in _INT_DTYPES:
-        return _INT_DTYPES[dtype]
-    if hasattr(torch, "uint4") and dtype in (torch.uint4,):
-        return (0, 15)
-    if not dtype.is_floating_point:
-        info = torch.iinfo(dtype)
-        return (info.min, info.max)
-    return None
-
-
-def is_per_channel(qscheme: Optional[torch.qscheme]) -> bool:
-    return qscheme in PER_CHANNEL_QSCHEMES
 
 
 class QuantizationSpecBase(ABC):  # noqa: B024

@@ -28,10 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pt2q.core.ops import BATCH_NORM, is_op
 from pt2q.distributed.sync_batch_norm import require_process_group, sync_batch_norm
-from pt2q.fake_quant.fake_quantize import FakeQuantizeBase
+from pt2q.fake_quant.base import FakeQuantizeBase
+from pt2q.observers.base import ObserverBase
 from pt2q.observers.derived import DerivedObserverOrFakeQuantize
 from pt2q.observers.merge_across_ranks import MergeSteps, Reductions
-from pt2q.observers.observer import ObserverBase
 
 __all__ = ["sync_observers"]
 

@@ -15,10 +15,12 @@ import torch
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
-from pt2q.fake_quant.fake_quantize import FakeQuantize, FakeQuantizeBase
+from pt2q.fake_quant.base import FakeQuantizeBase
+from pt2q.fake_quant.fake_quantize import FakeQuantize
 from pt2q.numerics.affine_primitives import MappingType, ZeroPointDomain, fake_quantize_affine
 from pt2q.numerics.granularity import PerAxis, PerGroup, PerTensor
-from pt2q.observers.affine_observer import AffineQuantizedMinMaxObserver, AffineQuantizedObserverBase
+from pt2q.observers.affine_base import AffineQuantizedObserverBase
+from pt2q.observers.affine_observer import AffineQuantizedMinMaxObserver
 
 __all__ = [
     "AffineFakeQuantize",
@@ -31,7 +33,7 @@ __all__ = [
 class AffineFakeQuantize(FakeQuantize):
     """Fake-quantize with the per-block qparams of an affine observer.
 
-    ``observer`` is an :class:`~pt2q.observers.affine_observer.AffineQuantizedObserverBase`
+    ``observer`` is an :class:`~pt2q.observers.affine_base.AffineQuantizedObserverBase`
     constructor, given ``observer_kwargs`` (``mapping_type``, ``target_dtype``,
     ``granularity``, ...). While the observer is enabled every call re-observes its input
     and refreshes ``scale`` / ``zero_point``; while fake quantization is enabled the output

@@ -1,122 +1,25 @@
 """Fake quantizers for QAT: an observer plus quantize-dequantize with a straight-through gradient.
 
-Names, arguments and numerics follow ``torchao.quantization.pt2e.fake_quantize``.
-Like observers, fake quantizers have ``has_statistics`` and ``target_name``.
+``FakeQuantize``, ``FixedQParamsFakeQuantize`` and ``FusedMovingAvgObsFakeQuantize``; names, arguments
+and numerics follow ``torchao.quantization.pt2e.fake_quantize``.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
-from pt2q.numerics.qparams import PER_CHANNEL_QSCHEMES, PER_TENSOR_QSCHEMES, SYMMETRIC_QSCHEMES
+from pt2q.fake_quant.base import FakeQuantizeBase, ObserverTypeError
+from pt2q.numerics.qschemes import PER_CHANNEL_QSCHEMES, PER_TENSOR_QSCHEMES, SYMMETRIC_QSCHEMES
 from pt2q.observers.merge_across_ranks import MergeSteps
-from pt2q.observers.observer import (
-    FixedQParamsObserver,
-    HistogramObserver,
-    MovingAverageMinMaxObserver,
-    MovingAveragePerChannelMinMaxObserver,
-    ObserverBase,
-    _Constructor,
-    _with_args,
-    _with_callable_args,
-    default_fixed_qparams_range_0to1_observer,
-    default_fixed_qparams_range_neg1to1_observer,
-)
+from pt2q.observers.min_max import MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
+from pt2q.observers.pass_through import FixedQParamsObserver
 
-__all__ = [
-    "ObserverTypeError",
-    "ObserverOrFakeQuantize",
-    "ObserverOrFakeQuantizeConstructor",
-    "FakeQuantizeBase",
-    "FakeQuantize",
-    "FusedMovingAvgObsFakeQuantize",
-    "FixedQParamsFakeQuantize",
-    "enable_fake_quant",
-    "disable_fake_quant",
-    "enable_observer",
-    "disable_observer",
-    "default_fake_quant",
-    "default_weight_fake_quant",
-    "default_per_channel_weight_fake_quant",
-    "default_dynamic_fake_quant",
-    "default_fixed_qparams_range_neg1to1_fake_quant",
-    "default_fixed_qparams_range_0to1_fake_quant",
-    "default_symmetric_fixed_qparams_fake_quant",
-    "default_affine_fixed_qparams_fake_quant",
-    "default_embedding_fake_quant",
-    "default_embedding_fake_quant_4bit",
-    "default_histogram_fake_quant",
-    "default_fused_act_fake_quant",
-    "default_fused_wt_fake_quant",
-    "default_fused_per_channel_wt_fake_quant",
-    "fused_wt_fake_quant_range_neg_127_to_127",
-    "fused_per_channel_wt_fake_quant_range_neg_127_to_127",
-]
-
-
-class ObserverTypeError(TypeError, AssertionError):
-    """A fake quantizer given an observer it cannot work with (also the ``AssertionError`` torchao raises)."""
-
-
-class FakeQuantizeBase(ABC, nn.Module):
-    """Base of fake quantizers: switchable observation (``observer_enabled``) and fake quantization
-    (``fake_quant_enabled``), kept as uint8 buffers so they follow the module across devices."""
-
-    fake_quant_enabled: Tensor
-    observer_enabled: Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))
-        self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.uint8))
-        self._target_name = ""
-
-    @abstractmethod
-    def forward(self, x: Tensor) -> Tensor: ...
-
-    @abstractmethod
-    def calculate_qparams(self) -> tuple[Tensor, Tensor]: ...
-
-    def enable_fake_quant(self, enabled: bool = True) -> None:
-        self.fake_quant_enabled[0] = 1 if enabled else 0
-
-    def disable_fake_quant(self) -> None:
-        self.enable_fake_quant(False)
-
-    def enable_observer(self, enabled: bool = True) -> None:
-        self.observer_enabled[0] = 1 if enabled else 0
-
-    def disable_observer(self) -> None:
-        self.enable_observer(False)
-
-    def merge_across_ranks(self) -> MergeSteps:
-        """Merge the statistics with the other processes' (see ``ObserverBase.merge_across_ranks``)."""
-        raise NotImplementedError(
-            f"{self.target_name or type(self).__name__}: {type(self).__name__} does not define "
-            "merge_across_ranks, so its statistics cannot be merged across processes; implement it"
-        )
-        yield []  # a generator, like the implementations
-
-    @property
-    def target_name(self) -> str:
-        """What is fake-quantized (set by prepare); shared with the observer for its error messages."""
-        return self._target_name
-
-    @target_name.setter
-    def target_name(self, name: str) -> None:
-        self._target_name = name
-        observer = self._modules.get("activation_post_process")
-        if observer is not None:
-            setattr(observer, "target_name", name)  # noqa: B010 (any observer module, untyped)
-
-    with_args = classmethod(_with_args)
-    with_callable_args = classmethod(_with_callable_args)
+__all__ = ["FakeQuantize", "FixedQParamsFakeQuantize", "FusedMovingAvgObsFakeQuantize"]
 
 
 class FakeQuantize(FakeQuantizeBase):
@@ -296,146 +199,3 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
                 f"{self.target_name or type(self).__name__}: training data must be finite, "
                 "but the observed min/max are not (NaN or Inf in the input)"
             )
-
-
-# what a QuantizationSpec's observer_or_fake_quant_ctr builds, and what it may be
-ObserverOrFakeQuantize = Union[ObserverBase, FakeQuantizeBase]
-ObserverOrFakeQuantizeConstructor = Union[_Constructor, type[ObserverBase], type[FakeQuantizeBase]]
-
-
-def enable_fake_quant(mod: nn.Module) -> None:
-    """Turn fake quantization on for ``mod`` if it is a fake quantizer; use with ``model.apply``."""
-    if isinstance(mod, FakeQuantizeBase):
-        mod.enable_fake_quant()
-
-
-def disable_fake_quant(mod: nn.Module) -> None:
-    """Turn fake quantization off for ``mod`` if it is a fake quantizer; use with ``model.apply``."""
-    if isinstance(mod, FakeQuantizeBase):
-        mod.disable_fake_quant()
-
-
-def enable_observer(mod: nn.Module) -> None:
-    """Turn observation on for ``mod`` if it is a fake quantizer; use with ``model.apply``."""
-    if isinstance(mod, FakeQuantizeBase):
-        mod.enable_observer()
-
-
-def disable_observer(mod: nn.Module) -> None:
-    """Freeze the qparams of ``mod`` if it is a fake quantizer; use with ``model.apply``."""
-    if isinstance(mod, FakeQuantizeBase):
-        mod.disable_observer()
-
-
-default_fake_quant = FakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=0,
-    quant_max=255,
-    dtype=torch.quint8,
-    qscheme=torch.per_tensor_affine,
-    reduce_range=True,
-)
-default_weight_fake_quant = FakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=-128,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_tensor_symmetric,
-    reduce_range=False,
-)
-default_per_channel_weight_fake_quant = FakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver,
-    quant_min=-128,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_channel_symmetric,
-    reduce_range=False,
-    ch_axis=0,
-)
-default_dynamic_fake_quant = FakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=0,
-    quant_max=255,
-    is_dynamic=True,
-    dtype=torch.quint8,
-    averaging_constant=1,
-)
-default_fixed_qparams_range_neg1to1_fake_quant = FixedQParamsFakeQuantize.with_args(
-    observer=default_fixed_qparams_range_neg1to1_observer
-)
-default_fixed_qparams_range_0to1_fake_quant = FixedQParamsFakeQuantize.with_args(
-    observer=default_fixed_qparams_range_0to1_observer
-)
-default_symmetric_fixed_qparams_fake_quant = default_fixed_qparams_range_neg1to1_fake_quant
-default_affine_fixed_qparams_fake_quant = default_fixed_qparams_range_0to1_fake_quant
-# embedding tables: per row, float zero point, memoryless (averaging_constant=1)
-default_embedding_fake_quant = FakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver,
-    qscheme=torch.per_channel_affine_float_qparams,
-    dtype=torch.quint8,
-    quant_min=0,
-    quant_max=255,
-    ch_axis=0,
-    averaging_constant=1,
-)
-default_embedding_fake_quant_4bit = FakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver,
-    qscheme=torch.per_channel_affine_float_qparams,
-    ch_axis=0,
-    dtype=torch.quint4x2,
-    averaging_constant=1,
-)
-default_histogram_fake_quant = FakeQuantize.with_args(
-    observer=HistogramObserver,
-    quant_min=0,
-    quant_max=255,
-    dtype=torch.quint8,
-    qscheme=torch.per_tensor_affine,
-    reduce_range=True,
-)
-# the fused (one-kernel) forms of default_fake_quant, default_weight_fake_quant and the per-channel one
-default_fused_act_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8
-)
-default_fused_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=-128,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_tensor_symmetric,
-)
-default_fused_per_channel_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver,
-    quant_min=-128,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_channel_symmetric,
-)
-# ... with int8 weights in [-127, 127] (no -128)
-fused_wt_fake_quant_range_neg_127_to_127 = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=-127,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_tensor_symmetric,
-    eps=2**-12,
-)
-fused_per_channel_wt_fake_quant_range_neg_127_to_127 = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver,
-    quant_min=-127,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_channel_symmetric,
-    eps=2**-12,
-)
-
-
-def __getattr__(name: str) -> Any:
-    """``AffineFakeQuantize`` and its ``default_*`` constructors (:mod:`pt2q.fake_quant.affine_fake_quantize`, built on
-    the classes here) are importable from this module too, as from torchao's."""
-    if not name.startswith("_"):
-        from pt2q.fake_quant import affine_fake_quantize
-
-        if name in affine_fake_quantize.__all__:
-            return getattr(affine_fake_quantize, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

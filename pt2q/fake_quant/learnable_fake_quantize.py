@@ -24,14 +24,15 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from pt2q.fake_quant.fake_quantize import FakeQuantizeBase
-from pt2q.numerics.qparams import PER_CHANNEL_QSCHEMES, SYMMETRIC_QSCHEMES, QuantizationArgumentError, storage_dtype
+from pt2q.fake_quant.base import FakeQuantizeBase
+from pt2q.numerics.dtypes import storage_dtype
+from pt2q.numerics.errors import QuantizationArgumentError
+from pt2q.numerics.qparams import F32_EPS
+from pt2q.numerics.qschemes import PER_CHANNEL_QSCHEMES, SYMMETRIC_QSCHEMES
 from pt2q.observers.merge_across_ranks import MergeSteps
-from pt2q.observers.observer import MovingAverageMinMaxObserver
+from pt2q.observers.min_max import MovingAverageMinMaxObserver
 
 __all__ = ["LearnableFakeQuantize", "enable_range_learning", "disable_range_learning"]
-
-_F32_EPS = torch.finfo(torch.float32).eps
 
 
 class LearnableFakeQuantize(FakeQuantizeBase):
@@ -84,7 +85,7 @@ class LearnableFakeQuantize(FakeQuantizeBase):
         self.register_parameter("zero_point", None)
         self.register_buffer("learning_enabled", torch.tensor([0], dtype=torch.uint8))
         self.register_buffer("initialized", torch.tensor([0], dtype=torch.uint8))
-        self.register_buffer("eps", torch.tensor([_F32_EPS]))
+        self.register_buffer("eps", torch.tensor([F32_EPS]))
 
     @property
     def has_statistics(self) -> bool:

@@ -8,8 +8,9 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from pt2q.numerics.qparams import PER_CHANNEL_QSCHEMES, QuantizationArgumentError
-from pt2q.observers.observer import ObserverBase
+from pt2q.numerics.errors import QuantizationArgumentError
+from pt2q.numerics.qschemes import PER_CHANNEL_QSCHEMES
+from pt2q.observers.base import ObserverBase
 
 __all__ = ["DerivedObserverOrFakeQuantize"]
 

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pt2q.numerics.qparams import PER_TENSOR_QSCHEMES, SYMMETRIC_QSCHEMES
+from pt2q.numerics.qschemes import PER_TENSOR_QSCHEMES, SYMMETRIC_QSCHEMES
 from pt2q.observers.merge_across_ranks import MergeSteps, first_merge, merge_flags, remember_merge
-from pt2q.observers.observer import PerChannelMinMaxObserver
+from pt2q.observers.min_max import PerChannelMinMaxObserver
 
 __all__ = ["PercentileObserver", "MSEObserver"]
 

@@ -61,7 +61,7 @@ def _create(spec: QuantizationSpecBase, made: dict[EdgeOrNode, nn.Module], is_qa
             ch_axis=spec.ch_axis,
         )
     if isinstance(spec, FixedQParamsQuantizationSpec):
-        from pt2q.observers.observer import FixedQParamsObserver
+        from pt2q.observers.pass_through import FixedQParamsObserver
 
         observer = FixedQParamsObserver.with_args(scale=spec.scale, zero_point=spec.zero_point, **_spec_kwargs(spec))
         if is_qat:

@@ -1,7 +1,7 @@
 """Helpers for writing a quantizer by hand (``torchao.quantization.pt2e.quantizer.utils``).
 
 >>> import torch
->>> from pt2q.observers.observer import MinMaxObserver
+>>> from pt2q.observer import MinMaxObserver
 >>> from pt2q.quantizer import QuantizationSpec, annotate_input_qspec_map, annotate_output_qspec
 >>> gm = torch.export.export(torch.nn.Sequential(torch.nn.ReLU()), (torch.randn(2),)).module()
 >>> relu = next(n for n in gm.graph.nodes if n.op == "call_function")

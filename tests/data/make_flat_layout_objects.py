@@ -10,8 +10,8 @@ from pt2q.fake_quant.affine_fake_quantize import AffineFakeQuantize
 from pt2q.fake_quant.learnable_fake_quantize import LearnableFakeQuantize
 from pt2q.numerics.affine_primitives import MappingType
 from pt2q.numerics.granularity import PerGroup
+from pt2q.observer import MovingAverageMinMaxObserver
 from pt2q.observers.affine_observer import AffineQuantizedMinMaxObserver
-from pt2q.observers.observer import MovingAverageMinMaxObserver
 from pt2q.observers.range_estimators import MSEObserver, PercentileObserver
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
