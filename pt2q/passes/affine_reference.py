@@ -1,7 +1,8 @@
 """Reference representation of affine (torchao) Q/DQ graphs: what the integer kernels compute, in plain ATen.
 
 ``convert_pt2e(m, use_reference_representation=True)`` runs this after the per-tensor /
-per-channel rows of :mod:`pt2q.passes.reference_representation`:
+per-channel rows of :mod:`pt2q.passes.reference_representation` (with the same row type and
+building helpers, :mod:`pt2q.passes.reference_graph`):
 
 * a **dynamically quantized, groupwise linear** (int8 per-token activation, low-bit weight
   in groups of ``g`` input channels) becomes integer arithmetic per group: both operands
@@ -29,7 +30,7 @@ from pt2q.core.attrs import get_attr_value
 from pt2q.core.dead_code import erase_with_dead_inputs
 from pt2q.core.ops import LINEAR, is_affine_qdq, is_choose_qparams_affine
 from pt2q.numerics.affine_ops import affine_ops
-from pt2q.passes.reference_representation import Rewrite, _call, _const, reference_representation_rewrite
+from pt2q.passes.reference_graph import Rewrite, apply_rewrites, call_op, dequantize_form, operand, quantize_form
 
 __all__ = ["affine_reference_rewrite"]
 
@@ -116,21 +117,24 @@ def _carry_groupwise_linear(
 
 def _integer_groupwise_linear(gm: GraphModule, c: _GroupwiseLinear) -> Node:
     # activation: int8 codes centred on the token's zero point, [..., G, 1, g] in int32
-    x_zp = _call(gm, aten.unsqueeze.default, _call(gm, aten.to.dtype, c.x_zero_point, torch.int32), -1)
-    x = _call(gm, aten.sub.Tensor, _call(gm, aten.to.dtype, c.x, torch.int32), x_zp)
-    x = _call(gm, aten.unsqueeze.default, _call(gm, aten.unflatten.int, x, -1, [c.groups, c.group_size]), -2)
+    x_zp = call_op(gm, aten.unsqueeze.default, call_op(gm, aten.to.dtype, c.x_zero_point, torch.int32), -1)
+    x = call_op(gm, aten.sub.Tensor, call_op(gm, aten.to.dtype, c.x, torch.int32), x_zp)
+    x = call_op(gm, aten.unsqueeze.default, call_op(gm, aten.unflatten.int, x, -1, [c.groups, c.group_size]), -2)
     # weight: codes centred on each group's zero point, [G, g, N] in int32
-    w = _call(gm, aten.view.default, _call(gm, aten.to.dtype, c.weight, torch.int32), [-1, c.groups, c.group_size])
+    w = call_op(gm, aten.view.default, call_op(gm, aten.to.dtype, c.weight, torch.int32), [-1, c.groups, c.group_size])
     if c.weight_zero_point is not None:
-        w = _call(gm, aten.sub.Tensor, w, _const(gm, c.weight_zero_point.unsqueeze(-1), "_weight_zero_point"))
-    w = _call(gm, aten.permute.default, w, [1, 2, 0])
-    acc = _call(gm, aten.squeeze.dim, _call(gm, aten.matmul.default, x, w), -2)  # [..., G, N], int32 per group
-    per_group = _call(
-        gm, aten.mul.Tensor, _call(gm, aten.to.dtype, acc, torch.float32), _const(gm, c.weight_scale, "_weight_scale")
+        w = call_op(gm, aten.sub.Tensor, w, operand(gm, c.weight_zero_point.unsqueeze(-1), "_weight_zero_point"))
+    w = call_op(gm, aten.permute.default, w, [1, 2, 0])
+    acc = call_op(gm, aten.squeeze.dim, call_op(gm, aten.matmul.default, x, w), -2)  # [..., G, N], int32 per group
+    per_group = call_op(
+        gm,
+        aten.mul.Tensor,
+        call_op(gm, aten.to.dtype, acc, torch.float32),
+        operand(gm, c.weight_scale, "_weight_scale"),
     )
-    x_scale = _call(gm, aten.unsqueeze.default, _call(gm, aten.to.dtype, c.x_scale, torch.float32), -1)
-    out = _call(gm, aten.mul.Tensor, _call(gm, aten.sum.dim_IntList, per_group, [-2]), x_scale)
-    return out if c.bias is None else _call(gm, aten.add.Tensor, out, c.bias)
+    x_scale = call_op(gm, aten.unsqueeze.default, call_op(gm, aten.to.dtype, c.x_scale, torch.float32), -1)
+    out = call_op(gm, aten.mul.Tensor, call_op(gm, aten.sum.dim_IntList, per_group, [-2]), x_scale)
+    return out if c.bias is None else call_op(gm, aten.add.Tensor, out, c.bias)
 
 
 @dataclass(frozen=True)
@@ -164,26 +168,22 @@ def _carry_per_token_qdq(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[No
 
 
 def _token_view(gm: GraphModule, qparam: Node) -> Node:
-    return _call(gm, aten.unsqueeze.default, qparam, -1)
+    return call_op(gm, aten.unsqueeze.default, qparam, -1)
 
 
 def _reference_quantize(gm: GraphModule, c: _AffineQDQ) -> Node:
     """``clamp(round(x * (1 / scale)) + zero_point, qmin, qmax).to(dtype)``, one scale per token."""
-    scaled = _call(gm, aten.mul.Tensor, c.x, _call(gm, aten.reciprocal.default, _token_view(gm, c.scale)))
-    rounded = _call(gm, aten.round.default, scaled)
-    if c.zero_point is not None:
-        rounded = _call(gm, aten.add.Tensor, rounded, _token_view(gm, c.zero_point))
-    return _call(gm, aten.to.dtype, _call(gm, aten.clamp.default, rounded, c.qmin, c.qmax), c.dtype)
+    inv_scale = call_op(gm, aten.reciprocal.default, _token_view(gm, c.scale))
+    zero_point = None if c.zero_point is None else _token_view(gm, c.zero_point)
+    return quantize_form(gm, c.x, inv_scale, zero_point, c.qmin, c.qmax, c.dtype)
 
 
 def _reference_dequantize(gm: GraphModule, c: _AffineQDQ) -> Node:
     """``(q - zero_point) * scale`` in the output dtype, one scale per token."""
-    values = _call(gm, aten.to.dtype, c.x, c.out_dtype)
+    zero_point = None
     if c.zero_point is not None:
-        values = _call(
-            gm, aten.sub.Tensor, values, _call(gm, aten.to.dtype, _token_view(gm, c.zero_point), c.out_dtype)
-        )
-    return _call(gm, aten.mul.Tensor, values, _token_view(gm, c.scale))
+        zero_point = call_op(gm, aten.to.dtype, _token_view(gm, c.zero_point), c.out_dtype)
+    return dequantize_form(gm, c.x, _token_view(gm, c.scale), zero_point, c.out_dtype, c.out_dtype)
 
 
 def _rows() -> tuple[Rewrite, ...]:
@@ -213,26 +213,26 @@ def _reference_choose_qparams(gm: GraphModule, choose: Node) -> bool:
     eps = torch.finfo(dtype).smallest_normal if eps is None else eps  # the op's default
     g = gm.graph
     with g.inserting_before(choose):
-        lo = _call(gm, aten.clamp_max.default, _call(gm, aten.amin.default, x, [-1]), 0.0)
-        hi = _call(gm, aten.clamp_min.default, _call(gm, aten.amax.default, x, [-1]), 0.0)
+        lo = call_op(gm, aten.clamp_max.default, call_op(gm, aten.amin.default, x, [-1]), 0.0)
+        hi = call_op(gm, aten.clamp_min.default, call_op(gm, aten.amax.default, x, [-1]), 0.0)
         if mapping == "ASYMMETRIC":
-            span = _call(gm, aten.div.Tensor, _call(gm, aten.sub.Tensor, hi, lo), float(qmax - qmin))
-            scale = _call(gm, aten.clamp_min.default, span, eps)
-            offset = _call(gm, aten.round.default, _call(gm, aten.div.Tensor, lo, scale))
-            zp = _call(gm, aten.clamp.default, _call(gm, aten.rsub.Scalar, offset, qmin), qmin, qmax)
+            span = call_op(gm, aten.div.Tensor, call_op(gm, aten.sub.Tensor, hi, lo), float(qmax - qmin))
+            scale = call_op(gm, aten.clamp_min.default, span, eps)
+            offset = call_op(gm, aten.round.default, call_op(gm, aten.div.Tensor, lo, scale))
+            zp = call_op(gm, aten.clamp.default, call_op(gm, aten.rsub.Scalar, offset, qmin), qmin, qmax)
             zp_dtype = torch.int32 if zp_dtype is None else zp_dtype
         else:
-            half = _call(
+            half = call_op(
                 gm,
                 aten.div.Tensor,
-                _call(gm, aten.maximum.default, _call(gm, aten.neg.default, lo), hi),
+                call_op(gm, aten.maximum.default, call_op(gm, aten.neg.default, lo), hi),
                 float(qmax - qmin) / 2,
             )
-            scale = _call(gm, aten.clamp_min.default, half, eps)
-            zp = _call(gm, aten.full_like.default, scale, int((qmax + qmin + 1) / 2))
-        scale = _call(gm, aten.to.dtype, scale, dtype if scale_dtype is None else scale_dtype)
+            scale = call_op(gm, aten.clamp_min.default, half, eps)
+            zp = call_op(gm, aten.full_like.default, scale, int((qmax + qmin + 1) / 2))
+        scale = call_op(gm, aten.to.dtype, scale, dtype if scale_dtype is None else scale_dtype)
         if zp_dtype is not None:
-            zp = _call(gm, aten.to.dtype, zp, zp_dtype)
+            zp = call_op(gm, aten.to.dtype, zp, zp_dtype)
     for index, value in ((0, scale), (1, zp)):
         if index in getters:
             value.meta.update(
@@ -247,7 +247,7 @@ def affine_reference_rewrite(gm: GraphModule) -> GraphModule:
     """Rewrite the affine Q/DQ patterns of ``gm`` into their reference forms (in place)."""
     if not any(is_affine_qdq(n) for n in gm.graph.nodes):
         return gm
-    reference_representation_rewrite(gm, _rows())
+    apply_rewrites(gm, _rows())
     for node in list(gm.graph.nodes):
         if is_choose_qparams_affine(node):
             _reference_choose_qparams(gm, node)
