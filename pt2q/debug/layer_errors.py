@@ -148,6 +148,108 @@ def _descendants(node: Node) -> set[Node]:
     return seen
 
 
+@dataclass
+class _Handles:
+    """Where each float value is computed: the float graph's anchors, the quantized graph's (keyed by
+    float handles), and per quantized node its layer (grouped) and the float value it holds."""
+
+    f_anchor: dict[NodeSourceDebugInfo, Node]
+    q_anchor: dict[NodeSourceDebugInfo, Node]
+    layer_of: dict[Node, NodeSourceDebugInfo]
+    value_of: dict[Node, Optional[NodeSourceDebugInfo]]
+    groups: dict[NodeSourceDebugInfo, NodeSourceDebugInfo]
+    to_float: dict[NodeSourceDebugInfo, NodeSourceDebugInfo]  # quantized graph's handles -> float graph's
+
+    def group(self, h: NodeSourceDebugInfo) -> NodeSourceDebugInfo:
+        return self.groups.get(h, h)
+
+
+def _handles(
+    float_gm: GraphModule, quantized: GraphModule, groups: dict[NodeSourceDebugInfo, NodeSourceDebugInfo]
+) -> _Handles:
+    to_float = match_handles(float_gm, quantized)
+    q_anchor = {to_float[h]: n for h, n in value_anchors(quantized).items() if h in to_float}
+    layer = {n: to_float.get(h) for n in quantized.graph.nodes if (h := debug_info(n)) is not None}
+    layer_of = {n: groups.get(h, h) for n, h in layer.items() if h is not None}
+    value_of = {n: to_float.get(h) for n in quantized.graph.nodes if (h := value_handle(n)) is not None}
+    return _Handles(value_anchors(float_gm), q_anchor, layer_of, value_of, groups, to_float)
+
+
+@dataclass
+class _FloatInputs:
+    """A ``feed`` for :class:`_Run`: a value crossing from one layer into another comes from the float model."""
+
+    handles: _Handles
+    by_handle: dict[NodeSourceDebugInfo, Any]
+
+    def __call__(self, user: Node, arg: Node, value: Any) -> Any:
+        h = self.handles.value_of.get(arg)
+        if h is None or self.handles.group(h) == self.handles.layer_of.get(user) or h not in self.by_handle:
+            return value
+        ref = self.by_handle[h]
+        return ref if _compatible(ref, value) else value
+
+
+def _add_value_errors(
+    errors: LayerErrors, handles: _Handles, by_handle: dict[NodeSourceDebugInfo, Any], cumulative: _Run, shadow: _Run
+) -> None:
+    for h, node in handles.q_anchor.items():
+        ref = by_handle.get(h)
+        for stats, run in ((errors.cumulative, cumulative), (errors.local, shadow)):
+            value = run.values.get(node)
+            if (
+                isinstance(ref, torch.Tensor)
+                and isinstance(value, torch.Tensor)
+                and _compatible(ref, value)
+                and ref.is_floating_point()
+            ):
+                stats.setdefault(h, ErrorStats()).add(ref, value)
+
+
+def _add_sensitivity(
+    errors: LayerErrors,
+    float_gm: GraphModule,
+    handles: _Handles,
+    sensitive: list[NodeSourceDebugInfo],
+    float_run: _Run,
+    by_handle: dict[NodeSourceDebugInfo, Any],
+    float_out: Any,
+    shadow: _Run,
+    batch: Sequence[Any],
+) -> None:
+    """The float model's output with each sensitive layer's local value substituted in, against the float output."""
+    for h in sensitive:
+        q_node, f_node = handles.q_anchor.get(h), handles.f_anchor.get(h)
+        local = shadow.values.get(q_node) if q_node is not None else None
+        if f_node is None or not _compatible(by_handle.get(h), local):
+            continue
+        downstream = _descendants(f_node)
+        env = {n: v for n, v in float_run.values.items() if n not in downstream}
+        env[f_node] = local
+        out = _Run(float_gm, record=[]).run(*batch, initial_env=env, enable_io_processing=True)
+        errors.sensitivity.setdefault(h, ErrorStats()).add_outputs(float_out, out)
+
+
+def _measure_batch(
+    errors: LayerErrors,
+    float_gm: GraphModule,
+    quantized: GraphModule,
+    handles: _Handles,
+    sensitive: list[NodeSourceDebugInfo],
+    batch: Sequence[Any],
+) -> None:
+    float_run = _Run(float_gm, record=None if sensitive else handles.f_anchor.values())  # sensitivity restarts anywhere
+    float_out = float_run.run(*batch, enable_io_processing=True)
+    by_handle = {h: float_run.values[n] for h, n in handles.f_anchor.items() if n in float_run.values}
+    cumulative = _Run(quantized, record=handles.q_anchor.values())
+    errors.output.add_outputs(float_out, cumulative.run(*batch, enable_io_processing=True))
+    shadow = _Run(quantized, record=handles.q_anchor.values(), feed=_FloatInputs(handles, by_handle))
+    shadow.run(*batch, enable_io_processing=True)
+    _add_value_errors(errors, handles, by_handle, cumulative, shadow)
+    _add_sensitivity(errors, float_gm, handles, sensitive, float_run, by_handle, float_out, shadow, batch)
+    errors.batches += 1
+
+
 def measure_layer_errors(
     float_gm: GraphModule,
     quantized: GraphModule,
@@ -163,59 +265,10 @@ def measure_layer_errors(
     ``groups`` maps a layer's handle to the handle of the layer it is quantized with (a relu
     fused after its linear): values crossing between them are not replaced by float ones, so
     the group's local error is the whole pattern's."""
-    to_float = match_handles(float_gm, quantized)
-    f_anchor = value_anchors(float_gm)
-    q_anchor = {to_float[h]: n for h, n in value_anchors(quantized).items() if h in to_float}
-    group = (groups or {}).get
-    q_handle = {n: to_float.get(h) for n in quantized.graph.nodes if (h := debug_info(n)) is not None}
-    q_handle = {n: group(h, h) for n, h in q_handle.items() if h is not None}
-    q_value = {n: to_float.get(h) for n in quantized.graph.nodes if (h := value_handle(n)) is not None}
+    handles = _handles(float_gm, quantized, groups or {})
+    to_float = handles.to_float
     sensitive = [to_float[h] for h in quantized_handles if h in to_float] if sensitivity else []
     errors = LayerErrors()
     for batch in batches:
-        float_run = _Run(
-            float_gm, record=None if sensitive else f_anchor.values()
-        )  # sensitivity restarts from any node
-        float_out = float_run.run(*batch, enable_io_processing=True)
-        f_values = float_run.values
-        by_handle = {h: f_values[n] for h, n in f_anchor.items() if n in f_values}
-
-        cumulative = _Run(quantized, record=q_anchor.values())
-        q_out = cumulative.run(*batch, enable_io_processing=True)
-        errors.output.add_outputs(float_out, q_out)
-
-        def feed(user: Node, arg: Node, value: Any, by_handle: dict = by_handle) -> Any:
-            # a value crossing from one layer into another comes from the float model
-            h = q_value.get(arg)
-            if h is None or group(h, h) == q_handle.get(user) or h not in by_handle:
-                return value
-            ref = by_handle[h]
-            return ref if _compatible(ref, value) else value
-
-        shadow = _Run(quantized, record=q_anchor.values(), feed=feed)
-        shadow.run(*batch, enable_io_processing=True)
-
-        for h, node in q_anchor.items():
-            ref = by_handle.get(h)
-            for stats, run in ((errors.cumulative, cumulative), (errors.local, shadow)):
-                value = run.values.get(node)
-                if (
-                    isinstance(ref, torch.Tensor)
-                    and isinstance(value, torch.Tensor)
-                    and _compatible(ref, value)
-                    and ref.is_floating_point()
-                ):
-                    stats.setdefault(h, ErrorStats()).add(ref, value)
-
-        for h in sensitive:
-            q_node, f_node = q_anchor.get(h), f_anchor.get(h)
-            local = shadow.values.get(q_node) if q_node is not None else None
-            if f_node is None or not _compatible(by_handle.get(h), local):
-                continue
-            downstream = _descendants(f_node)
-            env = {n: v for n, v in f_values.items() if n not in downstream}
-            env[f_node] = local
-            out = _Run(float_gm, record=[]).run(*batch, initial_env=env, enable_io_processing=True)
-            errors.sensitivity.setdefault(h, ErrorStats()).add_outputs(float_out, out)
-        errors.batches += 1
+        _measure_batch(errors, float_gm, quantized, handles, sensitive, batch)
     return errors
