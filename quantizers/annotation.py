@@ -26,6 +26,7 @@ from pt2q.core.spec import (
     QuantizationSpecBase,
 )
 from pt2q.numerics.granularity import Granularity
+from pt2q.quantizer import utils as config_readers
 
 __all__ = [
     "FilterFn",
@@ -53,20 +54,28 @@ InputSpecs = dict[Node, Optional[QuantizationSpecBase]]
 # --- reading a config ---------------------------------------------------------------------
 
 
+# pt2q.quantizer.utils' readers, without torchao's checks (strict=False): pt2q's quantizers take per-token
+# activations, low-bit affine weights and int32 bias specs, which torchao's readers refuse.
+
+
 def get_input_act_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
-    return None if config is None else config.input_activation
+    """The config's input-activation spec as given (None without config)."""
+    return config_readers.get_input_act_qspec(config, strict=False)
 
 
 def get_output_act_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
-    return None if config is None else config.output_activation
+    """The config's output-activation spec as given (None without config)."""
+    return config_readers.get_output_act_qspec(config, strict=False)
 
 
 def get_weight_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
-    return None if config is None else config.weight
+    """The config's weight spec as given (None without config)."""
+    return config_readers.get_weight_qspec(config, strict=False)
 
 
 def get_bias_qspec(config: Optional[QuantizationConfig]) -> Optional[QuantizationSpecBase]:
-    return None if config is None else config.bias
+    """The config's bias spec as given (None without config)."""
+    return config_readers.get_bias_qspec(config, strict=False)
 
 
 def is_dynamic_config(config: Optional[QuantizationConfig]) -> bool:

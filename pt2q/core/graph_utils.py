@@ -33,6 +33,7 @@ from torch.fx.passes.utils.source_matcher_utils import (
     get_source_partitions,
 )
 
+from pt2q.core.control_flow import control_flow_calls
 from pt2q.core.export_utils import NotExportedError
 
 __all__ = [
@@ -115,27 +116,13 @@ def find_sequential_partitions(
     ]
 
 
-# higher-order op -> argument positions holding the subgraphs it runs (the ones torchao walks)
-def _subgraph_args() -> dict[Any, tuple[int, ...]]:
-    hop = torch.ops.higher_order
-    return {hop.cond: (1, 2), hop.map_impl: (0,), hop.scan: (0,), hop.while_loop: (1,)}
-
-
 def control_flow_subgraphs(gm: GraphModule) -> list[tuple[str, GraphModule, Node]]:
     """``(attribute name, subgraph, calling node)`` for each control-flow subgraph ``gm``'s own graph runs
-    (``cond`` branches, the ``map`` / ``scan`` body, the ``while_loop`` body); nested ones are not included."""
-    found = []
-    positions = _subgraph_args()
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in positions:
-            continue
-        for i in positions[node.target]:
-            arg = node.args[i]
-            if isinstance(arg, Node) and arg.op == "get_attr" and isinstance(arg.target, str):
-                sub = gm.get_submodule(arg.target)
-                if isinstance(sub, GraphModule):
-                    found.append((arg.target, sub, node))
-    return found
+    (``cond`` branches, the ``map`` / ``scan`` body, the ``while_loop`` body); nested ones are not included.
+
+    These are the bodies that return the op's outputs (:attr:`pt2q.core.control_flow.ControlFlowCall.returning`):
+    a ``while_loop``'s condition is not among them, as in torchao."""
+    return [(name, call.body(name), call.node) for call in control_flow_calls(gm) for name in call.returning]
 
 
 def bfs_trace_with_node_process(model: Union[ExportedProgram, GraphModule], node_op: Callable[[Node], Any]) -> None:

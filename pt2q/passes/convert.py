@@ -1,4 +1,8 @@
-"""``convert_pt2e``: observers become quantize/dequantize ops, weights become integers."""
+"""``convert_pt2e``: observers become quantize/dequantize ops, weights become integers.
+
+The pipeline: the body of ``convert_pt2e`` names each pass in the order it runs; every pass is a
+function of :mod:`pt2q.passes` or :mod:`pt2q.core`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from pt2q.core.recompile import deferred_recompile
 from pt2q.passes.affine_reference import affine_reference_rewrite
 from pt2q.passes.duplicate_dq import duplicate_dq
 from pt2q.passes.fold_quantize import fold_quantize as fold_quantized_weights
+from pt2q.passes.input_checks import require_bool, require_graph_module
 from pt2q.passes.port_metadata import port_node_meta_for_qdq
-from pt2q.passes.prepare import _require_graph_module
 from pt2q.passes.qat_conv_bn import fold_trained_conv_bn
 from pt2q.passes.qdq import replace_observers_with_qdq
 from pt2q.passes.reentrant import drop_requantize
@@ -38,12 +42,8 @@ def convert_pt2e(
     scale above ``pt2q.passes.scale_check.ABSURD_SCALE`` (1e3: its range comes from constants
     such as an attention mask) gets a ``QuantizationRangeWarning`` naming the node.
     """
-    model = _require_graph_module(model, "convert_pt2e")
-    if not isinstance(use_reference_representation, bool):
-        raise ValueError(
-            f"convert_pt2e: use_reference_representation must be a bool, got {use_reference_representation!r} "
-            "(the second positional argument of convert_pt2e)"
-        )
+    model = require_graph_module(model, "convert_pt2e")
+    require_bool(use_reference_representation, "convert_pt2e", "use_reference_representation", "second")
     torch._C._log_api_usage_once("pt2q.convert_pt2e")
     original_meta = dict(model.meta)
     # A converted model is for inference: dropout off, BatchNorm on running statistics

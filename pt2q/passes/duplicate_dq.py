@@ -1,15 +1,20 @@
-"""Give every quantized consumer of a dequantize its own copy, so each quantized op sees a DQ -> op pattern."""
+"""Give every quantized consumer of a dequantize its own copy, so each quantized op sees a DQ -> op pattern.
+
+:func:`duplicate_dq` is the pass ``convert_pt2e`` runs; :class:`DuplicateDQPass` is the same pass as a
+``torch.fx`` pass object (torchao's ``quantizer.duplicate_dq_pass.DuplicateDQPass``).
+"""
 
 from __future__ import annotations
 
 import operator
 
 from torch.fx import GraphModule, Node
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from pt2q.core.ops import CHOOSE_QPARAMS_OPS, DQ_OPS, Q_OPS, is_affine_dequantize, is_op, users_except_sym_size
 from pt2q.core.spec import Q_ANNOTATION_KEY, is_valid_annotation
 
-__all__ = ["duplicate_dq"]
+__all__ = ["duplicate_dq", "DuplicateDQPass"]
 
 
 def _dynamic_dequantize(dq: Node) -> bool:
@@ -46,3 +51,13 @@ def duplicate_dq(gm: GraphModule) -> GraphModule:
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+class DuplicateDQPass(PassBase):
+    """Give each annotated consumer of a shared dequantize its own copy (:func:`duplicate_dq`)."""
+
+    def call(self, graph_module: GraphModule) -> PassResult:
+        duplicate_dq(graph_module)
+        graph_module.graph.eliminate_dead_code()
+        graph_module.recompile()
+        return PassResult(graph_module, True)

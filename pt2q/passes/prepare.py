@@ -1,20 +1,22 @@
-"""``prepare_pt2e``: fold BatchNorm, annotate with a Quantizer, insert observers."""
+"""``prepare_pt2e`` / ``prepare_qat_pt2e``: fold BatchNorm, annotate with a Quantizer, insert observers.
+
+The pipeline: the bodies of ``prepare_pt2e`` / ``prepare_qat_pt2e`` and of ``_annotate`` (the
+quantizer's hooks and the annotation checks) name each pass in the order it runs; every pass is a
+function of :mod:`pt2q.passes` or :mod:`pt2q.core`.
+"""
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch.fx import GraphModule
 
-from pt2q.core.control_flow import bodies, detach_operands, graph_modules, inline_constants
-from pt2q.core.export_utils import NotExportedError
-from pt2q.core.ops import is_observer_node
+from pt2q.core.control_flow import bodies, detach_operands, inline_constants
 from pt2q.core.recompile import deferred_recompile
 from pt2q.passes.annotation_protocol import adopt_annotations
 from pt2q.passes.check_annotations import check_annotations
 from pt2q.passes.float_reasons import record_float_reasons
 from pt2q.passes.fold_bn import fold_bn
+from pt2q.passes.input_checks import require_float_export
 from pt2q.passes.insert_observers import insert_observers
 from pt2q.passes.qat_conv_bn import simulate_conv_bn_folding
 from pt2q.passes.reentrant import is_quantized, keep_existing_qparams, seal_previous_round
@@ -22,43 +24,6 @@ from pt2q.passes.train_eval import disallow_eval_train
 from pt2q.quantizer import Quantizer
 
 __all__ = ["prepare_pt2e", "prepare_qat_pt2e"]
-
-
-def _require_graph_module(model: object, fn: str) -> GraphModule:
-    if not isinstance(model, GraphModule):
-        raise NotExportedError(
-            f"{fn} expects the GraphModule of an exported program, got {type(model).__name__}. "
-            "Use torch.export.export(model, example_inputs).module()."
-        )
-    return model
-
-
-def _not_exported(model: GraphModule) -> Optional[str]:
-    """Why ``model`` is not the ATen graph of ``torch.export`` (e.g. ``torch.fx.symbolic_trace``'s), or None."""
-    nodes = list(model.graph.nodes)
-    for node in nodes:
-        if node.op == "call_method":
-            return f"node '{node.name}' calls the method {node.target!r}"
-        if node.op == "call_module" and not is_observer_node(node, model) and node.target != "_guards_fn":
-            module = type(model.get_submodule(node.target)).__name__
-            return f"node '{node.name}' calls the module '{node.target}' ({module})"
-    for node in nodes:
-        if node.op == "placeholder" and "val" not in node.meta:
-            return f"input '{node.name}' carries no meta['val'] (the example value export records)"
-    return None
-
-
-def _require_float_export(model: object, fn: str) -> GraphModule:
-    """The GraphModule of an exported program (float or converted): not prepared, not symbolically traced."""
-    model = _require_graph_module(model, fn)
-    _refuse_prepared(model, fn)  # a converted model is fine: it is quantized again (pt2q.passes.reentrant)
-    why = _not_exported(model)
-    if why is not None:
-        raise TypeError(
-            f"{fn} expects the ATen graph of torch.export.export(model, example_inputs).module(), but {why}: "
-            "this GraphModule comes from torch.fx.symbolic_trace or similar, and quantizers annotate nothing in it."
-        )
-    return model
 
 
 def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
@@ -73,7 +38,7 @@ def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     A converted model may be prepared again (e.g. with a quantizer for another part of it): what is
     already quantized keeps its qparams and is not quantized twice. A prepared model is refused.
     """
-    model = _require_float_export(model, "prepare_pt2e")
+    model = require_float_export(model, "prepare_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_pt2e")
     original_meta = dict(model.meta)
     with deferred_recompile(model):
@@ -98,7 +63,7 @@ def prepare_qat_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     The bodies of control flow (``cond``, ``while_loop``, ...) stay float here: training
     traces them for autograd, and a fake quantizer's statistics cannot be traced.
     """
-    model = _require_float_export(model, "prepare_qat_pt2e")
+    model = require_float_export(model, "prepare_qat_pt2e")
     torch._C._log_api_usage_once("pt2q.prepare_qat_pt2e")
     original_meta = dict(model.meta)
     model = _annotate_all(model, quantizer, with_bodies=False)
@@ -106,15 +71,6 @@ def prepare_qat_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     insert_observers(model, is_qat=True, obs_or_fq_callback=getattr(quantizer, "prepare_obs_or_fq_callback", None))
     model.meta.update(original_meta)
     return disallow_eval_train(model)
-
-
-def _refuse_prepared(model: GraphModule, fn: str) -> None:
-    observers = [n.name for m in graph_modules(model) for n in m.graph.nodes if is_observer_node(n, m)]
-    if observers:
-        raise ValueError(
-            f"{fn}: the model is already prepared (it holds observer node '{observers[0]}'). Calibrate it and "
-            f"call convert_pt2e, or call {fn} on a fresh torch.export.export(model, example_inputs).module()."
-        )
 
 
 def _annotate_all(model: GraphModule, quantizer: Quantizer, with_bodies: bool = True) -> GraphModule:

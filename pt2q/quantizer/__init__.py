@@ -3,7 +3,7 @@
 * :mod:`~pt2q.quantizer.quantizer`: ``Quantizer`` and the specs it writes on nodes;
 * :mod:`~pt2q.quantizer.composable_quantizer`: ``ComposableQuantizer``;
 * :mod:`~pt2q.quantizer.utils`: annotation helpers, ``QuantizationConfig`` and its readers;
-* :mod:`~pt2q.quantizer.duplicate_dq_pass`, :mod:`~pt2q.passes.port_metadata`: the passes
+* :mod:`~pt2q.passes.duplicate_dq`, :mod:`~pt2q.passes.port_metadata`: the passes
   ``convert_pt2e`` runs, as ``torch.fx`` ``PassBase`` classes.
 
 The backend quantizers live in :mod:`pt2q.quantizers`. The modules here named after torchao's
@@ -12,9 +12,9 @@ only re-export them, so that ``from torchao.quantization.pt2e.quantizer.x86_indu
 migrates by renaming the package; nothing in pt2q imports them, and this package does not.
 """
 
+from pt2q.passes.duplicate_dq import DuplicateDQPass
 from pt2q.passes.port_metadata import PortNodeMetaForQDQ
 from pt2q.quantizer.composable_quantizer import ComposableQuantizer
-from pt2q.quantizer.duplicate_dq_pass import DuplicateDQPass
 from pt2q.quantizer.quantizer import (
     Q_ANNOTATION_KEY,
     DerivedQuantizationSpec,

@@ -14,8 +14,9 @@ True
 The ``get_*_qspec`` readers check what torchao checks: per-tensor activations, symmetric
 weights, float bias. A config whose spec they refuse raises :class:`UnsupportedSpecError`, which
 is both the ``AssertionError`` torchao's activation and bias readers raise and the ``ValueError``
-its weight reader raises. (pt2q's own quantizers read configs more leniently, so that low-bit
-affine specs pass: see :mod:`pt2q.quantizers.annotation`.)
+its weight reader raises. ``strict=False`` (a pt2q addition) returns the spec unchecked: pt2q's own
+quantizers read configs that way (:mod:`pt2q.quantizers.annotation`), so that per-token, low-bit
+affine and int32 bias specs pass.
 """
 
 from __future__ import annotations
@@ -74,42 +75,51 @@ _PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
 _SYMMETRIC_OR_NONE = (torch.per_tensor_symmetric, torch.per_channel_symmetric, None)
 
 
-def _activation(spec: Optional[QuantizationSpec], what: str) -> Optional[QuantizationSpec]:
-    if spec is not None and spec.qscheme not in _PER_TENSOR:
+def _activation(spec: Optional[QuantizationSpec], what: str, strict: bool) -> Optional[QuantizationSpec]:
+    if strict and spec is not None and spec.qscheme not in _PER_TENSOR:
         raise UnsupportedSpecError(f"{what} must be per tensor (affine or symmetric), got qscheme {spec.qscheme}")
     return spec
 
 
-def get_input_act_qspec(quantization_config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
-    """The config's input-activation spec (None without config); it must be per tensor."""
+def get_input_act_qspec(
+    quantization_config: Optional[QuantizationConfig], *, strict: bool = True
+) -> Optional[QuantizationSpec]:
+    """The config's input-activation spec (None without config); it must be per tensor unless not ``strict``."""
     if quantization_config is None:
         return None
-    return _activation(quantization_config.input_activation, "the input activation spec")
+    return _activation(quantization_config.input_activation, "the input activation spec", strict)
 
 
-def get_output_act_qspec(quantization_config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
-    """The config's output-activation spec (None without config); it must be per tensor."""
+def get_output_act_qspec(
+    quantization_config: Optional[QuantizationConfig], *, strict: bool = True
+) -> Optional[QuantizationSpec]:
+    """The config's output-activation spec (None without config); it must be per tensor unless not ``strict``."""
     if quantization_config is None:
         return None
-    return _activation(quantization_config.output_activation, "the output activation spec")
+    return _activation(quantization_config.output_activation, "the output activation spec", strict)
 
 
-def get_weight_qspec(quantization_config: Optional[QuantizationConfig]) -> Optional[QuantizationSpec]:
-    """The config's weight spec (None without config); it must be symmetric (or have no qscheme)."""
+def get_weight_qspec(
+    quantization_config: Optional[QuantizationConfig], *, strict: bool = True
+) -> Optional[QuantizationSpec]:
+    """The config's weight spec (None without config); it must be symmetric (or have no qscheme) unless not
+    ``strict``."""
     if quantization_config is None or quantization_config.weight is None:
         return None
     spec = quantization_config.weight
-    if spec.qscheme not in _SYMMETRIC_OR_NONE:
+    if strict and spec.qscheme not in _SYMMETRIC_OR_NONE:
         raise UnsupportedSpecError(f"Unsupported quantization_spec {spec} for weight: use a symmetric qscheme")
     return spec
 
 
-def get_bias_qspec(quantization_config: Optional[QuantizationConfig]) -> Optional[QuantizationSpecBase]:
-    """The config's bias spec (None without config); only float bias specs are supported."""
+def get_bias_qspec(
+    quantization_config: Optional[QuantizationConfig], *, strict: bool = True
+) -> Optional[QuantizationSpecBase]:
+    """The config's bias spec (None without config); only float bias specs are supported unless not ``strict``."""
     if quantization_config is None or quantization_config.bias is None:
         return None
     spec = quantization_config.bias
-    if getattr(spec, "dtype", None) != torch.float:
+    if strict and getattr(spec, "dtype", None) != torch.float:
         raise UnsupportedSpecError(f"only float dtype for bias is supported, got {getattr(spec, 'dtype', spec)}")
     return spec
 
