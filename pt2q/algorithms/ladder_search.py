@@ -31,14 +31,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import torch
-from torch.fx import GraphModule, Node
+from torch.fx import GraphModule
 from tqdm import tqdm
 
-from pt2q.algorithms.keep_float import layer_name
+from pt2q.algorithms.layer_cost import RelativeCost, estimate_cost, work
+from pt2q.algorithms.noise_budget import Options, noise_of, solve, sqnr_of_noise
 from pt2q.algorithms.precision_ladder import CostModel, Ladder, Rung, annotated_layers, rung_counts
 
-__all__ = ["Try", "Choice", "LadderOutcome", "search", "work", "solve", "estimate_cost"]
+__all__ = ["Try", "Choice", "LadderOutcome", "search", "work", "solve", "estimate_cost", "RelativeCost"]
 
 # A round: (choice of non-base rungs per layer) -> (converted model, score, sqnr, met)
 RunRound = Callable[[dict[str, str]], tuple[GraphModule, float, float, bool]]
@@ -90,100 +90,112 @@ class LadderOutcome:
     cost_unit: str = ""
 
 
-def _shape(node: Any) -> Optional[torch.Size]:
-    val = node.meta.get("val") if isinstance(node, Node) else None
-    return val.shape if isinstance(val, torch.Tensor) else None
-
-
-def work(node: Node) -> float:
-    """Multiply-accumulates of a linear/conv/matmul node, else its output's element count (>= 1)."""
-    out = _shape(node)
-    if out is None:
-        return 1.0
-    name = getattr(node.target, "__name__", str(node.target))
-    weight = _shape(node.args[1]) if len(node.args) > 1 else None
-    if name.startswith(("linear", "matmul", "bmm", "mm", "addmm")) and weight is not None:
-        return float(out.numel() * (weight[-2] if not name.startswith("linear") else weight[-1]))
-    if name.startswith(("conv", "convolution")) and weight is not None:
-        return float(out.numel() * weight[1:].numel())
-    return float(max(out.numel(), 1))
-
-
-class RelativeCost:
-    """The cost model without measurements: rung ``relative_cost`` x the layer's :func:`work`."""
-
-    name = "relative cost x MACs (not measured)"
-    unit = "MMAC-eq"
-
-    def layer_costs(self, float_gm: GraphModule, requests: Mapping[str, Sequence[Rung]]) -> dict[str, dict[str, float]]:
-        nodes = {layer_name(n): n for n in float_gm.graph.nodes if n.op == "call_function"}
-        return {
-            layer: {r.name: r.relative_cost * work(nodes[layer]) / 1e6 for r in rungs}
-            for layer, rungs in requests.items()
-            if layer in nodes
-        }
-
-
-def _noise(sqnr: Optional[float]) -> float:
-    if sqnr is None or math.isinf(sqnr) and sqnr > 0:
-        return 0.0
-    return 10.0 ** (-sqnr / 10.0)
-
-
-def _db(noise: float) -> float:
-    return math.inf if noise <= 0 else -10.0 * math.log10(noise)
-
-
-Options = dict[str, dict[str, tuple[float, float]]]  # layer -> rung -> (noise, cost)
-
-
-def solve(options: Options, budget: float, prefer: str = "") -> dict[str, str]:
-    """The cheapest rung per layer whose summed noise stays within ``budget`` (greedy).
-
-    Every layer starts on its cheapest rung (``prefer``, the base, on a tie); while over budget,
-    the move that removes the most noise per unit of added cost is taken; then layers go back to
-    cheaper rungs, or to ``prefer`` at the same cost, while the budget holds."""
-
-    def start(rungs: dict[str, tuple[float, float]]) -> str:
-        return min(rungs, key=lambda r: (rungs[r][1], r != prefer, rungs[r][0]))
-
-    pick = {layer: start(rungs) for layer, rungs in options.items()}
-    total = sum(options[layer][r][0] for layer, r in pick.items())
-    while total > budget:
-        best: Optional[tuple[float, float, str, str]] = None
-        for layer, rungs in options.items():
-            noise, cost = rungs[pick[layer]]
-            for r, (n, c) in rungs.items():
-                if n >= noise:
-                    continue
-                gain, extra = noise - n, c - cost
-                ratio = math.inf if extra <= 0 else gain / extra
-                if best is None or (ratio, gain) > best[:2]:
-                    best = (ratio, gain, layer, r)
-        if best is None:
-            break  # nothing left to improve: the budget cannot be met
-        _, gain, layer, r = best
-        pick[layer], total = r, total - gain
-    for layer in sorted(options, key=lambda x: (-options[x][pick[x]][1], options[x][pick[x]][0])):
-        noise, cost = options[layer][pick[layer]]
-        for r, (n, c) in sorted(options[layer].items(), key=lambda kv: (kv[1][1], kv[0] != prefer)):
-            cheaper = c < cost or (c == cost and r == prefer and pick[layer] != prefer)
-            if cheaper and total - noise + n <= budget:  # give back what the budget does not need
-                pick[layer], total = r, total - noise + n
-                break
-    return pick
-
-
-def estimate_cost(costs: Mapping[str, Mapping[str, float]], choice: Mapping[str, str], base: str) -> float:
-    """The summed cost of ``choice`` (layers not in it on ``base``) over the priced layers."""
-    return sum(c.get(choice.get(layer, base), c.get(base, 0.0)) for layer, c in costs.items())
-
-
 def _label(counts: Mapping[str, int], ladder: Ladder) -> str:
     used = [r.name for r in ladder.rungs if counts.get(r.name)]
     if len(used) == 1:
         return f"all {used[0]}"
     return ", ".join(f"{counts[r]} {r}" for r in used)
+
+
+Costs = Mapping[str, Mapping[str, float]]  # layer -> rung -> cost
+
+
+@dataclass
+class _Rounds:
+    """The rounds made so far (choice, model, score, sqnr, met), their :class:`Try` records; how to make one more."""
+
+    ladder: Ladder
+    run_round: RunRound
+    candidates: Sequence[str]
+    costs: Costs
+    bar: Any
+    rounds: list[tuple[dict[str, str], GraphModule, float, float, bool]] = field(default_factory=list)
+    tries: list[Try] = field(default_factory=list)
+
+    def add(
+        self, choice: dict[str, str], made: tuple[GraphModule, float, float, bool], predicted: Optional[float]
+    ) -> None:
+        """Record a round already made: ``made`` is (model, score, sqnr, met)."""
+        gm, score, sqnr, ok = made
+        self.rounds.append((choice, gm, score, sqnr, ok))
+        self.tries.append(
+            _try(len(self.tries), choice, self.candidates, self.ladder, self.costs, score, sqnr, ok, predicted)
+        )
+        self.bar.update()
+
+    def run(self, choice: dict[str, str], predicted: Optional[float]) -> None:
+        """Make (and record) the round of ``choice``."""
+        self.add(choice, self.run_round(choice), predicted)
+
+
+def _layer_costs(
+    float_gm: GraphModule, ladder: Ladder, candidates: Sequence[str], cost_model: Optional[CostModel]
+) -> tuple[Costs, dict[str, set], str]:
+    """(cost per layer and rung, the layers each other rung applies to, the cost unit)."""
+    base = ladder.base.name
+    applies = {r.name: annotated_layers(float_gm, r.quantizer) for r in ladder.rungs[1:] if r.quantizer}
+    requests = {
+        layer: [r for r in ladder.rungs if r.name == base or r.is_float or layer in applies.get(r.name, ())]
+        for layer in candidates
+    }
+    model = cost_model or RelativeCost()
+    return model.layer_costs(float_gm, requests), applies, getattr(model, "unit", "ms")
+
+
+def _uniform_rounds(
+    state: _Rounds,
+    worth: Sequence[Rung],
+    applies: Mapping[str, set],
+    sens: dict[str, dict[str, float]],
+    sensitivities: Callable[[GraphModule], dict[str, float]],
+    max_rounds: int,
+) -> None:
+    """One round per rung in ``worth``, on every layer it applies to: each layer's sensitivity on that rung."""
+    for rung in worth:
+        if len(state.rounds) >= max_rounds:
+            break
+        uniform = {layer: rung.name for layer in state.candidates if layer in applies[rung.name]}
+        if not uniform:
+            continue
+        state.run(uniform, None)
+        for layer, s in sensitivities(state.rounds[-1][1]).items():
+            if layer in uniform:
+                sens.setdefault(layer, {})[rung.name] = s
+
+
+def _outcome(state: _Rounds, sens: Mapping[str, Mapping[str, float]], unit: str) -> LadderOutcome:
+    """The cheapest round that met the target (the most accurate one if none did)."""
+    ladder, costs, base = state.ladder, state.costs, state.ladder.base.name
+    met_rounds = [r for r in state.rounds if r[4]]
+    if met_rounds:
+        best = min(met_rounds, key=lambda r: (estimate_cost(costs, r[0], base), -r[2]))
+    else:
+        best = max(state.rounds, key=lambda r: r[2])
+    choice, gm, score, sqnr, ok = best
+    choices = [
+        Choice(
+            layer,
+            rung,
+            costs.get(layer, {}).get(rung, math.nan),
+            costs.get(layer, {}).get(base, math.nan),
+            sens.get(layer, {}).get(base, math.nan),
+            math.inf if ladder[rung].is_float else sens.get(layer, {}).get(rung, math.nan),
+        )
+        for layer, rung in choice.items()
+    ]
+    return LadderOutcome(
+        model=gm,
+        choice=dict(choice),
+        score=score,
+        sqnr=sqnr,
+        met=ok,
+        tries=state.tries,
+        choices=choices,
+        cost=estimate_cost(costs, choice, base),
+        base_cost=estimate_cost(costs, {}, base),
+        float_cost=estimate_cost(costs, dict.fromkeys(costs, ladder.float_rung.name), base),
+        cost_unit=unit,
+    )
 
 
 def search(
@@ -203,19 +215,8 @@ def search(
     ``base_sensitivity`` measured on ``base_round``, the plain flow's already-run round; ``None``:
     measured with ``sensitivities`` when a round beyond it is made)."""
     base = ladder.base.name
-    applies = {r.name: annotated_layers(float_gm, r.quantizer) for r in ladder.rungs[1:] if r.quantizer}
-    requests = {
-        layer: [r for r in ladder.rungs if r.name == base or r.is_float or layer in applies.get(r.name, ())]
-        for layer in candidates
-    }
-    model = cost_model or RelativeCost()
-    costs = model.layer_costs(float_gm, requests)
-    unit = getattr(model, "unit", "ms")
+    costs, applies, unit = _layer_costs(float_gm, ladder, candidates, cost_model)
     sens: dict[str, dict[str, float]] = {layer: {base: s} for layer, s in (base_sensitivity or {}).items()}
-
-    gm0, score0, sqnr0, met0 = base_round
-    rounds: list[tuple[dict[str, str], GraphModule, float, float, bool]] = [({}, gm0, score0, sqnr0, met0)]
-    tries = [_try(0, {}, candidates, ladder, costs, score0, sqnr0, met0, None)]
     bar = tqdm(
         total=max_rounds,
         desc="pt2q: precision ladder",
@@ -224,65 +225,22 @@ def search(
         disable=not progress,
         file=sys.stderr,
     )
-    bar.update()
-
-    def run(choice: dict[str, str], predicted: Optional[float]) -> None:
-        gm, score, sqnr, ok = run_round(choice)
-        rounds.append((choice, gm, score, sqnr, ok))
-        tries.append(_try(len(tries), choice, candidates, ladder, costs, score, sqnr, ok, predicted))
-        bar.update()
-
+    state = _Rounds(ladder, run_round, candidates, costs, bar)
+    state.add({}, base_round, None)
+    met0 = base_round[3]
     # when the base already meets the target, only a rung that is cheaper here is worth a round (e.g.
     # dynamic int8 on CPUs whose static int8 is no faster than fp32; fp32 for small layers on x86)
     worth = [r for r in ladder.rungs[1:] if not r.is_float and (not met0 or _saves(r, costs, base, applies))]
     float_cheaper = met0 and _saves(ladder.float_rung, costs, base, {ladder.float_rung.name: set(costs)})
     mixed = worth or not met0 or float_cheaper
     if mixed and base_sensitivity is None:
-        for layer, s in sensitivities(gm0).items():
+        for layer, s in sensitivities(base_round[0]).items():
             sens.setdefault(layer, {})[base] = s
-    for rung in worth:
-        if len(rounds) >= max_rounds:
-            break
-        uniform = {layer: rung.name for layer in candidates if layer in applies[rung.name]}
-        if not uniform:
-            continue
-        run(uniform, None)
-        for layer, s in sensitivities(rounds[-1][1]).items():
-            if layer in uniform:
-                sens.setdefault(layer, {})[rung.name] = s
+    _uniform_rounds(state, worth, applies, sens, sensitivities, max_rounds)
     if mixed:
-        _mixed(rounds, run, sens, costs, ladder, candidates, min_sqnr, max_rounds)
+        _mixed(state.rounds, state.run, sens, costs, ladder, candidates, min_sqnr, max_rounds)
     bar.close()
-
-    met_rounds = [r for r in rounds if r[4]]
-    if met_rounds:
-        best = min(met_rounds, key=lambda r: (estimate_cost(costs, r[0], base), -r[2]))
-    else:
-        best = max(rounds, key=lambda r: r[2])
-    choice, gm, score, sqnr, ok = best
-    return LadderOutcome(
-        model=gm,
-        choice=dict(choice),
-        score=score,
-        sqnr=sqnr,
-        met=ok,
-        tries=tries,
-        choices=[
-            Choice(
-                layer,
-                rung,
-                costs.get(layer, {}).get(rung, math.nan),
-                costs.get(layer, {}).get(base, math.nan),
-                sens.get(layer, {}).get(base, math.nan),
-                math.inf if ladder[rung].is_float else sens.get(layer, {}).get(rung, math.nan),
-            )
-            for layer, rung in choice.items()
-        ],
-        cost=estimate_cost(costs, choice, base),
-        base_cost=estimate_cost(costs, {}, base),
-        float_cost=estimate_cost(costs, dict.fromkeys(costs, ladder.float_rung.name), base),
-        cost_unit=unit,
-    )
+    return _outcome(state, sens, unit)
 
 
 def _saves(rung: Rung, costs: Mapping[str, Mapping[str, float]], base: str, applies: Mapping[str, set]) -> bool:
@@ -336,7 +294,7 @@ def _mixed(
     for layer in candidates:
         layer_costs = costs.get(layer, {})
         known = {r: s for r, s in sens.get(layer, {}).items() if r in layer_costs}
-        options[layer] = {r: (_noise(s), layer_costs[r]) for r, s in known.items()}
+        options[layer] = {r: (noise_of(s), layer_costs[r]) for r, s in known.items()}
         if fp32 in layer_costs:
             options[layer][fp32] = (0.0, layer_costs[fp32])
         if not options[layer]:
@@ -361,7 +319,7 @@ def _mixed(
             bump += 1.0
             continue
         tried.append(choice)
-        run(choice, _db(k * predicted_noise(choice)))
+        run(choice, sqnr_of_noise(k * predicted_noise(choice)))
 
 
 def _goal(rounds: list, min_sqnr: Optional[float]) -> Optional[float]:
