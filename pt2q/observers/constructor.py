@@ -37,9 +37,11 @@ class Constructor:
         return self.cls(*args, **{**self.kwargs, **made, **kwargs})
 
     def with_args(self, **kwargs: Any) -> Constructor:
+        """This constructor with ``kwargs`` preset too (they win over the ones already set)."""
         return Constructor(self.cls, {**self.kwargs, **kwargs}, self.callable_args)
 
     def with_callable_args(self, **kwargs: Callable[[], Any]) -> Constructor:
+        """This constructor also calling each of ``kwargs``' values for every instance it builds."""
         return Constructor(self.cls, self.kwargs, {**self.callable_args, **kwargs})
 
     def __repr__(self) -> str:
