@@ -27,6 +27,7 @@ from pt2q.fake_quant.affine_fake_quantize import (
 )
 from pt2q.numerics import affine_primitives as ap
 from pt2q.numerics.affine_ops import affine_ops
+from pt2q.numerics.metrics import sqnr
 from pt2q.passes.qdq import UncalibratedModelError
 from pt2q.quantizers import (
     XNNPACKQuantizer,
@@ -51,11 +52,6 @@ def ao_granularity(g):
 
 def ao_enum(value):
     return None if value is None else getattr(ao_pt2e, type(value).__name__)[value.name]
-
-
-def sqnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float(10 * torch.log10(a.pow(2).sum() / (a - b).pow(2).sum()))
 
 
 # --- observers, ops and fake quant against torchao -------------------------------------------

@@ -29,6 +29,7 @@ from torch._higher_order_ops.while_loop import while_loop
 from torch.fx import GraphModule
 
 import pt2q
+from pt2q.numerics.metrics import sqnr
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from tests.helpers import QDQ_TARGETS, export_module, xnnpack_oracle_without_bn_patterns
 
@@ -151,10 +152,6 @@ def _qdq_counts(gm: GraphModule) -> dict[str, int]:
     }
 
 
-def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean()))
-
-
 def _reload(program: torch.export.ExportedProgram) -> GraphModule:
     buf = io.BytesIO()
     torch.export.save(program, buf)
@@ -167,7 +164,7 @@ def _check_quantized(cls: type[nn.Module], per_channel: bool = False) -> tuple[G
     model, inputs = _model(cls), _inputs(cls)
     converted = _pt2q(model, inputs, per_channel)
     with torch.no_grad():
-        sqnr = min(_sqnr(model(x), converted(x)) for x in inputs)
+        worst = min(sqnr(model(x), converted(x)) for x in inputs)
         program = torch.export.export(converted, (inputs[0],))
         reloaded = _reload(program)
         for x in inputs:
@@ -175,7 +172,7 @@ def _check_quantized(cls: type[nn.Module], per_channel: bool = False) -> tuple[G
     state = program.state_dict
     weights = [name for name, t in state.items() if t.dim() == 2]
     assert weights and all(state[name].dtype == torch.int8 for name in weights), {k: v.dtype for k, v in state.items()}
-    return converted, sqnr
+    return converted, worst
 
 
 def test_cond_pt2q_quantizes_both_branches_torchao_neither() -> None:

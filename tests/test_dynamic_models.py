@@ -39,6 +39,7 @@ import pt2q
 import pt2q.runtime as runtime
 from pt2q.lowering import LoweredProgram, UnsupportedQuantizedPatternError, to_executorch
 from pt2q.lowering.delegation_report import XNNPACK
+from pt2q.numerics.metrics import sqnr
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from pt2q.quantizers.xnnpack import get_weight_only_quantization_config
 from tests.helpers import export_module, pt2q_flow, qdq_signature, saved_size, torchao_flow
@@ -98,10 +99,6 @@ CELLS = {"lstm": (nn.LSTM, aten.lstm.input), "gru": (nn.GRU, aten.gru.input)}
 def _batches(shape: tuple[int, ...], n: int, seed: int) -> list[tuple[torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     return [(torch.randn(*shape, generator=g),) for _ in range(n)]
-
-
-def _sqnr(reference: torch.Tensor, actual: torch.Tensor) -> float:
-    return runtime.compare_outputs(actual, reference).sqnr_db
 
 
 def _calls(gm: GraphModule, op: Any) -> list[Node]:
@@ -240,9 +237,9 @@ classifier: x=dyn int8 w=int8[-127,127]/ch0 -> fp32""",
         self.assertEqual(_int8_constants(gm), weights)
 
 
-def test_dynamic_encoder_sqnr(dynamic: Quantized) -> None:
+def test_dynamic_encodersqnr(dynamic: Quantized) -> None:
     x = dynamic.test_input
-    assert _sqnr(dynamic.model(x), dynamic.converted(x)) >= 36.0  # measured 41.4 dB
+    assert sqnr(dynamic.model(x), dynamic.converted(x)) >= 36.0  # measured 41.4 dB
 
 
 def test_dynamic_encoder_save_load_is_bit_exact(dynamic: Quantized) -> None:
@@ -285,7 +282,7 @@ def test_dynamic_encoder_pte_runs_close_to_qdq(dynamic_pte: LoweredProgram, dyna
     cmp = runtime.compare(runtime.load(dynamic_pte.buffer), dynamic.converted, x)
     # XNNPACK picks its activation qparams per row, the Q/DQ graph per tensor
     assert cmp.max_abs_diff <= 0.02 and cmp.sqnr_db >= 38.0, cmp  # measured 0.0035, 45.0 dB
-    assert _sqnr(dynamic.model(x), runtime.load(dynamic_pte.buffer)(x)) >= 36.0  # measured 40.9 dB
+    assert sqnr(dynamic.model(x), runtime.load(dynamic_pte.buffer)(x)) >= 36.0  # measured 40.9 dB
 
 
 # --- recurrent cells --------------------------------------------------------------
@@ -332,7 +329,7 @@ def test_fused_cell_stays_float_and_head_is_quantized(name: str) -> None:
     assert len(params) == 4 and all(p.op == "get_attr" and p.meta["val"].dtype == torch.float32 for p in params)
     assert _int8_constants(q.converted) == q.model.head.weight.numel()
     x = q.test_input
-    assert _sqnr(q.model(x), q.converted(x)) >= 40.0  # measured LSTM 43.1, GRU 44.1 dB
+    assert sqnr(q.model(x), q.converted(x)) >= 40.0  # measured LSTM 43.1, GRU 44.1 dB
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
@@ -344,7 +341,7 @@ def test_decomposed_cell_quantizes_every_step(name: str) -> None:
     assert len(summary) == 1 + RNN_SEQ + 1
     assert all(line.endswith("x=dyn int8 w=int8[-127,127]/ch0 -> fp32") for line in summary)
     x = q.test_input
-    assert _sqnr(q.model(x), q.converted(x)) >= 36.0  # measured LSTM 41.5, GRU 40.6 dB
+    assert sqnr(q.model(x), q.converted(x)) >= 36.0  # measured LSTM 41.5, GRU 40.6 dB
 
 
 @pytest.mark.parametrize("decompose_cell", [False, True], ids=["fused", "decomposed"])
@@ -390,7 +387,7 @@ classifier: x=fp32 w=int8[-127,127]/ch0 -> fp32""",
 def test_weight_only_encoder_sqnr_and_size(encoder, weight_only: Quantized, dynamic: Quantized) -> None:
     model, example = encoder
     x = weight_only.test_input
-    assert _sqnr(model(x), weight_only.converted(x)) >= 42.0  # measured 47.0 dB (dynamic: 41.4)
+    assert sqnr(model(x), weight_only.converted(x)) >= 42.0  # measured 47.0 dB (dynamic: 41.4)
     fp32 = saved_size(export_module(model, example), example)
     # 410 KB of fp32 linear weights become 103 KB of int8; the graph itself is ~130 KB (more when dynamic)
     weight_only_size, dynamic_size = (saved_size(q.converted, example) for q in (weight_only, dynamic))

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import pt2q
+from pt2q.numerics.metrics import sqnr
 from pt2q.passes.scale_check import ABSURD_SCALE, QuantizationRangeWarning, absurd_scales
 from pt2q.quantizers import (
     X86InductorQuantizer,
@@ -21,10 +22,6 @@ from tests import zoo
 from tests.transformer_zoo import MASK_STYLES, TinyBert, token_batches
 
 qd = torch.ops.quantized_decomposed
-
-
-def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum()))
 
 
 def _xnnpack(guard: bool = True) -> XNNPACKQuantizer:
@@ -44,9 +41,9 @@ def _quantize(model, batches, quantizer):
     return ep, m, [w for w in caught if issubclass(w.category, QuantizationRangeWarning)]
 
 
-def _output_sqnr(model, quantized, batches) -> float:
+def _outputsqnr(model, quantized, batches) -> float:
     with torch.no_grad():
-        return _sqnr(
+        return sqnr(
             torch.cat([model(*b).flatten() for b in batches]), torch.cat([quantized(*b).flatten() for b in batches])
         )
 
@@ -119,7 +116,7 @@ def test_xnnpack_keeps_the_hf_additive_mask_float() -> None:
     assert messages[0].startswith("convert_pt2e: node 'mul' (read by add_1)")
     assert [n.args[0].name for n, _ in absurd_scales(unguarded)] == ["mul", "add_1", "mul_1", "add_4"]
     test = token_batches(3, seed=7)
-    assert _output_sqnr(model, guarded, test) > _output_sqnr(model, unguarded, test) + 5
+    assert _outputsqnr(model, guarded, test) > _outputsqnr(model, unguarded, test) + 5
 
 
 def test_x86_keeps_a_mul_of_masked_scores_float() -> None:

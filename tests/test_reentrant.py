@@ -18,6 +18,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 import pt2q
+from pt2q.numerics.metrics import sqnr
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 from tests.helpers import QDQ_TARGETS, export_module, qdq_signature, xnnpack_oracle_without_bn_patterns
 
@@ -72,10 +73,6 @@ def _requantized(gm: GraphModule) -> list[str]:
     return [n.name for n in gm.graph.nodes if n.target is qd.quantize_per_tensor.default and n.args[0].target in dq]
 
 
-def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float(10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean()))
-
-
 def test_second_round_quantizes_the_other_part_only() -> None:
     model, inputs = _data()
     first = _round(export_module(model, (inputs[0],)), _quantizer("first"), inputs)
@@ -85,10 +82,10 @@ def test_second_round_quantizes_the_other_part_only() -> None:
     assert not _requantized(both)
     assert qdq_signature(first) - qdq_signature(both) == {}  # the first round's qparams are kept
     with torch.no_grad():
-        assert min(_sqnr(model(x), both(x)) for x in inputs) > 30
+        assert min(sqnr(model(x), both(x)) for x in inputs) > 30
         once = _round(export_module(model, (inputs[0],)), _quantizer(), inputs)
         assert _qdq(once) == _qdq(both)  # the graph one round over the whole model gives, and its numbers
-        assert min(_sqnr(once(x), both(x)) for x in inputs) > 40  # (round two calibrated on quantized inputs)
+        assert min(sqnr(once(x), both(x)) for x in inputs) > 40  # (round two calibrated on quantized inputs)
         buf = io.BytesIO()
         torch.export.save(torch.export.export(both, (inputs[0],)), buf)
         buf.seek(0)
@@ -128,7 +125,7 @@ def test_a_new_op_before_quantized_values_takes_their_qparams() -> None:
     assert qdq_signature(second) - qdq_signature(both) == {}
     assert _qdq(both) == 8
     with torch.no_grad():
-        assert min(_sqnr(model(x), both(x)) for x in inputs) > 30
+        assert min(sqnr(model(x), both(x)) for x in inputs) > 30
 
 
 def test_preparing_a_prepared_model_is_a_clear_error() -> None:

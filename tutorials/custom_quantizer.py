@@ -20,14 +20,13 @@ Run: ``python tutorials/custom_quantizer.py``
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from torch.fx import GraphModule
 
 from pt2q import QuantizationConfig, QuantizationSpec, Quantizer, convert_pt2e, prepare_pt2e
 from pt2q.core.ops import GELU, LINEAR, RELU
+from pt2q.numerics.metrics import sqnr
 from pt2q.observer import HistogramObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import ComposableQuantizer
 from pt2q.quantizers import EmbeddingQuantizer, Pattern, annotate_pattern, propagate_annotation
@@ -95,10 +94,6 @@ def weight_bytes(program: torch.export.ExportedProgram) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
-    return 10 * math.log10(reference.pow(2).sum().item() / (reference - actual).pow(2).sum().item())
-
-
 def main(fast: bool = False) -> dict:
     torch.manual_seed(0)
     model = TokenClassifier().eval()
@@ -114,7 +109,7 @@ def main(fast: bool = False) -> dict:
 
     test_tokens = torch.randint(0, 1000, (8, 16))
     with torch.no_grad():
-        db = sqnr_db(model(test_tokens), quantized(test_tokens))
+        db = sqnr(model(test_tokens), quantized(test_tokens))
     quantized_ep = torch.export.export(quantized, example_inputs)
     tensors = {**quantized_ep.state_dict, **quantized_ep.constants}
     int8_dtypes = sorted(

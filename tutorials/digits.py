@@ -8,6 +8,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
+from pt2q.cli.demo import DigitsNet  # conv-BN-ReLU x2, max-pool, two linear layers: the demo's CNN
+
+__all__ = ["DigitsNet", "digits_data", "train_epochs", "train_on_loader", "train", "accuracy"]
+
 
 def digits_data():
     """scikit-learn's 1797 8x8 digits scaled to [0, 1], split 80/20: x_train, y_train, x_test, y_test."""
@@ -17,21 +21,6 @@ def digits_data():
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     split = int(0.8 * len(x))
     return x[perm[:split]], y[perm[:split]], x[perm[split:]], y[perm[split:]]
-
-
-class DigitsNet(nn.Module):
-    """conv-BN-ReLU x2, max-pool, two linear layers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16)
-        self.conv2, self.bn2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32)
-        self.fc1, self.fc2 = nn.Linear(32 * 4 * 4, 64), nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.max_pool2d(F.relu(self.bn2(self.conv2(y))), 2)
-        return self.fc2(F.relu(self.fc1(torch.flatten(y, 1))))
 
 
 def train_epochs(model, x, y, epochs: int, lr: float = 3e-3) -> None:

@@ -21,7 +21,6 @@ Run: ``python tutorials/x86_inductor.py [--compile]``
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 import sys
 import time
@@ -31,12 +30,8 @@ from digits import DigitsNet, accuracy, digits_data, train  # the tutorials' sha
 
 from pt2q import convert_pt2e, prepare_pt2e
 from pt2q.lowering import compile_quantized_for_x86, lower_pt2e_quantized_to_x86
+from pt2q.numerics.metrics import sqnr
 from pt2q.quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
-
-
-def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
-    err = (reference - actual).pow(2).sum().item()
-    return math.inf if err == 0 else 10 * math.log10(reference.pow(2).sum().item() / err)
 
 
 def median_ms(model, x: torch.Tensor, repeats: int) -> float:
@@ -78,9 +73,9 @@ def main(fast: bool = False, compile: bool = False) -> dict:
         "fp32_accuracy": accuracy(model, x_test, y_test),
         "converted_accuracy": accuracy(converted, x_test, y_test),
         "lowered_accuracy": accuracy(lowered, x_test, y_test),
-        "sqnr_converted_db": sqnr_db(fp32_out, converted_out),
-        "sqnr_lowered_db": sqnr_db(fp32_out, lowered_out),
-        "sqnr_lowered_vs_converted_db": sqnr_db(converted_out, lowered_out),
+        "sqnr_converted_db": sqnr(fp32_out, converted_out),
+        "sqnr_lowered_db": sqnr(fp32_out, lowered_out),
+        "sqnr_lowered_vs_converted_db": sqnr(converted_out, lowered_out),
         "onednn_ops": onednn_ops,
         "fp32_ms": median_ms(model, x_test, repeats),
         "converted_ms": median_ms(converted, x_test, repeats),
@@ -90,7 +85,7 @@ def main(fast: bool = False, compile: bool = False) -> dict:
     # 4. Optionally, the torch.compile path (slow to compile, fastest to run).
     if compile:
         compiled = compile_quantized_for_x86(converted, example_inputs)
-        results["compiled_sqnr_db"] = sqnr_db(fp32_out, compiled(x_test))
+        results["compiled_sqnr_db"] = sqnr(fp32_out, compiled(x_test))
         results["compiled_ms"] = median_ms(compiled, x_test, repeats)
 
     print(f"{len(x_test)} test images, one batch; SQNR against the fp32 model's logits")
