@@ -104,7 +104,7 @@ def observer_qparams(gm: torch.fx.GraphModule) -> dict[str, tuple[torch.Tensor, 
 def activation_batches(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Real activations: the first conv + BatchNorm of the trained model on 1024 digits, 32 batches [32, 16, 8, 8]."""
     with torch.no_grad():
-        return list(model.bn1(model.conv1(x[:1024])).split(32))
+        return list(model.features[:2](x[:1024]).split(32))
 
 
 def observer_bag() -> nn.ModuleDict:
