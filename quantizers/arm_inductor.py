@@ -29,8 +29,8 @@ from torch import nn
 from torch._ops import OpOverload
 
 from pt2q.core.ops import aten, ops
-from pt2q.quantizer import QuantizationConfig, QuantizationSpec
-from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
+from pt2q.quantizer import QuantizationConfig
+from pt2q.quantizers.observer_choice import activation_spec, symmetric_weight_spec
 from pt2q.quantizers.patterns import Pattern
 from pt2q.quantizers.x86_inductor import X86InductorQuantizer
 from pt2q.quantizers.x86_recipe import X86_PATTERNS
@@ -60,22 +60,8 @@ def get_default_arm_inductor_quantization_config(is_qat: bool = False, is_dynami
     """int8 per-tensor affine activations (histogram-calibrated; QAT: fused fake quantizers; dynamic:
     qparams chosen at run time) and int8 per-tensor symmetric weights; bias stays float. Equal arguments
     return the same (cached) config object."""
-    act = QuantizationSpec(
-        dtype=torch.int8,
-        quant_min=-128,
-        quant_max=127,
-        qscheme=torch.per_tensor_affine,
-        is_dynamic=is_dynamic,
-        observer_or_fake_quant_ctr=activation_constructor(is_qat, is_dynamic),
-    )
-    weight = QuantizationSpec(
-        dtype=torch.int8,
-        quant_min=-128,
-        quant_max=127,
-        qscheme=torch.per_tensor_symmetric,
-        is_dynamic=False,
-        observer_or_fake_quant_ctr=weight_constructor(is_qat, is_per_channel=False),
-    )
+    act = activation_spec(torch.int8, -128, 127, is_qat, is_dynamic)
+    weight = symmetric_weight_spec(is_qat, False, -128, 127, ch_axis=None)
     return QuantizationConfig(input_activation=act, output_activation=act, weight=weight, bias=None, is_qat=is_qat)
 
 

@@ -68,7 +68,7 @@ from pt2q.quantizers.computed_weights import fold_computed_weights
 from pt2q.quantizers.conv_padding import STRING_PADDING_CONVS, explicit_conv_padding
 from pt2q.quantizers.cpu_capability import cpu_has_vnni
 from pt2q.quantizers.mask_guard import MaskGuard
-from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
+from pt2q.quantizers.observer_choice import activation_spec, symmetric_weight_spec
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
 from pt2q.quantizers.transposed_weights import addmm_as_linear
 from pt2q.quantizers.x86_recipe import (
@@ -127,23 +127,8 @@ def get_default_x86_inductor_quantization_config(
 
 @functools.lru_cache
 def _x86_config(is_qat: bool, is_dynamic: bool, reduce_range: bool) -> QuantizationConfig:
-    act = QuantizationSpec(
-        dtype=torch.uint8,
-        quant_min=0,
-        quant_max=127 if reduce_range else 255,
-        qscheme=torch.per_tensor_affine,
-        is_dynamic=is_dynamic,
-        observer_or_fake_quant_ctr=activation_constructor(is_qat, is_dynamic),
-    )
-    weight = QuantizationSpec(
-        dtype=torch.int8,
-        quant_min=-128,
-        quant_max=127,
-        qscheme=torch.per_channel_symmetric,
-        ch_axis=0,
-        is_dynamic=False,
-        observer_or_fake_quant_ctr=weight_constructor(is_qat, is_per_channel=True),
-    )
+    act = activation_spec(torch.uint8, 0, 127 if reduce_range else 255, is_qat, is_dynamic)
+    weight = symmetric_weight_spec(is_qat, True, -128, 127, ch_axis=0)
     return QuantizationConfig(input_activation=act, output_activation=act, weight=weight, bias=None, is_qat=is_qat)
 
 

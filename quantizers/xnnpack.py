@@ -46,14 +46,14 @@ from pt2q.core.attrs import set_new_attr
 from pt2q.core.notes import module_paths
 from pt2q.core.ops import LINEAR, SHARE_QPARAMS_OPS, aten, is_op
 from pt2q.core.pattern import NodeIndex
-from pt2q.core.spec import QuantizationConfig, QuantizationSpec
+from pt2q.core.spec import QuantizationConfig
 from pt2q.quantizer import OperatorConfig, OperatorPatternType, Quantizer
 from pt2q.quantizers.activation_options import check_per_tensor_activations
 from pt2q.quantizers.annotation import FilterFn, has_affine_weights, is_dynamic_config
 from pt2q.quantizers.annotators import PATTERNS, propagate_annotation
 from pt2q.quantizers.computed_weights import fold_computed_weights
 from pt2q.quantizers.mask_guard import MaskGuard
-from pt2q.quantizers.observer_choice import activation_constructor, weight_constructor
+from pt2q.quantizers.observer_choice import activation_spec, symmetric_weight_spec
 from pt2q.quantizers.patterns import Pattern, annotate_pattern
 from pt2q.quantizers.transposed_weights import addmm_as_linear
 
@@ -99,23 +99,8 @@ def get_symmetric_quantization_config(
     Bias stays float. Dynamic configs have no output spec. Equal arguments return
     the same (cached) config object.
     """
-    act = QuantizationSpec(
-        dtype=torch.int8,
-        quant_min=act_qmin,
-        quant_max=act_qmax,
-        qscheme=torch.per_tensor_affine,
-        is_dynamic=is_dynamic,
-        observer_or_fake_quant_ctr=activation_constructor(is_qat, is_dynamic),
-    )
-    weight = QuantizationSpec(
-        dtype=torch.int8,
-        quant_min=weight_qmin,
-        quant_max=weight_qmax,
-        qscheme=torch.per_channel_symmetric if is_per_channel else torch.per_tensor_symmetric,
-        ch_axis=0,
-        is_dynamic=False,
-        observer_or_fake_quant_ctr=weight_constructor(is_qat, is_per_channel),
-    )
+    act = activation_spec(torch.int8, act_qmin, act_qmax, is_qat, is_dynamic)
+    weight = symmetric_weight_spec(is_qat, is_per_channel, weight_qmin, weight_qmax, ch_axis=0)
     return QuantizationConfig(
         input_activation=act,
         output_activation=None if is_dynamic else act,
