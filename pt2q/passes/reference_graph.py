@@ -58,6 +58,7 @@ class Rewrite:
 
 
 def call_op(gm: GraphModule, op: Callable, *args: Any) -> Node:
+    """A new ``call_function`` node running ``op`` on ``args``, at the graph's insertion point."""
     return gm.graph.call_function(op, args)
 
 

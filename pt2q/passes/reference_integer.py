@@ -104,6 +104,7 @@ class _TruncatedSum:
 def carry_weighted(
     gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...], spatial_dims: int
 ) -> Optional[_Weighted]:
+    """A static linear or conv (``spatial_dims`` 0 or 2) with 8-bit operands; None if it does not fit."""
     op, q = chain[0], chain[-1]
     x, w, out = static_affine(gm, dqs[0]), static_affine(gm, dqs[1]), static_affine(gm, q)
     bias = op.args[2] if len(op.args) > 2 else None
@@ -142,6 +143,7 @@ def carry_weighted(
 
 
 def carry_dynamic_linear(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> Optional[_DynamicLinear]:
+    """A linear with a run-time quantized activation and a static 8-bit weight; None if it does not fit."""
     op, x = chain[0], dqs[0]
     w = static_affine(gm, dqs[1])
     if w is None or op.kwargs or w.dtype not in EIGHT_BIT or x.args[5] not in EIGHT_BIT or w.axis not in (None, 0):
@@ -170,6 +172,7 @@ def _static_operands(
 
 
 def carry_rescaled(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> Optional[_Rescaled]:
+    """An op on static 8-bit operands (add, max_pool2d) requantized to the output grid; None if it does not fit."""
     operands = _static_operands(gm, chain, dqs)
     if operands is None:
         return None
@@ -181,6 +184,7 @@ def carry_rescaled(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ..
 
 
 def carry_add_relu(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> Optional[_TruncatedSum]:
+    """``relu(x + y)`` on static 8-bit operands, as torchao's truncating form; None if it does not fit."""
     operands = _static_operands(gm, chain, dqs)
     if operands is None:
         return None
@@ -209,6 +213,7 @@ def _requantize(gm: GraphModule, terms: Sequence[Node], rq: Requant) -> Node:
 
 
 def integer_weighted(gm: GraphModule, c: _Weighted) -> Node:
+    """Centred int16 operands, int32 accumulation (``out_dtype``) plus int32 bias, requantized."""
     x = _widen(gm, c.x, c.x_zero_point)
     w = _widen(gm, c.weight, operand(gm, c.weight_zero_point, "_weight_zero_point"))
     acc = call_op(gm, out_dtype, c.op, torch.int32, x, w, None, *c.op_args)
@@ -218,6 +223,7 @@ def integer_weighted(gm: GraphModule, c: _Weighted) -> Node:
 
 
 def integer_dynamic_linear(gm: GraphModule, c: _DynamicLinear) -> Node:
+    """Centred int16 operands, int32 accumulation, scaled back to float by both scales (plus the float bias)."""
     x_zero_point = call_op(gm, aten.to.dtype, c.x_zero_point, torch.int16)
     x = _widen(gm, c.x, x_zero_point)
     w = _widen(gm, c.weight, operand(gm, c.weight_zero_point, "_weight_zero_point"))
@@ -229,10 +235,12 @@ def integer_dynamic_linear(gm: GraphModule, c: _DynamicLinear) -> Node:
 
 
 def integer_add(gm: GraphModule, c: _Rescaled) -> Node:
+    """The centred operands, each times its fixed-point scale ratio, summed and requantized."""
     return _requantize(gm, [_widen(gm, x, zp) for x, zp in c.operands], c.out)
 
 
 def integer_add_relu(gm: GraphModule, c: _TruncatedSum) -> Node:
+    """torchao's ``relu(x + y)``: float32 scale ratios applied by ``out_dtype(mul, int32)``, offset, clamped."""
     total: Optional[Node] = None
     for x, zero_point, ratio in c.operands:
         term = call_op(gm, out_dtype, aten.mul.Tensor, torch.int32, _widen(gm, x, zero_point), ratio)
@@ -242,6 +250,7 @@ def integer_add_relu(gm: GraphModule, c: _TruncatedSum) -> Node:
 
 
 def integer_max_pool2d(gm: GraphModule, c: _Rescaled) -> Node:
+    """max_pool2d on the centred int16 operand, requantized to the output grid."""
     ((x, zero_point),) = c.operands
     pooled = call_op(gm, aten.max_pool2d.default, _widen(gm, x, zero_point), *c.op_args)
     return _requantize(gm, [pooled], c.out)

@@ -44,6 +44,7 @@ def _rank(gm: GraphModule, node: Node) -> int:
 
 
 def carry_qdq(gm: GraphModule, chain: tuple[Node, ...], dqs: tuple[Node, ...]) -> _QDQ:
+    """The input and qparams of a quantize/dequantize node (never refuses one)."""
     node = chain[0]
     x = node_arg(node, 0)
     axis, qmin, qmax, dtype = qdq_literals(node)

@@ -93,6 +93,7 @@ def qdq_literals(node: Node) -> tuple[Optional[int], int, int, torch.dtype]:
 
 
 def static_affine(gm: GraphModule, node: Node) -> Optional[AffineQParams]:
+    """The qparams of a Q/DQ node whose scale and zero point are literals or buffers; None if read at run time."""
     source = node_arg(node, 0)
     axis, qmin, qmax, dtype = qdq_literals(node)
     if is_op(node, Q_PER_TENSOR | DQ_PER_TENSOR):
