@@ -179,6 +179,77 @@ def _subject(name: str, small: bool) -> tuple[torch.nn.Module, list, list, list,
     return (model, *_data(small), minilm.mean_cosine)
 
 
+def _fp32_row(name: str, model: torch.nn.Module, lowered: Any, cosine: Callable[..., float], test: list) -> Row:
+    """The fp32 ``.pte``'s row (its latency is filled in by the plain recipe's measurement)."""
+    return Row(
+        name,
+        "fp32",
+        1.0,
+        cosine(model, runtime.load(lowered.buffer), test),
+        0,
+        len(lowered.buffer),
+        lowered.report.int8_weight_share,
+        linear_int8_share=_linear_int8_share(lowered.report),
+        fp32_speedup=1.0,
+    )
+
+
+def _quantize(
+    variant: Variant,
+    fp32: torch.nn.Module,
+    example: tuple,
+    calibration: list,
+    metric: Callable[[Any], float],
+    costs: PteLatencyCost,
+    max_passes: int,
+) -> Any:
+    """``pt2q.quantize`` with the variant's quantizer and options (and its accuracy target, ladder)."""
+    quantizer = variant.quantizer()
+    fallback: dict[str, Any] = {"metric": metric, "max_drop": 1 - TARGET_COSINE, "max_passes": max_passes}
+    if variant.ladder:
+        fallback |= {"ladder": precision_ladder(quantizer), "cost": costs}
+    return pt2q.quantize(
+        fp32,
+        example,
+        quantizer,
+        calibration,
+        progress=False,
+        **variant.options,
+        **(fallback if variant.fallback else {}),
+    )
+
+
+def _variant_row(
+    name: str,
+    variant: str,
+    accuracy: tuple[float, float],
+    result: Any,
+    seconds: float,
+    lowered: Any,
+    latency: dict,
+    plain: str,
+) -> Row:
+    """One recipe's row: ``accuracy`` is (Q/DQ cosine, .pte cosine); latencies from one interleaved measurement."""
+    ms = latency[variant]
+    return Row(
+        name,
+        variant,
+        accuracy[0],
+        accuracy[1],
+        _kept_float(result.report),
+        len(lowered.buffer),
+        lowered.report.int8_weight_share,
+        ms,
+        seconds,
+        ms / latency.get(plain, ms),
+        _linear_int8_share(lowered.report),
+        latency["fp32"] / ms,
+        result.rounds,
+        result.cost / result.base_cost if result.base_cost else float("nan"),
+        result.trade_off_table() if result.tries else "",
+    )
+
+
 def measure(
     name: str,
     small: bool = False,
@@ -199,39 +270,13 @@ def measure(
     fp32 = torch.export.export(model, example).module()
     lowered = to_executorch(torch.export.export(model, example))  # lowering consumes its program
     buffers = {"fp32": lowered.buffer}
-    rows = [
-        Row(
-            name,
-            "fp32",
-            1.0,
-            cosine(model, runtime.load(lowered.buffer), test),
-            0,
-            len(lowered.buffer),
-            lowered.report.int8_weight_share,
-            linear_int8_share=_linear_int8_share(lowered.report),
-            fp32_speedup=1.0,
-        )
-    ]
+    rows = [_fp32_row(name, model, lowered, cosine, test)]
     costs = PteLatencyCost(cache_path=COST_CACHE, progress=False)
-
-    def selection_cosine(m: Any) -> float:
-        return cosine(model, m, selection)
-
     plain = variants[0].name
     for variant in tqdm(variants, desc=name, unit="variant", file=sys.stderr, leave=False):
         start = time.perf_counter()
-        quantizer = variant.quantizer()
-        fallback: dict[str, Any] = {"metric": selection_cosine, "max_drop": 1 - TARGET_COSINE, "max_passes": max_passes}
-        if variant.ladder:
-            fallback |= {"ladder": precision_ladder(quantizer), "cost": costs}
-        result = pt2q.quantize(
-            fp32,
-            example,
-            quantizer,
-            calibration,
-            progress=False,
-            **variant.options,
-            **(fallback if variant.fallback else {}),
+        result = _quantize(
+            variant, fp32, example, calibration, lambda m: cosine(model, m, selection), costs, max_passes
         )
         seconds = time.perf_counter() - start
         lowered = to_executorch(torch.export.export(result.model, example))
@@ -240,25 +285,8 @@ def measure(
         latency = pte_latencies(timed, example, runs, warmup=3, rounds=rounds)
         if len(rows) == 1:  # the plain recipe's measurement times fp32 too
             rows[0].pte_ms, rows[0].vs_plain = latency["fp32"], latency["fp32"] / latency[variant.name]
-        rows.append(
-            Row(
-                name,
-                variant.name,
-                cosine(model, result.model, test),
-                cosine(model, runtime.load(lowered.buffer), test),
-                _kept_float(result.report),
-                len(lowered.buffer),
-                lowered.report.int8_weight_share,
-                latency[variant.name],
-                seconds,
-                latency[variant.name] / latency.get(plain, latency[variant.name]),
-                _linear_int8_share(lowered.report),
-                latency["fp32"] / latency[variant.name],
-                result.rounds,
-                result.cost / result.base_cost if result.base_cost else float("nan"),
-                result.trade_off_table() if result.tries else "",
-            )
-        )
+        accuracy = (cosine(model, result.model, test), cosine(model, runtime.load(lowered.buffer), test))
+        rows.append(_variant_row(name, variant.name, accuracy, result, seconds, lowered, latency, plain))
         if on_row is not None:
             on_row(rows[-1])
     return rows
