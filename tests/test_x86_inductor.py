@@ -19,6 +19,7 @@ import torch.nn as nn
 import pt2q
 from pt2q.fake_quant.fake_quantize import FusedMovingAvgObsFakeQuantize
 from pt2q.lowering import compile_quantized_for_x86, lower_pt2e_quantized_to_x86
+from pt2q.numerics.metrics import sqnr
 from pt2q.observer import HistogramObserver, PerChannelMinMaxObserver, PlaceholderObserver
 from pt2q.quantizers import (
     X86InductorQuantizer,
@@ -35,10 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Both quantizers get the same reduce_range: what this CPU needs.
 REDUCE_RANGE = cpu_capability.default_reduce_range()
-
-
-def sqnr(ref: torch.Tensor, x: torch.Tensor) -> float:
-    return float(20 * torch.log10(ref.norm() / (ref - x).norm().clamp_min(1e-12)))
 
 
 def ours(**kwargs):
@@ -443,8 +440,7 @@ _NO_VNNI_SCRIPT = textwrap.dedent(
     from tests.helpers import pt2q_flow
     from tests.zoo import calibration_batches, make
 
-    def sqnr(ref, x):
-        return float(20 * torch.log10(ref.norm() / (ref - x).norm()))
+    from pt2q.numerics.metrics import sqnr
 
     model, example = make("mlp")
     result = {"vnni": cpu_has_vnni()}
