@@ -35,6 +35,7 @@ from pt2q.algorithms.smoothing import smooth_quant
 from pt2q.core.drop_in_warnings import (
     DropInWarning,
     FakeQuantizeInPTQWarning,
+    IgnoredArgumentWarning,
     MissingChannelAxisWarning,
     NotAnInputWarning,
     ObserverInQATWarning,
@@ -150,6 +151,7 @@ __all__ = [
     "MissingChannelAxisWarning",
     "NotAnInputWarning",
     "UncalibratedObserverWarning",
+    "IgnoredArgumentWarning",
     "QuantizationReport",
     "LearnableFakeQuantize",
     "enable_range_learning",

@@ -7,6 +7,8 @@ import collections
 import copy
 import dataclasses
 import io
+import re
+import warnings
 
 import pytest
 import torch
@@ -190,8 +192,8 @@ def test_observer_argument_errors_are_clear() -> None:
         AffineQuantizedMinMaxObserver(MappingType.SYMMETRIC, torch.int8, PerGroup(32), granularty=PerAxis(0))
     with pytest.raises(ValueError, match="torch.int8 with quant_min/quant_max"):
         AffineQuantizedMinMaxObserver(MappingType.SYMMETRIC, torch.int4, PerGroup(32))
-    with pytest.raises(ValueError, match="AffineQuantizedPlaceholderObserver"):
-        AffineQuantizedMinMaxObserver(MappingType.SYMMETRIC, torch.int8, PerGroup(32), is_dynamic=True)
+    with pytest.raises(TypeError, match="mapping_type must be a MappingType"):
+        AffineQuantizedMinMaxObserver("SYMMETRIC", torch.int8, PerGroup(32))
     with pytest.raises(ValueError, match="averaging_constant=1"):
         AffineQuantizedMovingAverageMinMaxObserver(MappingType.SYMMETRIC, torch.int8, PerToken(), is_dynamic=True)
     obs = AffineQuantizedMinMaxObserver(MappingType.SYMMETRIC, torch.int8, PerGroup(48))
@@ -201,6 +203,102 @@ def test_observer_argument_errors_are_clear() -> None:
         AffineQuantizedMinMaxObserver(MappingType.SYMMETRIC, torch.int8, PerAxis(0))(
             torch.tensor([[1.0, float("nan")]])
         )
+
+
+# --- torchao's own objects given to pt2q's affine observers and fake quantizer --------------
+
+
+@pytest.mark.parametrize("shape,granularity", [SHAPES_AND_GRANULARITIES[i] for i in (0, 1, 3, 5, 7)])
+@pytest.mark.parametrize("observer", ["AffineQuantizedMinMaxObserver", "AffineQuantizedMovingAverageMinMaxObserver"])
+def test_torchao_granularity_and_enums_are_kept_and_fake_quantize_as_torchao(shape, granularity, observer) -> None:
+    g, mapping = ao_granularity(granularity), ao_pt2e.MappingType.SYMMETRIC
+    kwargs = dict(mapping_type=mapping, target_dtype=torch.int8, granularity=g, quant_min=-8, quant_max=7)
+    ours = AffineFakeQuantize(observer=getattr(pt2q._affine_quantization, observer), **kwargs)
+    theirs = ao_fq.AffineFakeQuantize(observer=getattr(ao_aq, observer), **kwargs)
+    # the caller's objects, as torchao keeps them
+    assert ours.granularity is g and ours.activation_post_process.granularity is g
+    assert ours.mapping_type is mapping and ours.mapping_type == MappingType.SYMMETRIC
+    gen = torch.Generator().manual_seed(5)
+    for step in range(3):
+        x = torch.randn(shape, generator=gen) * (step + 1)
+        assert torch.equal(ours(x), theirs(x))
+        assert ours.block_size == tuple(theirs.block_size)
+        assert torch.equal(ours.scale, theirs.scale)
+
+
+def test_pt2q_enums_equal_torchaos_by_name_and_work_in_torchaos_functions() -> None:
+    from torchao.quantization.quant_primitives import _fake_quantize_affine
+
+    for ours_kind in (MappingType, ZeroPointDomain):
+        theirs_kind = getattr(ao_pt2e, ours_kind.__name__)
+        for member in ours_kind:
+            other = theirs_kind[member.name]
+            assert member == other and other == member and not member != other
+            assert hash(member) == hash(other) and {other: 1}[member] == 1
+            assert all(member != o for o in theirs_kind if o.name != member.name)
+    assert MappingType.SYMMETRIC != ZeroPointDomain.INT and MappingType.SYMMETRIC != "SYMMETRIC"
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(2))
+    fq = AffineFakeQuantize(mapping_type=MappingType.SYMMETRIC, target_dtype=torch.int8, granularity=PerGroup(16))
+    y = fq(x)
+    args = (fq.block_size, fq.scale, fq.zero_point, fq.target_dtype, fq.quant_min, fq.quant_max)
+    assert torch.equal(y, _fake_quantize_affine(x, *args, fq.zero_point_domain))  # pt2q's INT, in torchao
+    assert torch.equal(y, ap.fake_quantize_affine(x, *args, ao_pt2e.ZeroPointDomain.INT))  # torchao's, in pt2q
+
+
+def test_is_dynamic_on_min_max_observer_is_ignored_as_torchao_with_a_warning() -> None:
+    kwargs = dict(mapping_type=ao_pt2e.MappingType.ASYMMETRIC, target_dtype=torch.uint8, granularity=PerTensor())
+    with pytest.warns(pt2q.IgnoredArgumentWarning, match="is_dynamic=True is ignored"):
+        ours = AffineFakeQuantize(observer=AffineQuantizedMinMaxObserver, is_dynamic=True, **kwargs)
+    theirs = ao_fq.AffineFakeQuantize(
+        observer=ao_aq.AffineQuantizedMinMaxObserver, is_dynamic=True, **{**kwargs, "granularity": ao_pt2e.PerTensor()}
+    )
+    assert ours.is_dynamic and theirs.is_dynamic
+    assert not ours.activation_post_process.is_dynamic and not getattr(theirs.activation_post_process, "is_dynamic", 0)
+    x = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(ours(x), theirs(x)) and torch.equal(ours.scale, theirs.scale)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pt2q.DropInWarning)
+        with pytest.raises(pt2q.IgnoredArgumentWarning):
+            AffineQuantizedMinMaxObserver(MappingType.SYMMETRIC, torch.int8, PerGroup(32), is_dynamic=True)
+
+
+def test_block_size_argument_is_ignored_as_torchao_and_warns_only_when_it_disagrees() -> None:
+    w = torch.randn(96, 64, generator=torch.Generator().manual_seed(4))
+    ctr = AffineQuantizedMinMaxObserver.with_args(
+        mapping_type=MappingType.SYMMETRIC, target_dtype=torch.int8, granularity=ao_pt2e.PerGroup(32)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pt2q.DropInWarning)
+        agreeing = ctr(block_size=(1, 32))
+        agreeing(w)
+    assert agreeing.block_size == (1, 32)
+    disagreeing = ctr(block_size=(1, 16))
+    with pytest.warns(pt2q.IgnoredArgumentWarning, match=r"block_size=\(1, 16\) is ignored"):
+        disagreeing(w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pt2q.DropInWarning)
+        disagreeing(w)  # once
+    theirs = ao_aq.AffineQuantizedMinMaxObserver(
+        ao_pt2e.MappingType.SYMMETRIC, torch.int8, ao_pt2e.PerGroup(32), block_size=(1, 16)
+    )
+    theirs(w)
+    assert disagreeing.block_size == tuple(theirs.block_size)
+    for a, b in zip(disagreeing.calculate_qparams(), theirs.calculate_qparams()):
+        assert torch.equal(a, b)
+
+
+def test_affine_fake_quantize_repr_names_torchaos_fields() -> None:
+    kwargs = dict(mapping_type=MappingType.SYMMETRIC, target_dtype=torch.int8, granularity=ao_pt2e.PerGroup(32))
+    ours, theirs = (
+        AffineFakeQuantize(**kwargs),
+        ao_fq.AffineFakeQuantize(**{**kwargs, "mapping_type": ao_enum(MappingType.SYMMETRIC)}),
+    )
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+    ours(x)
+    theirs(x)
+    fields = lambda m: re.findall(r"(?:^|, )(\w+)=", m.extra_repr())  # noqa: E731
+    assert fields(ours) == fields(theirs)
+    assert "scale=tensor" in ours.extra_repr() and "zero_point=tensor" in ours.extra_repr()
 
 
 # --- the flow: XNNPACKQuantizer + low-bit configs ---------------------------------------------
@@ -227,9 +325,12 @@ def two_linears() -> tuple[nn.Module, tuple[torch.Tensor, ...], list[tuple[torch
 class _TorchaoLinearQuantizer(ao_quantizer.Quantizer):
     """The 8da4w annotations of pt2q's config, written with torchao's own observers (the oracle)."""
 
-    def __init__(self, group_size: int | None, bits: int, mapping: MappingType) -> None:
+    def __init__(
+        self, group_size: int | None, bits: int, mapping: MappingType, observers=ao_aq, **weight_extra
+    ) -> None:
         super().__init__()
         self.group_size, self.bits, self.mapping = group_size, bits, ao_enum(mapping)
+        self.observers, self.weight_extra = observers, weight_extra  # pt2q's observers given torchao's objects
 
     def annotate(self, gm):
         QuantizationAnnotation, QuantizationSpec = ao_quantizer.QuantizationAnnotation, ao_quantizer.QuantizationSpec
@@ -238,7 +339,7 @@ class _TorchaoLinearQuantizer(ao_quantizer.Quantizer):
             quant_min=-128,
             quant_max=127,
             is_dynamic=True,
-            observer_or_fake_quant_ctr=ao_aq.AffineQuantizedPlaceholderObserver.with_args(
+            observer_or_fake_quant_ctr=self.observers.AffineQuantizedPlaceholderObserver.with_args(
                 mapping_type=ao_pt2e.MappingType.ASYMMETRIC,
                 target_dtype=torch.int8,
                 granularity=ao_pt2e.PerToken(),
@@ -254,12 +355,13 @@ class _TorchaoLinearQuantizer(ao_quantizer.Quantizer):
             dtype=torch.int8,
             quant_min=qmin,
             quant_max=qmax,
-            observer_or_fake_quant_ctr=ao_aq.AffineQuantizedMinMaxObserver.with_args(
+            observer_or_fake_quant_ctr=self.observers.AffineQuantizedMinMaxObserver.with_args(
                 mapping_type=self.mapping,
                 target_dtype=torch.int8,
                 granularity=granularity,
                 scale_dtype=torch.float32,
                 zero_point_dtype=torch.int8,
+                **self.weight_extra,
             ),
         )
         for n in gm.graph.nodes:
@@ -325,6 +427,29 @@ def test_low_bit_flow_matches_torchao_graph_and_numbers(group_size, bits, mappin
     # quantized weight codes identical
     codes = lambda ep: sorted((tuple(t.shape), t.sum().item()) for t in ep.state_dict.values() if t.dtype == torch.int8)  # noqa: E731
     assert codes(ep_ours) == codes(ep_theirs)
+
+
+@pytest.mark.parametrize("group_size", [32, None])
+def test_flow_with_pt2q_observers_given_torchaos_objects_matches_torchao(group_size) -> None:
+    """A quantizer written against torchao whose specs build pt2q's affine observers from torchao's
+    granularity and enums (and torchao's block_size argument): torchao's flow, bit for bit."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e as ao_convert
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e as ao_prepare
+
+    model, example, batches = two_linears()
+    block = {"block_size": (1, group_size)} if group_size else {}
+    ours_q = _TorchaoLinearQuantizer(group_size, 4, MappingType.SYMMETRIC, pt2q._affine_quantization, **block)
+    ours = pt2q.prepare_pt2e(export_module(model, example), ours_q)
+    theirs = ao_prepare(export_module(model, example), _TorchaoLinearQuantizer(group_size, 4, MappingType.SYMMETRIC))
+    observers = [m for m in ours.modules() if isinstance(m, AffineQuantizedMinMaxObserver)]
+    assert observers and all(type(m.granularity).__module__.startswith("torchao.") for m in observers)
+    for b in batches:
+        ours(*b)
+        theirs(*b)
+    ours, theirs = pt2q.convert_pt2e(ours), ao_convert(theirs)
+    for b in batches:
+        for a, t in zip(ours(*b), theirs(*b)):
+            assert torch.equal(a, t)
 
 
 def test_8da4w_graph_quantizes_linears_only_and_drops_float_weights() -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "MissingChannelAxisWarning",
     "UncalibratedObserverWarning",
     "NotAnInputWarning",
+    "IgnoredArgumentWarning",
     "warn_drop_in",
 ]
 
@@ -48,6 +49,11 @@ class NotAnInputWarning(DropInWarning):
     """An annotation maps a node that is not an input of the annotated node: the entry gets no observer but
     still joins sharing groups, so specs shared with it resolve as in torchao (which makes an observer for it
     that nothing reads)."""
+
+
+class IgnoredArgumentWarning(DropInWarning):
+    """An argument torchao accepts and ignores (an affine min-max observer's ``is_dynamic=True``, an affine
+    observer's ``block_size``): pt2q ignores it too, where it would change what the caller expects."""
 
 
 def warn_drop_in(category: type[DropInWarning], message: str, stacklevel: int = 3) -> None:

@@ -65,7 +65,7 @@ class AffineFakeQuantize(FakeQuantize):
         self.mapping_type = obs.mapping_type
         self.granularity = obs.granularity
         self.is_dynamic = is_dynamic
-        float_zp = self.zero_point_domain is ZeroPointDomain.FLOAT
+        float_zp = self.zero_point_domain == ZeroPointDomain.FLOAT  # pt2q's or torchao's member
         self.register_buffer("scale", torch.tensor([1.0], dtype=torch.float))
         self.register_buffer("zero_point", torch.tensor([0], dtype=torch.float if float_zp else torch.int))
         self.block_size: Optional[tuple[int, ...]] = None
@@ -95,7 +95,7 @@ class AffineFakeQuantize(FakeQuantize):
                     f"{self.target_name or 'AffineFakeQuantize'}: fake quantization needs qparams; run a forward "
                     "pass with the observer enabled first"
                 )
-            zero_point = None if self.zero_point_domain is ZeroPointDomain.NONE else self.zero_point
+            zero_point = None if self.zero_point_domain == ZeroPointDomain.NONE else self.zero_point
             return fake_quantize_affine(
                 x,
                 self.block_size,
@@ -117,7 +117,8 @@ class AffineFakeQuantize(FakeQuantize):
             f"fake_quant_enabled={self.fake_quant_enabled}, observer_enabled={self.observer_enabled}, "
             f"quant_min={self.quant_min}, quant_max={self.quant_max}, target_dtype={self.target_dtype}, "
             f"granularity={self.granularity}, mapping_type={self.mapping_type}, "
-            f"zero_point_domain={self.zero_point_domain}, block_size={self.block_size}"
+            f"zero_point_domain={self.zero_point_domain}, scale={self.scale}, zero_point={self.zero_point}, "
+            f"block_size={self.block_size}"
         )
 
     def convert(self, model: GraphModule, observer_node: Node) -> None:

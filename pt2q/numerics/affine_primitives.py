@@ -32,7 +32,21 @@ __all__ = [
 ]
 
 
-class MappingType(Enum):
+class _EnumByName(Enum):
+    """An enum whose members equal the same-named members of an enum of the same class name: torchao's
+    ``MappingType.SYMMETRIC == pt2q.MappingType.SYMMETRIC`` (both ways round; the hash is the member's
+    name, as Enum's own), so either library's functions accept the other's members."""
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Enum) and type(other).__name__ == type(self).__name__:
+            return self.name == other.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._name_)
+
+
+class MappingType(_EnumByName):
     """How a float range maps onto the integer range.
 
     ``SYMMETRIC``: ``[-a, a]`` with ``a = max(|min|, |max|)`` onto the full integer range;
@@ -46,7 +60,7 @@ class MappingType(Enum):
     ASYMMETRIC = auto()
 
 
-class ZeroPointDomain(Enum):
+class ZeroPointDomain(_EnumByName):
     """Where the zero point lives: ``INT`` (added to the rounded value), ``FLOAT`` (subtracted
     from the float value before rounding) or ``NONE`` (no zero point)."""
 
@@ -164,21 +178,21 @@ def choose_qparams_affine_with_min_max(
             raise ValueError("symmetric quantization needs preserve_zero=True")
         if zero_point_domain not in (None, ZeroPointDomain.INT):
             raise ValueError(f"symmetric quantization needs zero_point_domain INT, got {zero_point_domain}")
-        if mapping_type is MappingType.SYMMETRIC:
+        if mapping_type == MappingType.SYMMETRIC:
             scale = torch.max(-lo, hi) / (float(quant_max - quant_min) / 2)
         else:
             below, above = lo / float(quant_min), hi / float(quant_max)
             scale = torch.where(below > above, below, above)
         scale = torch.clamp(scale, min=eps)
         zero_point = torch.full_like(scale, int((quant_max + quant_min + 1) / 2))
-    elif mapping_type is MappingType.ASYMMETRIC:
+    elif mapping_type == MappingType.ASYMMETRIC:
         scale = torch.clamp((hi - lo) / float(quant_max - quant_min), min=eps)
-        if zero_point_domain is ZeroPointDomain.NONE:
+        if zero_point_domain == ZeroPointDomain.NONE:
             zero_point = None
         elif preserve_zero:
             zero_point = torch.clamp(quant_min - torch.round(lo / scale), quant_min, quant_max)
         else:
-            if zero_point_domain is not ZeroPointDomain.FLOAT:
+            if zero_point_domain != ZeroPointDomain.FLOAT:
                 raise ValueError("preserve_zero=False needs zero_point_domain FLOAT")
             zero_point = lo + scale * ((quant_max + quant_min + 1) / 2)
     else:
@@ -218,16 +232,16 @@ def _quantize_values(
     zero_point_domain: Optional[ZeroPointDomain],
     round_fn=torch.round,
 ) -> Tensor:
-    if zero_point_domain is ZeroPointDomain.INT:
+    if zero_point_domain == ZeroPointDomain.INT:
         shifted = round_fn(x * (1.0 / scale))
         if zero_point is not None:
             shifted = shifted + zero_point
         return torch.clamp(shifted, quant_min, quant_max)
-    if zero_point_domain is ZeroPointDomain.NONE:
+    if zero_point_domain == ZeroPointDomain.NONE:
         if zero_point is not None:
             raise ValueError("zero_point must be None when zero_point_domain is NONE")
         return torch.clamp(round_fn(x * (1.0 / scale)), quant_min, quant_max)
-    if zero_point_domain is ZeroPointDomain.FLOAT:
+    if zero_point_domain == ZeroPointDomain.FLOAT:
         assert zero_point is not None, "zero_point_domain FLOAT needs a zero point"
         low = zero_point - scale * ((quant_max + quant_min + 1) / 2)
         return torch.clamp(round_fn((x - low) / scale), quant_min, quant_max)
@@ -243,11 +257,11 @@ def _dequantize_values(
     zero_point_domain: Optional[ZeroPointDomain],
     output_dtype: torch.dtype,
 ) -> Tensor:
-    if zero_point_domain is ZeroPointDomain.FLOAT:
+    if zero_point_domain == ZeroPointDomain.FLOAT:
         centred = (q - (quant_max + quant_min + 1) / 2).to(output_dtype) * scale
         return centred if zero_point is None else centred + zero_point
     centred = q.to(output_dtype)
-    if zero_point is not None and zero_point_domain is ZeroPointDomain.INT:
+    if zero_point is not None and zero_point_domain == ZeroPointDomain.INT:
         centred = centred - zero_point.to(output_dtype)
     return centred * scale
 

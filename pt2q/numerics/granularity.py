@@ -68,15 +68,17 @@ class PerBlock(Granularity):
     block_size: tuple[int, ...]
 
 
+_KINDS: dict[str, type[Granularity]] = {
+    k.__name__: k for k in (PerTensor, PerAxis, PerGroup, PerRow, PerToken, PerBlock)
+}
+
+
 def as_granularity(obj: object) -> Granularity:
     """``obj`` as a pt2q granularity: itself, or the same kind read by its class name and fields (torchao's
     ``torchao.quantization.granularity.PerGroup(32)`` becomes ``PerGroup(32)``). TypeError for anything else."""
     if isinstance(obj, Granularity):
         return obj
-    kinds: dict[str, type[Granularity]] = {
-        k.__name__: k for k in (PerTensor, PerAxis, PerGroup, PerRow, PerToken, PerBlock)
-    }
-    kind = kinds.get(type(obj).__name__)
+    kind = _KINDS.get(type(obj).__name__)
     if kind is not None:
         try:
             fields = {f: getattr(obj, f) for f in kind.__dataclass_fields__}
@@ -94,8 +96,10 @@ def _check_divides(shape: Sequence[int], block: Sequence[int], what: str) -> Non
             raise ValueError(f"{what}: tensor shape {tuple(shape)} is not divisible into blocks {tuple(block)}")
 
 
-def get_block_size(input_shape: Sequence[int], granularity: Granularity) -> tuple[int, ...]:
-    """The block size of ``granularity`` for a tensor of ``input_shape``."""
+def get_block_size(input_shape: Sequence[int], granularity: object) -> tuple[int, ...]:
+    """The block size of ``granularity`` (pt2q's or torchao's, see :func:`as_granularity`) for a tensor of
+    ``input_shape``."""
+    granularity = as_granularity(granularity)
     shape = tuple(input_shape)
     if isinstance(granularity, PerTensor):
         return shape

@@ -11,13 +11,18 @@ dynamically quantized, blockwise low-bit linears.
 Where pt2q differs, on purpose: the statistics and the block size are part of
 ``state_dict()`` (a prepared model checkpoints and reloads), an observer that never saw
 data says so by name, arguments no observer takes are an error, and the quantize op gets
-resolved ``quant_min``/``quant_max`` (the delegate reads them from the graph).
+resolved ``quant_min``/``quant_max`` (the delegate reads them from the graph). Arguments torchao
+takes and ignores (``block_size``; ``is_dynamic=True`` on an observer that cannot choose qparams at
+run time) are ignored as there, with an :class:`~pt2q.core.drop_in_warnings.IgnoredArgumentWarning`
+where they would have changed the result. The caller's granularity, ``MappingType`` and
+``ZeroPointDomain`` objects are kept as given (torchao's too); pt2q reads them by kind and name.
 """
 
 from __future__ import annotations
 
 import operator
 from abc import ABC, abstractmethod
+from enum import Enum
 from typing import Any, Optional
 
 import torch
@@ -25,6 +30,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 
 from pt2q.core.attrs import set_new_attr
+from pt2q.core.drop_in_warnings import IgnoredArgumentWarning, warn_drop_in
 from pt2q.core.notes import OBSERVER_KEY, copy_provenance, set_note
 from pt2q.numerics.affine_ops import affine_ops
 from pt2q.numerics.affine_primitives import MappingType, ZeroPointDomain, get_and_check_qmin_qmax
@@ -32,6 +38,13 @@ from pt2q.numerics.granularity import Granularity, as_granularity, get_block_siz
 from pt2q.observers import constructor
 
 __all__ = ["AffineQuantizedObserverBase"]
+
+
+def _check_member(observer: str, argument: str, value: object, kind: type[Enum]) -> None:
+    """TypeError unless ``value`` is a member of ``kind`` or of torchao's enum of that name (equal by name)."""
+    if value not in list(kind):
+        raise TypeError(f"{observer}: {argument} must be a {kind.__name__} (pt2q's or torchao's), got {value!r}")
+
 
 # Arguments a QuantizationSpec hands every observer it builds; affine observers take their
 # dtype and granularity from their own arguments instead.
@@ -68,23 +81,16 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        unknown = set(kwargs) - _SPEC_ARGUMENTS - {"is_dynamic"}
-        if unknown:
-            raise TypeError(f"{name} got unexpected arguments {sorted(unknown)}")
-        if kwargs.get("is_dynamic") and not type(self).is_dynamic_capable():
-            raise ValueError(
-                f"{name} cannot choose qparams at run time; "
-                "use AffineQuantizedPlaceholderObserver for dynamic quantization"
-            )
+        self._check_extra_arguments(kwargs)
         try:
-            granularity = as_granularity(granularity)  # torchao's granularity objects too
+            as_granularity(granularity)  # torchao's granularity objects too
         except TypeError as e:
             raise TypeError(f"{name}: {e}") from None
-        if not isinstance(mapping_type, MappingType) and getattr(mapping_type, "name", None) in MappingType.__members__:
-            mapping_type = MappingType[mapping_type.name]  # torchao's MappingType
-        if not isinstance(mapping_type, MappingType):
-            raise TypeError(f"{name}: mapping_type must be a pt2q MappingType, got {mapping_type!r}")
+        _check_member(name, "mapping_type", mapping_type, MappingType)
+        if zero_point_domain is not None:
+            _check_member(name, "zero_point_domain", zero_point_domain, ZeroPointDomain)
         get_and_check_qmin_qmax(target_dtype, quant_min, quant_max)  # fails early on an impossible range
+        # the caller's objects (torchao's granularity or enums too), as torchao keeps them
         self.mapping_type = mapping_type
         self.target_dtype = target_dtype
         self.granularity = granularity
@@ -94,12 +100,28 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
         self.scale_dtype = scale_dtype
         self.zero_point_dtype = zero_point_dtype
         self.preserve_zero = preserve_zero
-        if zero_point_domain is not None and not isinstance(zero_point_domain, ZeroPointDomain):
-            zero_point_domain = ZeroPointDomain[zero_point_domain.name]  # torchao's ZeroPointDomain
         self.zero_point_domain = zero_point_domain
         self.block_size: Optional[tuple[int, ...]] = None  # set by forward
         self.original_dtype: Optional[torch.dtype] = None
         self.target_name = ""  # what is observed, set by prepare (for error messages)
+        declared = kwargs.get("block_size")
+        self._declared_block_size = None if declared is None else tuple(declared)
+
+    def _check_extra_arguments(self, kwargs: dict[str, Any]) -> None:
+        """Arguments beyond the observer's own: what a spec hands every observer, and torchao's ignored
+        ``is_dynamic`` / ``block_size``; anything else is a TypeError (a misspelt argument)."""
+        name = type(self).__name__
+        unknown = set(kwargs) - _SPEC_ARGUMENTS - {"is_dynamic", "block_size"}
+        if unknown:
+            raise TypeError(f"{name} got unexpected arguments {sorted(unknown)}")
+        if kwargs.get("is_dynamic") and not type(self).is_dynamic_capable():
+            warn_drop_in(
+                IgnoredArgumentWarning,
+                f"{name} cannot choose qparams at run time: is_dynamic=True is ignored, as in torchao, and its "
+                "qparams are the static ones of the data it observes; for dynamic quantization use "
+                "AffineQuantizedPlaceholderObserver",
+                stacklevel=4,
+            )
 
     @classmethod
     def is_dynamic_capable(cls) -> bool:
@@ -121,6 +143,15 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
 
     def _record_block(self, x: Tensor) -> None:
         block_size = get_block_size(x.shape, self.granularity)
+        declared = getattr(self, "_declared_block_size", None)  # observers pickled before it existed lack it
+        if declared is not None and block_size != declared:
+            warn_drop_in(
+                IgnoredArgumentWarning,
+                f"{self._where()}: block_size={declared} is ignored, as in torchao: the "
+                f"granularity {self.granularity} gives blocks {block_size} for a tensor of shape {tuple(x.shape)}",
+                stacklevel=4,
+            )
+            self._declared_block_size = None  # once
         if self.block_size is not None and block_size != self.block_size and not self.is_dynamic:
             raise ValueError(
                 f"{self._where()}: observed a tensor of shape {tuple(x.shape)} (blocks {block_size}) after tensors "
