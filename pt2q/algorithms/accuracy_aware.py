@@ -38,7 +38,7 @@ from pt2q.algorithms.fallback import Kept, explain_kept, sensitivity_fallback, s
 from pt2q.algorithms.ladder_search import Choice, LadderOutcome, Try, search
 from pt2q.algorithms.precision_ladder import CostModel, Ladder, MixedPrecision, Rung
 from pt2q.algorithms.quantize_result import FallbackStep, QuantizeResult
-from pt2q.algorithms.quantize_trials import Metric, Target, Trials, output_sqnr
+from pt2q.algorithms.quantize_trials import AccuracyTarget, Metric, Trials, output_sqnr
 from pt2q.debug.inputs import as_batches, float_graph
 from pt2q.debug.quantization_report import report
 from pt2q.quantizer import Quantizer
@@ -85,7 +85,7 @@ def quantize(
     evaluation = as_batches(eval_data) if eval_data is not None else batches
     float_gm = float_graph(model, tuple(example_inputs), "pt2q.quantize: model")
     float_metric = metric(float_gm) if metric is not None and max_drop is not None else None
-    target = Target(metric, max_drop, min_sqnr, float_metric)
+    target = AccuracyTarget(metric, max_drop, min_sqnr, float_metric)
     steps_ladder = _as_ladder(ladder, quantizer)
     needs_sqnr = min_sqnr is not None or steps_ladder is not None  # the ladder models SQNR
     settings = (smooth_quant, bias_correction, report_batches, progress)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pt2q.algorithms.keep_float import layer_name
 from pt2q.algorithms.quantize_result import FallbackStep
-from pt2q.algorithms.quantize_trials import Target, Trials
+from pt2q.algorithms.quantize_trials import AccuracyTarget, Trials
 from pt2q.core.notes import FLOAT_REASON_KEY, set_note
 from pt2q.debug.report_table import ReportRow
 
@@ -88,7 +88,7 @@ def sensitivity_fallback(trials: Trials, best: Kept, max_passes: int) -> list[Fa
     return steps
 
 
-def explain_kept(gm: GraphModule, steps: list[FallbackStep], target: Target) -> None:
+def explain_kept(gm: GraphModule, steps: list[FallbackStep], target: AccuracyTarget) -> None:
     """Say on each kept-float node what keeping it float bought (shown by the report)."""
     bought = {
         layer: f"kept float by pt2q.quantize: {target.describe(s.before)} -> {target.describe(s.after)}"
@@ -101,7 +101,7 @@ def explain_kept(gm: GraphModule, steps: list[FallbackStep], target: Target) -> 
             set_note(node, FLOAT_REASON_KEY, bought[layer_name(node)])
 
 
-def summary(steps: list[FallbackStep], score: float, sqnr: float, target: Target) -> list[str]:
+def summary(steps: list[FallbackStep], score: float, sqnr: float, target: AccuracyTarget) -> list[str]:
     """The report's notes: the score against the target, and what the fallback kept float."""
     what = "metric" if target.metric is not None else "output SQNR"
     min_sqnr, float_metric = target.min_sqnr, target.float_metric

@@ -1,5 +1,5 @@
 """The rounds ``pt2q.quantize`` makes: one prepare + calibration + convert of the float graph per call
-(:class:`Trials`), each measured against the accuracy :class:`Target`."""
+(:class:`Trials`), each measured against the accuracy :class:`AccuracyTarget`."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pt2q.passes.convert import convert_pt2e
 from pt2q.passes.prepare import prepare_pt2e
 from pt2q.quantizer import Quantizer
 
-__all__ = ["Metric", "Target", "Trials", "output_sqnr"]
+__all__ = ["Metric", "AccuracyTarget", "Trials", "output_sqnr"]
 
 Metric = Callable[[torch.nn.Module], float]
 
@@ -42,7 +42,7 @@ def output_sqnr(reference: nn.Module, model: nn.Module, batches: Sequence[Sequen
 
 
 @dataclass(frozen=True)
-class Target:
+class AccuracyTarget:
     """The accuracy a quantized model must reach: a ``max_drop`` of the user ``metric`` below the float
     model's (``float_metric``), a ``min_sqnr`` of the output in dB, both, or neither (no target)."""
 
@@ -75,7 +75,7 @@ class Trials:
     quantizer: Quantizer
     batches: list[tuple]  # calibration
     evaluation: list[tuple]  # what the output SQNR is measured on
-    target: Target
+    target: AccuracyTarget
     needs_sqnr: bool  # measure the output SQNR even under a user metric (a min_sqnr, or the ladder's model)
     smooth_quant: Optional[float] = None
     bias_correction: bool = False
