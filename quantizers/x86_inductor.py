@@ -77,6 +77,8 @@ from pt2q.quantizers.x86_recipe import (
     OPERATOR_OF,
     QUANTIZABLE_OPS,
     X86_PATTERNS,
+    mark_other_annotations,
+    mark_pattern_output,
 )
 
 __all__ = [
@@ -276,6 +278,7 @@ class X86InductorQuantizer(Quantizer):
         float_ops = {op for op, config in self.operator_type_qconfig.items() if config is None}
         default_ops = self.DEFAULT_QUANTIZABLE_OPS - float_ops
         self._annotate_stage(model, index, self.global_config, owned_by(None), default_ops)
+        mark_other_annotations(model)
         return model
 
     def validate(self, model: GraphModule) -> None:
@@ -334,4 +337,5 @@ class X86InductorQuantizer(Quantizer):
             # QAT rows keep their output spec (BatchNorm still sits between conv and output);
             # fusion rows quantize inputs only; pass-through ops (rows with code) take the whole config
             cfg = config if row.qat_only or row.annotate is not None else _inputs_only(config)
-            annotate_pattern(model, row, cfg, _in(anchors, owned), index)
+            for partition in annotate_pattern(model, row, cfg, _in(anchors, owned), index):
+                mark_pattern_output(partition[len(row.chain) - 1])

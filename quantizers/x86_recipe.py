@@ -57,6 +57,9 @@ __all__ = [
     "OPERATOR_OF",
     "X86_PATTERNS",
     "is_quantized_output",
+    "PATTERN_OUTPUT_FIELD",
+    "mark_pattern_output",
+    "mark_other_annotations",
 ]
 
 # The recipe quantizes one overload of each operator, as torchao's does (in-place mul: not fused; string
@@ -223,3 +226,23 @@ def is_quantized_output(node: Node) -> bool:
         if user_ann is not None and user_ann._annotated and node not in user_ann.input_qspec_map:
             return False
     return True
+
+
+# torchao's x86 annotation field: True on the node that ends a quantized fusion pattern (its output may be
+# handed on in int8), False on every other node the quantizer annotates
+PATTERN_OUTPUT_FIELD = "_is_output_of_quantized_pattern"
+
+
+def mark_pattern_output(node: Node) -> None:
+    """Record on ``node``'s annotation that it ends a quantized pattern."""
+    ann = node.meta.get(Q_ANNOTATION_KEY)
+    if ann is not None:
+        setattr(ann, PATTERN_OUTPUT_FIELD, True)
+
+
+def mark_other_annotations(gm: GraphModule) -> None:
+    """Every annotation not marked as a pattern's output says so."""
+    for node in gm.graph.nodes:
+        ann = node.meta.get(Q_ANNOTATION_KEY)
+        if ann is not None and not hasattr(ann, PATTERN_OUTPUT_FIELD):
+            setattr(ann, PATTERN_OUTPUT_FIELD, False)

@@ -182,6 +182,27 @@ def test_annotation_matches_torchao(recipe: str, is_dynamic: bool) -> None:
     assert len(ours) >= 3
 
 
+def _pattern_flags(gm) -> dict[str, tuple[bool, bool]]:
+    """operator node -> (annotated, ends a quantized pattern): torchao's x86 annotation fields, which its passes
+    read (pt2q also marks the weights it claims; torchao leaves them unannotated)."""
+    return {
+        n.name: (bool(ann._annotated), bool(ann._is_output_of_quantized_pattern))
+        for n in gm.graph.nodes
+        if n.op == "call_function" and (ann := n.meta.get("quantization_annotation")) is not None
+    }
+
+
+@pytest.mark.parametrize("is_dynamic", [False, True])
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_pattern_output_flags_match_torchao(recipe: str, is_dynamic: bool) -> None:
+    factory, shapes = RECIPES[recipe]
+    model, example = factory().eval(), _inputs(*shapes)
+    ours, theirs = _quantizers(is_dynamic=is_dynamic)
+    flags = _pattern_flags(ours.annotate(export_module(model, example)))
+    assert flags == _pattern_flags(theirs.annotate(export_module(model, example)))
+    assert any(ends for _, ends in flags.values())
+
+
 def test_qat_annotation_matches_torchao() -> None:
     torch.manual_seed(0)
     ours, theirs = _annotations(QATRecipes().train(), _inputs(IMG), _quantizers(is_qat=True))
