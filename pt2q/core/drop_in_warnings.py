@@ -53,7 +53,8 @@ class NotAnInputWarning(DropInWarning):
 
 class IgnoredArgumentWarning(DropInWarning):
     """An argument torchao accepts and ignores (an affine min-max observer's ``is_dynamic=True``, an affine
-    observer's ``block_size``): pt2q ignores it too, where it would change what the caller expects."""
+    observer's ``block_size`` that disagrees with its granularity): pt2q ignores it too, and says so, since the
+    caller probably expected it to count."""
 
 
 def warn_drop_in(category: type[DropInWarning], message: str, stacklevel: int = 3) -> None:
