@@ -22,7 +22,6 @@ keyed by the model and training settings; delete the file to retrain).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -33,7 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -49,6 +48,7 @@ from pt2q.quantizers import (
     get_8da4w_quantization_config,
     get_8da8w_quantization_config,
 )
+from tests.helpers import torch_threads
 from tutorials.tiny_llama import (
     LlamaConfig,
     TinyLlama,
@@ -116,16 +116,6 @@ SMALL = LMSettings(
 )
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _cache_file(s: LMSettings) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pt2q" / "decoder_lm"
     key = repr(
@@ -170,7 +160,7 @@ def trained_model(
         model.load_state_dict(saved["state_dict"], strict=False)
         return model.eval(), {**saved["info"], "cached": str(path)}
     start = time.perf_counter()
-    with _threads(os.cpu_count() or 1):
+    with torch_threads(os.cpu_count() or 1):
         losses = train(model, train_tokens, s.train_steps, s.batch, s.seq_len, lr=s.lr, bf16=s.bf16, progress=progress)
     info = {
         "seconds": time.perf_counter() - start,

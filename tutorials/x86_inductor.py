@@ -45,19 +45,22 @@ def median_ms(model, x: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main(fast: bool = False, compile: bool = False) -> dict:
-    torch.manual_seed(0)
-    x_train, y_train, x_test, y_test = digits_data()
-    model = train(DigitsNet(), x_train, y_train, epochs=4 if fast else 10)
-
-    # 1. Export (dynamic batch), annotate for x86, calibrate, convert.
+def quantize(model: torch.nn.Module, x_train: torch.Tensor, batches: int) -> torch.fx.GraphModule:
+    """1. Export (dynamic batch), annotate for x86, calibrate on ``batches`` batches of 32, convert."""
     batch = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}}
     exported = torch.export.export(copy.deepcopy(model), (x_train[:32],), dynamic_shapes=batch)
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(exported.module(), quantizer)
-    for i in range(4 if fast else 16):
+    for i in range(batches):
         prepared(x_train[i * 32 : (i + 1) * 32])
-    converted = convert_pt2e(prepared)
+    return convert_pt2e(prepared)
+
+
+def main(fast: bool = False, compile: bool = False) -> dict:
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = digits_data()
+    model = train(DigitsNet(), x_train, y_train, epochs=4 if fast else 10)
+    converted = quantize(model, x_train, 4 if fast else 16)
 
     # 3. Lower to oneDNN int8 ops (specialized to the test-set batch size).
     example_inputs = (x_test,)
@@ -88,7 +91,13 @@ def main(fast: bool = False, compile: bool = False) -> dict:
         results["compiled_sqnr_db"] = sqnr(fp32_out, compiled(x_test))
         results["compiled_ms"] = median_ms(compiled, x_test, repeats)
 
-    print(f"{len(x_test)} test images, one batch; SQNR against the fp32 model's logits")
+    print_table(results, len(x_test), compile)
+    return results
+
+
+def print_table(results: dict, images: int, compile: bool) -> None:
+    """5. Accuracy, SQNR against fp32 and latency of each model, as a Markdown table."""
+    print(f"{images} test images, one batch; SQNR against the fp32 model's logits")
     print("| model                          | accuracy % | SQNR dB | ms/batch |")
     print("|--------------------------------|------------|---------|----------|")
     print(
@@ -107,8 +116,7 @@ def main(fast: bool = False, compile: bool = False) -> dict:
             f"| int8 torch.compile             | {'':>10} | {results['compiled_sqnr_db']:>7.1f} | "
             f"{results['compiled_ms']:>8.2f} |"
         )
-    print("oneDNN ops in the lowered graph: " + ", ".join(onednn_ops))
-    return results
+    print("oneDNN ops in the lowered graph: " + ", ".join(results["onednn_ops"]))
 
 
 if __name__ == "__main__":
