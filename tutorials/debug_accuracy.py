@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -125,6 +125,101 @@ def main(fast: bool = False, out_dir: Optional[str | Path] = None) -> dict:
         torch.set_num_threads(threads)
 
 
+def locate(report: pt2q.QuantizationReport) -> tuple[Any, Any]:
+    """3. Where the error shows (lowest cumulative SQNR) and where it is made (lowest sensitivity SQNR)."""
+    print(report)
+    lowest = min(report.quantized_rows, key=lambda row: row.cumulative_sqnr)
+    culprit = report.worst(1)[0]  # lowest sensitivity SQNR
+    print(
+        f"lowest cumulative SQNR: {lowest.name} ({lowest.module_path or '-'}) {lowest.cumulative_sqnr:.1f} dB: "
+        "where the error shows"
+    )
+    print(
+        f"lowest sensitivity SQNR: {culprit.name} ({culprit.module_path}) {culprit.sensitivity_sqnr:.1f} dB: "
+        "where it is made"
+    )
+    # embed's own SQNRs look fine: the outlier channel, quantized well, dominates its signal.
+    return lowest, culprit
+
+
+def plot(report: pt2q.QuantizationReport, fast: bool, out_dir: Optional[str | Path]) -> Path:
+    """The report's bar chart, as a PNG in ``out_dir`` (default: a temporary folder with ``fast``)."""
+    if out_dir is None:
+        out_dir = tempfile.mkdtemp(prefix="debug_accuracy_") if fast else "debug_accuracy_out"
+    png = Path(out_dir) / "sqnr.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    report.plot(png)
+    print(f"bar chart: {png}")
+    return png
+
+
+def per_node_sqnr(exported: torch.export.ExportedProgram, quantized: torch.fx.GraphModule, inputs) -> dict:
+    """4. Cumulative SQNR per node with torchao's low-level API: loggers after every node of
+    both graphs, the same inputs through each, compared node by node (matched by debug
+    handle). torchao takes the quantized value as the signal, hence other numbers."""
+    ref = pt2q.prepare_for_propagation_comparison(exported.module())
+    act = pt2q.prepare_for_propagation_comparison(quantized)
+    with torch.no_grad():
+        for (x,) in inputs:
+            ref(x)
+            act(x)
+    comparison = pt2q.compare_results(pt2q.extract_results_from_loggers(ref), pt2q.extract_results_from_loggers(act))
+    print("per-node SQNR (torchao's definition, the quantized value as the signal):")
+    for summary in comparison.values():
+        print(f"  {summary.ref_node_name:10} {summary.actual_module_stack or '-':6} {summary.sqnr:6.1f} dB")
+    return {s.ref_node_name: s.sqnr for s in comparison.values()}
+
+
+def keep_float_fix(exported, calibration, inputs, test, culprit) -> dict:
+    """5a. Keep the culprit in float. Alone, that changes nothing here: the next layer
+    quantizes its input (the same tensor, outlier included) itself, as every
+    quantized op does. The new report says so: the layer with the lowest
+    sensitivity now is fc1, and its row shows the giant input scale.
+    Keeping fc1 float too fixes the model, at the cost of two float layers."""
+    keep_float = (culprit.module_path,)
+    fix_a1 = quantize(exported, calibration, keep_float=keep_float)
+    fix_a1_acc = accuracy(fix_a1, *test)
+    consumer = pt2q.report(fix_a1, exported, inputs).worst(1)[0]
+    print(
+        f"keep {culprit.module_path} float: {fix_a1_acc:.2f}%; now the lowest sensitivity SQNR is at "
+        f"{consumer.name} ({consumer.module_path}) {consumer.sensitivity_sqnr:.1f} dB: {consumer.how}"
+    )
+    keep_float += (consumer.module_path,)
+    fix_a = quantize(exported, calibration, keep_float=keep_float)
+    fix_a_acc = accuracy(fix_a, *test)
+    report_a = pt2q.report(fix_a, exported, inputs)
+    print(f"keep {' and '.join(keep_float)} float: {fix_a_acc:.2f}%, output SQNR {report_a.output_sqnr:.1f} dB")
+    return {
+        "keep_culprit_float_accuracy": fix_a1_acc,
+        "keep_float_accuracy": fix_a_acc,
+        "keep_float_modules": list(keep_float),
+        "keep_float_output_sqnr_db": report_a.output_sqnr,
+    }
+
+
+def clipping_fix(exported, calibration, inputs, test, lowest) -> dict:
+    """5b. Quantize everything, but let the activation observer clip. The outlier is one
+    channel of 129, 0.8% of embed's values: PercentileObserver(99) cuts it off (fc1
+    ignores it anyway). MSEObserver does not: it weighs the outlier's clipping error
+    like any other value's, and the outlier is too big to clip at that price."""
+    fix_b = quantize(exported, calibration, PercentileObserver.with_args(percentile=99.0))
+    fix_b_acc = accuracy(fix_b, *test)
+    report_b = pt2q.report(fix_b, exported, inputs)
+    mse_acc = accuracy(quantize(exported, calibration, MSEObserver), *test)
+    recovered = report_b.row(lowest.name).cumulative_sqnr
+    print(
+        f"PercentileObserver(99) activations: {fix_b_acc:.2f}%, output SQNR {report_b.output_sqnr:.1f} dB; "
+        f"cumulative SQNR at {lowest.name} {recovered:.1f} dB (was {lowest.cumulative_sqnr:.1f})"
+    )
+    print(f"MSEObserver activations: {mse_acc:.2f}%")
+    return {
+        "percentile_accuracy": fix_b_acc,
+        "mse_observer_accuracy": mse_acc,
+        "percentile_output_sqnr_db": report_b.output_sqnr,
+        "percentile_lowest_cumulative_sqnr_db": recovered,
+    }
+
+
 def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = digits_data()
@@ -150,83 +245,17 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
     #    sensitivity: the model output when only this layer is quantized.
     inputs = [(x_test[i * 64 : (i + 1) * 64],) for i in range(2 if fast else 5)]
     report = pt2q.report(quantized, exported, inputs)
-    print(report)
-    lowest = min(report.quantized_rows, key=lambda row: row.cumulative_sqnr)
-    culprit = report.worst(1)[0]  # lowest sensitivity SQNR
-    print(
-        f"lowest cumulative SQNR: {lowest.name} ({lowest.module_path or '-'}) {lowest.cumulative_sqnr:.1f} dB: "
-        "where the error shows"
-    )
-    print(
-        f"lowest sensitivity SQNR: {culprit.name} ({culprit.module_path}) {culprit.sensitivity_sqnr:.1f} dB: "
-        "where it is made"
-    )
-    # embed's own SQNRs look fine: the outlier channel, quantized well, dominates its signal.
-
-    if out_dir is None:
-        out_dir = tempfile.mkdtemp(prefix="debug_accuracy_") if fast else "debug_accuracy_out"
-    png = Path(out_dir) / "sqnr.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    report.plot(png)
-    print(f"bar chart: {png}")
-
-    # 4. Cumulative SQNR per node with torchao's low-level API: loggers after every node of
-    #    both graphs, the same inputs through each, compared node by node (matched by debug
-    #    handle). torchao takes the quantized value as the signal, hence other numbers.
-    ref = pt2q.prepare_for_propagation_comparison(exported.module())
-    act = pt2q.prepare_for_propagation_comparison(quantized)
-    with torch.no_grad():
-        for (x,) in inputs:
-            ref(x)
-            act(x)
-    comparison = pt2q.compare_results(pt2q.extract_results_from_loggers(ref), pt2q.extract_results_from_loggers(act))
-    print("per-node SQNR (torchao's definition, the quantized value as the signal):")
-    for summary in comparison.values():
-        print(f"  {summary.ref_node_name:10} {summary.actual_module_stack or '-':6} {summary.sqnr:6.1f} dB")
-
-    # 5a. Keep the culprit in float. Alone, that changes nothing here: the next layer
-    #     quantizes its input (the same tensor, outlier included) itself, as every
-    #     quantized op does. The new report says so: the layer with the lowest
-    #     sensitivity now is fc1, and its row shows the giant input scale.
-    #     Keeping fc1 float too fixes the model, at the cost of two float layers.
-    keep_float = (culprit.module_path,)
-    fix_a1 = quantize(exported, calibration, keep_float=keep_float)
-    fix_a1_acc = accuracy(fix_a1, x_test, y_test)
-    report_a1 = pt2q.report(fix_a1, exported, inputs)
-    consumer = report_a1.worst(1)[0]
-    print(
-        f"keep {culprit.module_path} float: {fix_a1_acc:.2f}%; now the lowest sensitivity SQNR is at "
-        f"{consumer.name} ({consumer.module_path}) {consumer.sensitivity_sqnr:.1f} dB: {consumer.how}"
-    )
-    keep_float += (consumer.module_path,)
-    fix_a = quantize(exported, calibration, keep_float=keep_float)
-    fix_a_acc = accuracy(fix_a, x_test, y_test)
-    report_a = pt2q.report(fix_a, exported, inputs)
-    print(f"keep {' and '.join(keep_float)} float: {fix_a_acc:.2f}%, output SQNR {report_a.output_sqnr:.1f} dB")
-
-    # 5b. Quantize everything, but let the activation observer clip. The outlier is one
-    #     channel of 129, 0.8% of embed's values: PercentileObserver(99) cuts it off (fc1
-    #     ignores it anyway). MSEObserver does not: it weighs the outlier's clipping error
-    #     like any other value's, and the outlier is too big to clip at that price.
-    fix_b = quantize(exported, calibration, PercentileObserver.with_args(percentile=99.0))
-    fix_b_acc = accuracy(fix_b, x_test, y_test)
-    report_b = pt2q.report(fix_b, exported, inputs)
-    mse_acc = accuracy(quantize(exported, calibration, MSEObserver), x_test, y_test)
-    recovered = report_b.row(lowest.name).cumulative_sqnr
-    print(
-        f"PercentileObserver(99) activations: {fix_b_acc:.2f}%, output SQNR {report_b.output_sqnr:.1f} dB; "
-        f"cumulative SQNR at {lowest.name} {recovered:.1f} dB (was {lowest.cumulative_sqnr:.1f})"
-    )
-    print(f"MSEObserver activations: {mse_acc:.2f}%")
+    lowest, culprit = locate(report)
+    png = plot(report, fast, out_dir)
+    lowapi = per_node_sqnr(exported, quantized, inputs)
+    fix_a = keep_float_fix(exported, calibration, inputs, (x_test, y_test), culprit)
+    fix_b = clipping_fix(exported, calibration, inputs, (x_test, y_test), lowest)
 
     results = {
         "fp32_accuracy": fp32_acc,
         "int8_accuracy": int8_acc,
-        "keep_culprit_float_accuracy": fix_a1_acc,
-        "keep_float_accuracy": fix_a_acc,
-        "keep_float_modules": list(keep_float),
-        "percentile_accuracy": fix_b_acc,
-        "mse_observer_accuracy": mse_acc,
+        **fix_a,
+        **fix_b,
         "culprit": culprit.name,
         "culprit_module": culprit.module_path,
         "culprit_sensitivity_sqnr_db": culprit.sensitivity_sqnr,
@@ -234,15 +263,13 @@ def debug(fast: bool, out_dir: Optional[str | Path]) -> dict:
         "lowest_cumulative_module": lowest.module_path,
         "lowest_cumulative_sqnr_db": lowest.cumulative_sqnr,
         "output_sqnr_db": report.output_sqnr,
-        "keep_float_output_sqnr_db": report_a.output_sqnr,
-        "percentile_output_sqnr_db": report_b.output_sqnr,
-        "percentile_lowest_cumulative_sqnr_db": recovered,
-        "lowapi_sqnr_db": {s.ref_node_name: s.sqnr for s in comparison.values()},
+        "lowapi_sqnr_db": lowapi,
         "png": str(png),
     }
     print(
-        f"accuracy: fp32 {fp32_acc:.2f}%  int8 {int8_acc:.2f}%  keep {'+'.join(keep_float)} float "
-        f"{fix_a_acc:.2f}%  PercentileObserver(99) {fix_b_acc:.2f}%  ({len(x_test)} test images)"
+        f"accuracy: fp32 {fp32_acc:.2f}%  int8 {int8_acc:.2f}%  keep {'+'.join(results['keep_float_modules'])} float "
+        f"{results['keep_float_accuracy']:.2f}%  PercentileObserver(99) {results['percentile_accuracy']:.2f}%  "
+        f"({len(x_test)} test images)"
     )
     return results
 
