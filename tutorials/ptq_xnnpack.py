@@ -25,7 +25,7 @@ import torch
 from digits import DigitsNet, accuracy, digits_data, train  # the tutorials' shared data, model and training loop
 
 from pt2q import convert_pt2e, prepare_pt2e, runtime
-from pt2q.lowering import to_executorch
+from pt2q.lowering import LoweredProgram, to_executorch
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
 
 
@@ -34,6 +34,17 @@ def tensor_bytes(program: torch.export.ExportedProgram) -> int:
     """Bytes of the weights a program carries (parameters, buffers and constants)."""
     tensors = list(program.state_dict.values()) + list(program.constants.values())
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def lower_and_run(
+    quantized: torch.fx.GraphModule, example_inputs: tuple, pte: Path
+) -> tuple[LoweredProgram, runtime.Comparison]:
+    """8. Lower to ExecuTorch (XNNPACK delegate) with a fixed batch of 32, save the .pte, load and run it."""
+    lowered = to_executorch(torch.export.export(quantized, example_inputs))
+    print(lowered.report)
+    lowered.save(pte)
+    program = runtime.load(pte)
+    return lowered, runtime.compare(program, quantized, *example_inputs)
 
 
 def main(fast: bool = False) -> dict:
@@ -75,12 +86,7 @@ def main(fast: bool = False) -> dict:
         with torch.no_grad():
             reload_exact = torch.equal(reloaded(x_test), quantized(x_test))
 
-        # 8. Lower to ExecuTorch (XNNPACK delegate) with a fixed batch of 32, and run the .pte.
-        lowered = to_executorch(torch.export.export(quantized, example_inputs))
-        print(lowered.report)
-        lowered.save(tmp / "digits_int8.pte")
-        program = runtime.load(tmp / "digits_int8.pte")
-        pte_vs_pt2 = runtime.compare(program, quantized, *example_inputs)
+        lowered, pte_vs_pt2 = lower_and_run(quantized, example_inputs, tmp / "digits_int8.pte")
 
     fp32_weights, int8_weights = tensor_bytes(exported), tensor_bytes(quantized_ep)
     results = {
@@ -97,15 +103,23 @@ def main(fast: bool = False) -> dict:
         "pte_sqnr_db": pte_vs_pt2.sqnr_db,
         "pte_max_abs_diff": pte_vs_pt2.max_abs_diff,
     }
-    print(f"accuracy: fp32 {fp32_acc:.2f}%  int8 {int8_acc:.2f}%  ({len(x_test)} test images)")
-    print(f"weights: fp32 {fp32_weights:,} B  int8 {int8_weights:,} B  (ratio {results['weight_size_ratio']:.2f})")
+    print_summary(results, len(x_test), pte_vs_pt2)
+    return results
+
+
+def print_summary(r: dict, test_images: int, pte_vs_pt2: runtime.Comparison) -> None:
+    """Accuracy, weight and file sizes, the reload check and the .pte's agreement, one line each."""
+    print(f"accuracy: fp32 {r['fp32_accuracy']:.2f}%  int8 {r['int8_accuracy']:.2f}%  ({test_images} test images)")
     print(
-        f".pt2 file: fp32 {fp32_bytes:,} B  int8 {int8_bytes:,} B  (ratio {results['pt2_size_ratio']:.2f}; "
+        f"weights: fp32 {r['fp32_weight_bytes']:,} B  int8 {r['int8_weight_bytes']:,} B  "
+        f"(ratio {r['weight_size_ratio']:.2f})"
+    )
+    print(
+        f".pt2 file: fp32 {r['fp32_pt2_bytes']:,} B  int8 {r['int8_pt2_bytes']:,} B  (ratio {r['pt2_size_ratio']:.2f}; "
         "a small model's file is mostly the serialized graph)"
     )
-    print(f"reloaded .pt2 bit-exact: {reload_exact}")
-    print(f".pte ({lowered.size:,} B) vs converted model: {pte_vs_pt2}")
-    return results
+    print(f"reloaded .pt2 bit-exact: {r['reload_bit_exact']}")
+    print(f".pte ({r['pte_bytes']:,} B) vs converted model: {pte_vs_pt2}")
 
 
 if __name__ == "__main__":
