@@ -41,16 +41,40 @@ def xnnpack(mask_guard: bool = True) -> XNNPACKQuantizer:
     return quantizer
 
 
-def main(fast: bool = False) -> dict:
-    torch.manual_seed(0)
-    # --- model and data: sentences from the standard library's docstrings, three disjoint sets
-    model = minilm.tiny_encoder("additive") if fast else minilm.load_minilm("additive")
+def sentence_batches(fast: bool) -> tuple[list, list, list]:
+    """Sentences from the standard library's docstrings, three disjoint sets: calibration, selection, test."""
     tokenizer = minilm.load_tokenizer(length=32 if fast else 48)
     sentences = minilm.docstring_sentences(minilm.CALIBRATION_MODULES)
     n_cal, n_sel = (24, 16) if fast else (96, 64)
     calibration = minilm.token_batches(tokenizer, sentences[:n_cal])
     selection = minilm.token_batches(tokenizer, sentences[n_cal : n_cal + n_sel])
     test = minilm.token_batches(tokenizer, minilm.docstring_sentences(minilm.EVALUATION_MODULES)[: 16 if fast else 128])
+    return calibration, selection, test
+
+
+def lower_and_compare(name: str, model: torch.nn.Module, quantized: torch.nn.Module, example: tuple, test) -> dict:
+    """5. To ExecuTorch: lower, run the .pte, compare with fp32."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lowered = to_executorch(torch.export.export(quantized, example))
+    program = runtime.load(lowered.buffer)
+    result = {
+        "pte_cosine": minilm.mean_cosine(model, program, test),
+        "pte_bytes": lowered.size,
+        "int8_weight_share": lowered.report.int8_weight_share,
+    }
+    print(
+        f"{name} .pte: cosine {result['pte_cosine']:.4f}, {lowered.size / 1e6:.1f} MB, "
+        f"{lowered.report.int8_weight_share:.0%} of weight bytes int8"
+    )
+    return result
+
+
+def main(fast: bool = False) -> dict:
+    torch.manual_seed(0)
+    # --- model and data
+    model = minilm.tiny_encoder("additive") if fast else minilm.load_minilm("additive")
+    calibration, selection, test = sentence_batches(fast)
     example = calibration[0]
     float_graph = torch.export.export(model, example).module()
     print(f"{len(calibration)} calibration, {len(selection)} selection, {len(test)} test batches of 8 sentences")
@@ -89,21 +113,10 @@ def main(fast: bool = False) -> dict:
     print(f"preset + accuracy-aware: cosine {preset_cosine:.4f}, kept float: {preset.kept_float}")
 
     # --- 5. to ExecuTorch: lower, run the .pte, compare with fp32
-    results = {}
-    for name, result in [("preset", preset)] + ([] if fast else [("accuracy_aware", aware)]):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            lowered = to_executorch(torch.export.export(result.model, example))
-        program = runtime.load(lowered.buffer)
-        results[name] = {
-            "pte_cosine": minilm.mean_cosine(model, program, test),
-            "pte_bytes": lowered.size,
-            "int8_weight_share": lowered.report.int8_weight_share,
-        }
-        print(
-            f"{name} .pte: cosine {results[name]['pte_cosine']:.4f}, {lowered.size / 1e6:.1f} MB, "
-            f"{lowered.report.int8_weight_share:.0%} of weight bytes int8"
-        )
+    results = {
+        name: lower_and_compare(name, model, result.model, example, test)
+        for name, result in [("preset", preset)] + ([] if fast else [("accuracy_aware", aware)])
+    }
     return {
         "plain_cosine": plain_cosine,
         "range_warnings": range_warnings,
