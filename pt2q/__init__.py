@@ -18,15 +18,6 @@ The flow, as in ``torchao.quantization.pt2e``:
 [('linear', 'linear+relu', 'linear_relu'), ('linear_1', 'linear', 'linear')]
 """
 
-from pt2q._affine_quantization import (
-    AffineQuantizedMinMaxObserver,
-    AffineQuantizedMovingAverageMinMaxObserver,
-    AffineQuantizedObserverBase,
-    AffineQuantizedPlaceholderObserver,
-    MappingType,
-    TorchAODType,
-    ZeroPointDomain,
-)
 from pt2q.algorithms.accuracy_aware import FallbackStep, QuantizeResult, quantize
 from pt2q.algorithms.bias_correction import correct_bias
 from pt2q.algorithms.gptq import gptq_quantize
@@ -77,6 +68,7 @@ from pt2q.fake_quant.learnable_fake_quantize import (
     enable_range_learning,
 )
 from pt2q.io.pt2_file import Pt2LoadError, UntrustedContentError, load_pt2, save_pt2
+from pt2q.numerics.affine_primitives import MappingType, TorchAODType, ZeroPointDomain
 from pt2q.numerics.granularity import (
     Granularity,
     PerAxis,
@@ -86,6 +78,12 @@ from pt2q.numerics.granularity import (
     PerTensor,
     PerToken,
     get_block_size,
+)
+from pt2q.observers.affine_base import AffineQuantizedObserverBase
+from pt2q.observers.affine_observer import (
+    AffineQuantizedMinMaxObserver,
+    AffineQuantizedMovingAverageMinMaxObserver,
+    AffineQuantizedPlaceholderObserver,
 )
 from pt2q.observers.base import ObserverBase, UniformQuantizationObserverBase
 from pt2q.observers.derived import DerivedObserverOrFakeQuantize

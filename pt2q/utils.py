@@ -1,9 +1,9 @@
 """``pt2q.utils``: torchao's / ExecuTorch's module path.
 
-The code lives in :mod:`pt2q.core.pt2e_utils`.
+The code lives in :mod:`pt2q.observers.pt2e_utils`.
 """
 
-from pt2q.core.pt2e_utils import (  # noqa: F401
+from pt2q.observers.pt2e_utils import (  # noqa: F401
     QuantizationArgumentError,
     calculate_qmin_qmax,
     check_min_max_valid,
