@@ -439,7 +439,7 @@ class X86InductorQuantizer(Quantizer):
                 continue
             if other.is_qat != config.is_qat:
                 warnings.warn(
-                    f"Mixed QAT and non-QAT configs are not supported; skipping the config for {what}.", stacklevel=3
+                    f"Mixed QAT and Non-QAT configs are not supported; skipping the config for {what}.", stacklevel=3
                 )
                 return True
             dyn, other_dyn = (getattr(c.input_activation, "is_dynamic", None) for c in (config, other))
