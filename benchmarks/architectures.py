@@ -205,6 +205,15 @@ def run_cell(name: str, flow: str, timing_runs: int = 0) -> Cell:
         torch._dynamo.reset()
 
 
+def _progress(cell: Cell) -> str:
+    """One cell on one line: SQNR, % int8 and latency vs fp32, or the error."""
+    if not (cell.runs and cell.sqnr is not None):
+        return cell.error
+    int8 = f", {cell.int8:.0%} int8" if cell.int8 is not None else ""
+    latency = f", {cell.latency:.2f}x fp32" if cell.latency is not None else ""
+    return f"{cell.sqnr:.1f} dB{int8}{latency}"
+
+
 def rows(
     names: Sequence[str], flows: Sequence[str] = FLOWS, timing_runs: int = 20, progress: bool = True
 ) -> dict[str, dict[str, Cell]]:
@@ -214,8 +223,7 @@ def rows(
         for flow in flows:
             out[name][flow] = cell = run_cell(name, flow, timing_runs)
             if progress:
-                shown = f"{cell.sqnr:.1f} dB" if cell.runs and cell.sqnr is not None else cell.error
-                print(f"architectures: {name} {flow}: {shown}", file=sys.stderr, flush=True)
+                print(f"architectures: {name} {flow}: {_progress(cell)}", file=sys.stderr, flush=True)
     return out
 
 
@@ -249,8 +257,7 @@ def recipe_rows(names: Sequence[str], timing_runs: int = 20, progress: bool = Tr
                 cell = Cell(False, error=_error(exc))
             out[name][recipe] = cell
             if progress:
-                shown = f"{cell.sqnr:.1f} dB" if cell.runs and cell.sqnr is not None else cell.error
-                print(f"architectures: {name} {recipe}: {shown}", file=sys.stderr, flush=True)
+                print(f"architectures: {name} {recipe}: {_progress(cell)}", file=sys.stderr, flush=True)
     return out
 
 

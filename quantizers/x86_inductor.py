@@ -238,7 +238,7 @@ class X86InductorQuantizer(Quantizer):
                 continue
             if other.is_qat != config.is_qat:
                 warnings.warn(
-                    f"Mixed QAT and non-QAT configs are not supported; skipping the config for {what}.", stacklevel=3
+                    f"Mixed QAT and Non-QAT configs are not supported; skipping the config for {what}.", stacklevel=3
                 )
                 return True
             dyn, other_dyn = (getattr(c.input_activation, "is_dynamic", None) for c in (config, other))
@@ -291,8 +291,8 @@ class X86InductorQuantizer(Quantizer):
         if node.target in STRING_PADDING_CONVS:
             padding = node.args[4] if len(node.args) > 4 else node.kwargs.get("padding", "valid")
             return (
-                f"{op}: its string padding {padding!r} could not be made explicit (the "
-                "weight's kernel size is unknown, or 'same' with a stride); pass the padding as ints"
+                f"{op}: its padding is the string {padding!r}, which transform_for_annotation makes explicit only "
+                "for a static kernel size (and had it run, it did not); pass the padding as ints"
             )
         if not is_op(node, self.QUANTIZABLE_OPS):
             return f"{type(self).__name__} has no pattern for {op}"

@@ -244,6 +244,18 @@ def test_string_conv_padding_is_made_explicit_bit_identically() -> None:
     assert torch.equal(gm(x), before)
 
 
+def test_a_string_padding_conv_left_float_says_why() -> None:
+    model, batches = ARCHITECTURES["efficientnet"].build(1)
+    with quiet():
+        gm = torch.export.export(model, batches[0]).module()
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    quantizer.annotate(gm)  # annotate alone (torchao's API allows it): the padding is still a string
+    conv = next(n for n in gm.graph.nodes if n.target is torch.ops.aten.conv2d.padding)
+    assert "quantization_annotation" not in conv.meta
+    why = quantizer.explain_unannotated(conv)
+    assert why is not None and "string" in why and "pass the padding as ints" in why
+
+
 def test_efficientnet_same_padding_convs_are_int8_on_x86() -> None:
     model, gm, _, converted, batches = _x86_quantize("efficientnet")
     assert int8_share(converted) == 1.0  # was 0%: aten.conv2d.padding matched no x86 pattern
