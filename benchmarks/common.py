@@ -6,15 +6,13 @@ module (``benchmarks/speed.py``'s ``suite``, ...); ``benchmarks/run.py`` lists t
 
 from __future__ import annotations
 
-import random
-import statistics
 import sys
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from tqdm import tqdm
+
+from pt2q.runtime.timing import interleaved_medians_ms, median_ms
 
 __all__ = [
     "RUNS",
@@ -45,38 +43,6 @@ class Section:
 def progress(items: Iterable[str], suite: str) -> Iterable[str]:
     """``items`` with a progress bar on stderr, labelled ``suite``, that disappears when done."""
     return tqdm(list(items), desc=suite, unit="model", file=sys.stderr, leave=False)
-
-
-def median_ms(fn: Callable[..., Any], inputs: tuple, runs: int = RUNS, warmup: int = 3) -> float:
-    """Median wall time of ``fn(*inputs)`` in ms after ``warmup`` untimed calls."""
-    return interleaved_medians_ms({"fn": fn}, inputs, runs, warmup)["fn"]
-
-
-def interleaved_medians_ms(
-    fns: dict[str, Callable[..., Any]], inputs: tuple, runs: int = RUNS, warmup: int = 3, max_seconds: float = 60.0
-) -> dict[str, float]:
-    """Median wall time (ms) of each of ``fns`` on ``inputs``, timed in turn so drift hits all alike.
-
-    Each round calls every function once, in a fresh random order (what ran just
-    before, and so what is in the caches, must not favour one). Stops early (after
-    at least 3 rounds) once ``max_seconds`` were spent.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn(*inputs)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
-    rng = random.Random(0)
-    start = time.perf_counter()
-    for round_ in range(runs):
-        if round_ >= 3 and time.perf_counter() - start > max_seconds:
-            break
-        rng.shuffle(order)
-        for name, fn in order:
-            t0 = time.perf_counter()
-            fn(*inputs)
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def ratio_table(

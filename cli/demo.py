@@ -5,8 +5,6 @@ Inductor's oneDNN kernels on x86) and print fp32 vs int8 accuracy, size, latency
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from tqdm import tqdm
 import pt2q
 from pt2q.numerics.metrics import sqnr
 from pt2q.quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
+from pt2q.runtime.timing import median_ms
 
 BATCH = 40  # the test set's 360 images in 9 batches; .pte programs have static shapes
 
@@ -74,16 +73,10 @@ def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean()) * 100
 
 
-def median_ms(fn, x: torch.Tensor, repeats: int = 20) -> float:
-    """Median latency of ``fn`` on one batch ``x`` (after a warm-up call)."""
+def latency_ms(fn, x: torch.Tensor) -> float:
+    """Median latency (ms) of ``fn`` on one batch ``x``, without autograd, after a warm-up call."""
     with torch.no_grad():
-        fn(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return median_ms(fn, (x,), runs=20, warmup=1)
 
 
 def predict(fn, x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +127,7 @@ def executorch_rows(
         path = out / f"demo_{name.split()[0]}{'_xnnpack' if name != 'fp32' else ''}.pte"
         to_executorch(program).save(path)
         pte = load(path)
-        rows.append(Row(name, "ExecuTorch .pte", predict(pte, x_test), path, median_ms(pte, x_test[:BATCH])))
+        rows.append(Row(name, "ExecuTorch .pte", predict(pte, x_test), path, latency_ms(pte, x_test[:BATCH])))
     saved_bytes(torch.export.export(quantized, example), out / "demo_int8_xnnpack.pt2")
     return rows
 
@@ -151,7 +144,7 @@ def x86_row(model: nn.Module, example: tuple, calibration: list[torch.Tensor], x
     with tqdm(total=1, desc="compile x86 (Inductor)", unit="model") as bar:
         compiled = compile_quantized_for_x86(quantized, example)
         bar.update()
-    return Row("int8 x86", "Inductor + oneDNN", predict(compiled, x_test), path, median_ms(compiled, x_test[:BATCH]))
+    return Row("int8 x86", "Inductor + oneDNN", predict(compiled, x_test), path, latency_ms(compiled, x_test[:BATCH]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,7 +172,7 @@ def _run(args: argparse.Namespace) -> None:
 
     fp32_path = args.out / "demo_fp32.pt2"
     saved_bytes(torch.export.export(model, example), fp32_path)
-    rows = [Row("fp32", "PyTorch eager", predict(model, x_test), fp32_path, median_ms(model, x_test[:BATCH]))]
+    rows = [Row("fp32", "PyTorch eager", predict(model, x_test), fp32_path, latency_ms(model, x_test[:BATCH]))]
     rows += executorch_rows(model, example, calibration, x_test, args.out)
     skipped = []
     if not args.no_x86:

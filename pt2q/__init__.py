@@ -79,6 +79,7 @@ from pt2q.numerics.granularity import (
     PerToken,
     get_block_size,
 )
+from pt2q.numerics.metrics import sqnr
 from pt2q.observers.affine_base import AffineQuantizedObserverBase
 from pt2q.observers.affine_observer import (
     AffineQuantizedMinMaxObserver,
@@ -136,6 +137,7 @@ __all__ = [
     "NodeSourceDebugInfo",
     "report",
     "quantize",
+    "sqnr",
     "QuantizeResult",
     "FallbackStep",
     "KeepFloat",

@@ -8,16 +8,17 @@ to time; :func:`time_program` reports the size it ran with.
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 import time
 from collections.abc import Callable
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from pt2q.io.quiet import quiet
 
-__all__ = ["Timing", "time_program", "set_num_threads", "get_num_threads"]
+__all__ = ["Timing", "time_program", "set_num_threads", "get_num_threads", "median_ms", "interleaved_medians_ms"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,3 +95,35 @@ def time_program(
         runs=len(samples),
         threads=get_num_threads(),
     )
+
+
+def median_ms(fn: Callable[..., Any], inputs: tuple, runs: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn(*inputs)`` in ms after ``warmup`` untimed calls."""
+    return interleaved_medians_ms({"fn": fn}, inputs, runs, warmup)["fn"]
+
+
+def interleaved_medians_ms(
+    fns: dict[str, Callable[..., Any]], inputs: tuple, runs: int = 20, warmup: int = 3, max_seconds: float = 60.0
+) -> dict[str, float]:
+    """Median wall time (ms) of each of ``fns`` on ``inputs``, timed in turn so drift hits all alike.
+
+    Each round calls every function once, in a fresh random order (what ran just
+    before, and so what is in the caches, must not favour one). Stops early (after
+    at least 3 rounds) once ``max_seconds`` were spent.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn(*inputs)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
+    rng = random.Random(0)
+    start = time.perf_counter()
+    for round_ in range(runs):
+        if round_ >= 3 and time.perf_counter() - start > max_seconds:
+            break
+        rng.shuffle(order)
+        for name, fn in order:
+            t0 = time.perf_counter()
+            fn(*inputs)
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(times) for name, times in samples.items()}

@@ -24,9 +24,8 @@ import torch
 import torch.nn as nn
 from torch.fx import GraphModule
 
-from pt2q import QuantizationConfig, QuantizationSpec, Quantizer, convert_pt2e, prepare_pt2e
+from pt2q import QuantizationConfig, QuantizationSpec, Quantizer, convert_pt2e, prepare_pt2e, sqnr
 from pt2q.core.ops import GELU, LINEAR, RELU
-from pt2q.numerics.metrics import sqnr
 from pt2q.observer import HistogramObserver, PerChannelMinMaxObserver
 from pt2q.quantizer import ComposableQuantizer
 from pt2q.quantizers import EmbeddingQuantizer, Pattern, annotate_pattern, propagate_annotation

@@ -21,28 +21,21 @@ Run: ``python tutorials/x86_inductor.py [--compile]``
 from __future__ import annotations
 
 import copy
-import statistics
 import sys
-import time
 
 import torch
 from digits import DigitsNet, accuracy, digits_data, train  # the tutorials' shared data, model and training loop
 
-from pt2q import convert_pt2e, prepare_pt2e
+from pt2q import convert_pt2e, prepare_pt2e, sqnr
 from pt2q.lowering import compile_quantized_for_x86, lower_pt2e_quantized_to_x86
-from pt2q.numerics.metrics import sqnr
 from pt2q.quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+from pt2q.runtime import timing
 
 
 def median_ms(model, x: torch.Tensor, repeats: int) -> float:
+    """Median latency (ms) of ``model`` on ``x``, without autograd, after one warm-up call."""
     with torch.no_grad():
-        model(x)  # warm-up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return timing.median_ms(model, (x,), runs=repeats, warmup=1)
 
 
 def quantize(model: torch.nn.Module, x_train: torch.Tensor, batches: int) -> torch.fx.GraphModule:
