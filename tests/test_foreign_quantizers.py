@@ -376,6 +376,10 @@ def _annotate_with(bad: Callable[[Node], None]) -> Any:
         (lambda n: n.meta.__setitem__("quantization_annotation", OldQuantizationAnnotation(
             {n.args[0]: OldSharedQuantizationSpec((n.args[1], n))})),
          r"points at input 'conv_weight' of node 'conv2d', which has no quantization spec"),
+        (lambda n: n.meta.__setitem__("quantization_annotation", OldQuantizationAnnotation(
+            {n.args[0]: OldQuantizationSpec(torch.int8, ao_obs.MinMaxObserver)},
+            OldSharedQuantizationSpec((n.args[0], "conv2d")))),
+         r"points at edge \(x, conv2d\), but 'x' is not an input of 'conv2d'"),
     ],
 )  # fmt: skip
 def test_malformed_foreign_annotations_name_node_and_field(bad: Callable[[Node], None], message: str) -> None:

@@ -51,8 +51,9 @@ def _check_member_exists(target: EdgeOrNode, used_by: EdgeOrNode, kind: str, gra
         )
     if isinstance(target, tuple):
         producer, consumer = target
-        ann = consumer.meta.get(Q_ANNOTATION_KEY) if isinstance(consumer, Node) else None
-        if any(producer is p for _, p, _ in consumer.meta.get(PHANTOM_INPUTS_KEY, ())):
+        meta = consumer.meta if isinstance(consumer, Node) else {}
+        ann = meta.get(Q_ANNOTATION_KEY)
+        if any(producer is p for _, p, _ in meta.get(PHANTOM_INPUTS_KEY, ())):
             return  # an edge the graph does not have, kept for sharing (see _drop_phantom_edges)
         if producer not in getattr(consumer, "all_input_nodes", ()):
             raise AnnotationError(
