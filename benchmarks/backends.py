@@ -284,6 +284,12 @@ def timing_rows(repeats: int, progress: bool = True) -> dict[str, dict[str, floa
     return rows
 
 
+def _ratios(r: dict[str, float]) -> tuple[float, float, float]:
+    """pt2q / torchao in total, the floor (pt2q's time in the quantizer's own hooks over torchao's total), and
+    pt2q / torchao without the hooks."""
+    return r["pt2q"] / r["torchao"], (r["pt2q"] - r["pt2q flow"]) / r["torchao"], r["pt2q flow"] / r["torchao flow"]
+
+
 def timing_table(rows: dict[str, dict[str, float]]) -> str:
     lines = [
         "| quantizer / model | torchao ms | pt2q ms | pt2q / torchao | floor | torchao flow ms | pt2q flow ms | "
@@ -291,16 +297,13 @@ def timing_table(rows: dict[str, dict[str, float]]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in rows.items():
-        floor = (r["pt2q"] - r["pt2q flow"]) / r["torchao"]
+        total, floor, flow = _ratios(r)
         lines.append(
-            f"| {name} | {r['torchao'] * 1e3:.1f} | {r['pt2q'] * 1e3:.1f} | {r['pt2q'] / r['torchao']:.2f} | "
-            f"{floor:.2f} | {r['torchao flow'] * 1e3:.1f} | {r['pt2q flow'] * 1e3:.1f} | "
-            f"{r['pt2q flow'] / r['torchao flow']:.2f} |"
+            f"| {name} | {r['torchao'] * 1e3:.1f} | {r['pt2q'] * 1e3:.1f} | {total:.2f} | {floor:.2f} | "
+            f"{r['torchao flow'] * 1e3:.1f} | {r['pt2q flow'] * 1e3:.1f} | {flow:.2f} |"
         )
     if rows:
-        total = statistics.median(r["pt2q"] / r["torchao"] for r in rows.values())
-        floor = statistics.median((r["pt2q"] - r["pt2q flow"]) / r["torchao"] for r in rows.values())
-        flow = statistics.median(r["pt2q flow"] / r["torchao flow"] for r in rows.values())
+        total, floor, flow = (statistics.median(column) for column in zip(*map(_ratios, rows.values())))
         lines.append(f"| **median** | | | **{total:.2f}** | {floor:.2f} | | | **{flow:.2f}** |")
     return "\n".join(lines)
 
