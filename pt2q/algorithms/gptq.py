@@ -41,8 +41,7 @@ from pt2q.numerics.affine_primitives import (
     get_and_check_qmin_qmax,
     reduction_params,
 )
-from pt2q.observers.affine_observer import AffineQuantizedFixedQParamsObserver
-from pt2q.observers.affine_observer import AffineQuantizedRunningMinMaxBase as _RunningMinMax
+from pt2q.observers.affine_observer import AffineQuantizedFixedQParamsObserver, AffineQuantizedRunningMinMaxBase
 
 __all__ = ["gptq_quantize", "GPTQResult", "gptq_quantize_weight"]
 
@@ -65,7 +64,7 @@ class _Target:
     linear: Node
     weight_attr: str
     observer_node: Node
-    observer: _RunningMinMax
+    observer: AffineQuantizedRunningMinMaxBase
     activation: Node
 
 
@@ -104,7 +103,9 @@ def _targets(gm: GraphModule) -> list[_Target]:
             continue
         observer = gm.get_submodule(obs_node.target)
         weight = obs_node.args[0]
-        if not isinstance(observer, _RunningMinMax) or not (isinstance(weight, Node) and weight.op == "get_attr"):
+        if not isinstance(observer, AffineQuantizedRunningMinMaxBase) or not (
+            isinstance(weight, Node) and weight.op == "get_attr"
+        ):
             continue
         attr = str(weight.target)
         if get_attr_value(gm, attr).dim() != 2:
@@ -163,7 +164,7 @@ def _recorded(gm: GraphModule, name: str) -> Tensor:
     return recorder.hessian.clone()
 
 
-def _group_qparams(observer: _RunningMinMax, columns: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+def _group_qparams(observer: AffineQuantizedRunningMinMaxBase, columns: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     """Scale and zero point of one group of weight columns (one per row), by the observer's rule."""
     return choose_qparams_affine_with_min_max(
         columns.amin(dim=1),
@@ -192,7 +193,7 @@ def _round_column(w: Tensor, scale: Tensor, zero_point: Optional[Tensor], qmin: 
 def gptq_quantize_weight(
     weight: Tensor,
     hessian: Tensor,
-    observer: _RunningMinMax,
+    observer: AffineQuantizedRunningMinMaxBase,
     group_size: int,
     damp: float = 0.01,
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
@@ -239,7 +240,7 @@ def _hessian_error(weight: Tensor, quantized: Tensor, hessian: Tensor) -> float:
     return float(torch.einsum("ij,jk,ik->", diff, hessian, diff))
 
 
-def _rtn(weight: Tensor, observer: _RunningMinMax, group_size: int) -> Tensor:
+def _rtn(weight: Tensor, observer: AffineQuantizedRunningMinMaxBase, group_size: int) -> Tensor:
     qmin, qmax = get_and_check_qmin_qmax(observer.target_dtype, observer.quant_min, observer.quant_max)
     out = torch.empty_like(weight)
     for start in range(0, weight.shape[1], group_size):
