@@ -1,4 +1,5 @@
-"""The pieces every benchmark suite shares: a report section, progress bars, timing medians, tables.
+"""The pieces every benchmark suite shares: a report section, progress bars, ratio tables (latency medians:
+``pt2q.runtime.timing``).
 
 A suite is a function ``(models, variants, settings) -> list[Section]`` living in its own
 module (``benchmarks/speed.py``'s ``suite``, ...); ``benchmarks/run.py`` lists them.
@@ -12,14 +13,10 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from pt2q.runtime.timing import interleaved_medians_ms, median_ms
-
 __all__ = [
     "RUNS",
     "Section",
     "progress",
-    "median_ms",
-    "interleaved_medians_ms",
     "ratio_table",
     "print_document",
 ]

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import torch
 
 import pt2q.runtime as runtime
-from benchmarks.common import interleaved_medians_ms
 from benchmarks.flows import calibration_batches, quantize, xnnpack_flows
 from pt2q.lowering import to_executorch
+from pt2q.runtime.timing import interleaved_medians_ms
 
 __all__ = [
     "VARIANTS",

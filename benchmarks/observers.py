@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 import pt2q.observer as pt2q_obs
-from benchmarks.common import median_ms
+from pt2q.runtime.timing import median_ms
 
 SIZES = (1_000, 100_000, 1_000_000)
 ACT = dict(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine, eps=2**-12)

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from benchmarks.common import Section, median_ms, progress
+from benchmarks.common import Section, progress
 from benchmarks.flows import quantize, xnnpack_flows
 from benchmarks.models import benchmark_models
 from benchmarks.settings import Settings
+from pt2q.runtime.timing import median_ms
 
 if TYPE_CHECKING:
     from benchmarks.variants import Models, Variants

@@ -32,10 +32,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from benchmarks.common import RUNS, Section, interleaved_medians_ms, median_ms, progress, ratio_table
+from benchmarks.common import RUNS, Section, progress, ratio_table
 from benchmarks.flows import Flow, calibration_batches, quantize
 from benchmarks.models import benchmark_models
 from benchmarks.settings import Settings
+from pt2q.runtime.timing import interleaved_medians_ms
 
 if TYPE_CHECKING:
     from benchmarks.variants import Models, Variants
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ColumnSet",
     "BASELINE",
-    "median_ms",
-    "interleaved_medians_ms",
     "x86_latencies",
     "column_sets",
     "measure",

@@ -484,7 +484,8 @@ def test_without_vnni_reduce_range_keeps_lowered_accuracy() -> None:
 
 
 def test_speed_table_reports_speedups_over_fp32_eager() -> None:
-    from benchmarks.speed import BASELINE, interleaved_medians_ms, markdown_table
+    from benchmarks.speed import BASELINE, markdown_table
+    from pt2q.runtime.timing import interleaved_medians_ms
 
     table = markdown_table(
         {
