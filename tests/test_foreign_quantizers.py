@@ -340,8 +340,10 @@ class PhantomEdgeQuantizer(ao_quantizer.Quantizer):
 
 
 def test_sharing_with_an_edge_the_graph_does_not_have_as_torchao() -> None:
-    with pytest.warns(pt2q.NotAnInputWarning, match="node 'sigmoid' maps 'conv2d'"):
+    with pytest.warns(pt2q.NotAnInputWarning, match="node 'sigmoid' maps 'conv2d'") as caught:
         ours = _run("pt2q", PhantomEdgeQuantizer())
+    # reported at the caller's line (here, _run's call of prepare), not inside pt2q
+    assert {w.filename for w in caught if isinstance(w.message, pt2q.NotAnInputWarning)} == {__file__}
     _assert_same(ours, _run("torchao", PhantomEdgeQuantizer()))
     # sigmoid's output and cat take the dropped edge's own observer; mean's output joins conv2d's group
     quantized = [n for n in ours.graph.nodes if n.target == torch.ops.quantized_decomposed.quantize_per_tensor.default]

@@ -8,7 +8,14 @@ error with ``warnings.simplefilter("error", pt2q.UncalibratedObserverWarning)`` 
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
+from pathlib import Path
+from types import FrameType
+from typing import Optional
+
+import torch
 
 __all__ = [
     "DropInWarning",
@@ -57,11 +64,33 @@ class IgnoredArgumentWarning(DropInWarning):
     caller probably expected it to count."""
 
 
-def warn_drop_in(category: type[DropInWarning], message: str, stacklevel: int = 3) -> None:
-    """Warn with ``category``, telling how to make it an error."""
+# pt2q's own folders (the package, and the layers an editable install maps into it) and torch's: a drop-in
+# warning is reported at the first frame outside them, the user's call
+_ROOT = Path(__file__).resolve().parents[2]
+_OWN = tuple(
+    str(folder) + os.sep
+    for folder in (Path(__file__).resolve().parents[1], Path(torch.__file__).resolve().parent)
+    + tuple(_ROOT / name for name in ("quantizers", "lowering", "runtime", "cli"))
+)
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame (counted from ``warn_drop_in``) outside pt2q, torch and generated code."""
+    frame: Optional[FrameType] = sys._getframe(2)
+    level = 2
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not (name.startswith("<") or os.path.abspath(name).startswith(_OWN)):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 2
+
+
+def warn_drop_in(category: type[DropInWarning], message: str) -> None:
+    """Warn with ``category`` at the user's call, telling how to make it an error."""
     warnings.warn(
         f"{message} (a {category.__name__}: warnings.simplefilter('error', pt2q.{category.__name__}) makes "
         "this an error)",
         category,
-        stacklevel=stacklevel,
+        stacklevel=_caller_stacklevel(),
     )

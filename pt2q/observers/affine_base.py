@@ -120,7 +120,6 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
                 f"{name} cannot choose qparams at run time: is_dynamic=True is ignored, as in torchao, and its "
                 "qparams are the static ones of the data it observes; for dynamic quantization use "
                 "AffineQuantizedPlaceholderObserver",
-                stacklevel=4,
             )
 
     @classmethod
@@ -149,7 +148,6 @@ class AffineQuantizedObserverBase(ABC, nn.Module):
                 IgnoredArgumentWarning,
                 f"{self._where()}: block_size={declared} is ignored, as in torchao: the "
                 f"granularity {self.granularity} gives blocks {block_size} for a tensor of shape {tuple(x.shape)}",
-                stacklevel=4,
             )
             self._declared_block_size = None  # once
         if self.block_size is not None and block_size != self.block_size and not self.is_dynamic:

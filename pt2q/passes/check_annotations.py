@@ -111,7 +111,6 @@ def _check_spec(member: EdgeOrNode, spec: QuantizationSpecBase, graph: Graph) ->
                 MissingChannelAxisWarning,
                 f"{describe(member)}: per-channel qscheme {qscheme} without a ch_axis; the observer's default "
                 "axis applies (0). Set ch_axis in the spec",
-                stacklevel=5,
             )
         elif rank is not None and not 0 <= ch_axis < rank:
             raise AnnotationError(
@@ -142,7 +141,6 @@ def _drop_phantom_edges(gm: GraphModule) -> None:
                 NotAnInputWarning,
                 f"the annotation of node '{node.name}' maps '{arg}', which is not an input of '{node.name}' "
                 f"(its inputs: {sorted(n.name for n in inputs)}); the entry quantizes nothing and is dropped",
-                stacklevel=6,
             )
             spec = ann.input_qspec_map.pop(arg)
             if spec is not None and isinstance(arg, Node):

@@ -91,7 +91,6 @@ def _warn_wrong_mode(members: list[tuple[EdgeOrNode, nn.Module]], is_qat: bool) 
             f"prepare_qat_pt2e: the spec for {where} builds a {type(obs).__name__}, which only observes: "
             "training does not simulate the quantization of these tensors. Use a QAT config, e.g. "
             "get_symmetric_quantization_config(is_qat=True)",
-            stacklevel=4,
         )
     else:
         warn_drop_in(
@@ -99,7 +98,6 @@ def _warn_wrong_mode(members: list[tuple[EdgeOrNode, nn.Module]], is_qat: bool) 
             f"prepare_pt2e: the spec for {where} builds a {type(obs).__name__}, a QAT fake quantizer: "
             "calibration runs through fake quantization. Use prepare_qat_pt2e for quantization-aware "
             "training, or a config with is_qat=False",
-            stacklevel=4,
         )
 
 

@@ -147,7 +147,7 @@ def _refuse_or_warn_uncalibrated(gm: GraphModule, observer_nodes: list[Node], wh
         )
     if any(callable(getattr(obs, "convert", None)) for obs in uncalibrated.values()):
         raise UncalibratedModelError(f"{message}. {advice}")  # no default qparams for a block-wise observer
-    warn_drop_in(UncalibratedObserverWarning, f"{message}: they convert with scale 1.0, zero point 0. {advice}", 5)
+    warn_drop_in(UncalibratedObserverWarning, f"{message}: they convert with scale 1.0, zero point 0. {advice}")
 
 
 def replace_observers_with_qdq(gm: GraphModule, where: str = "") -> GraphModule:
